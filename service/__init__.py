@@ -1,0 +1,1 @@
+"""cnn-serve: REST inference for image CNNs, with every layer's feature maps on request."""

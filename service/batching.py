@@ -1,0 +1,143 @@
+"""Per-model runner: the one place model calls go through, with dynamic batching.
+
+Concurrent requests for one model version are queued and coalesced into a single model call
+on the runner's dedicated inference thread; each request's images come back on its own future.
+Batches form naturally while the thread is busy (no waiting when idle, so a lone client pays
+no delay); ``max_delay_ms`` optionally waits a little longer to fill a batch. A bounded queue
+answers 503 + Retry-After at once when full, and requests whose client has gone are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from service import metrics
+from service.errors import ClientGone, Overloaded
+from service.model import ServedModel
+from service.settings import BatchPolicy
+
+log = logging.getLogger("cnn_serve")
+
+IsGone = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class _Item:
+    images: np.ndarray
+    future: asyncio.Future
+    is_gone: IsGone | None = None
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.images)
+
+
+class Runner:
+    def __init__(self, model: ServedModel, policy: BatchPolicy) -> None:
+        self.model, self.policy = model, policy
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
+        self._carry: _Item | None = None
+        self._task: asyncio.Task | None = None
+        self._labels = (model.name, str(model.version))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model.name}-{self.model.version}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def predict(self, images: np.ndarray, is_gone: IsGone | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Queue ``images`` [n, H, W, C] and wait for their outputs (each [n, ...])."""
+        item = _Item(images, asyncio.get_running_loop().create_future(), is_gone)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            metrics.REJECTED.labels(*self._labels).inc()
+            raise Overloaded(f"model {self.model.name} v{self.model.version} has "
+                             f"{self.policy.max_queue} requests queued; retry shortly",
+                             headers={"Retry-After": "1"}) from None
+        metrics.QUEUE_DEPTH.labels(*self._labels).set(self._queue.qsize())
+        return await item.future
+
+    async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every layer's activations; on the same inference thread, never batched."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.model.feature_maps, images)
+
+    async def _next_batch(self) -> list[_Item]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        items, total = [first], first.size
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.max_delay_ms / 1000
+        while total < self.policy.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if total + item.size > self.policy.max_batch_size:
+                self._carry = item  # never split a request; it opens the next batch
+                break
+            items.append(item)
+            total += item.size
+        return items
+
+    async def _live(self, items: list[_Item]) -> list[_Item]:
+        live = []
+        for item in items:
+            if item.future.done():
+                continue
+            if item.is_gone is not None and await item.is_gone():
+                item.future.set_exception(ClientGone("client disconnected"))
+                metrics.SKIPPED.labels(*self._labels).inc()
+                continue
+            live.append(item)
+        return live
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._live(await self._next_batch())
+            metrics.QUEUE_DEPTH.labels(*self._labels).set(self._queue.qsize())
+            if not items:
+                continue
+            batch = items[0].images if len(items) == 1 else np.concatenate(
+                [item.images for item in items])
+            metrics.BATCH_SIZE.labels(*self._labels).observe(len(batch))
+            try:
+                with metrics.INFERENCE.labels(*self._labels).time():
+                    outputs = await loop.run_in_executor(self._executor, self.model.predict,
+                                                         batch)
+            except Exception as exc:  # a failed call fails its requests, not the runner
+                log.exception("inference failed for %s v%s", *self._labels)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in items:
+                if not item.future.done():
+                    item.future.set_result(
+                        {name: value[start:start + item.size] for name, value in outputs.items()})
+                start += item.size

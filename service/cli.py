@@ -1,0 +1,42 @@
+"""cnn-serve [--host --port --workers]: run the service with uvicorn.
+
+Flags override the CNN_SERVE_HOST / CNN_SERVE_PORT / CNN_SERVE_WORKERS settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        settings = Settings()  # fail fast, naming the variables, before forking workers
+    except ValidationError as exc:
+        print(f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{exc}",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="cnn-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--workers", type=int, default=settings.workers,
+                        help="processes; each loads every model (see README for memory)")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""One error hierarchy and one JSON error shape: ``{"error": {"status", "code", "message"}}``.
+
+Every failure a client can cause maps to a 4xx with a stable ``code``; nothing a request sends
+may surface as a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("cnn_serve")
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or self.headers
+
+
+class BadRequest(ServiceError):
+    status, code = 400, "bad_request"
+
+
+class InvalidImage(BadRequest):
+    code = "invalid_image"
+
+
+class EmptyImage(BadRequest):
+    code = "empty_image"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class LayerNotFound(NotFound):
+    code = "layer_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class DecompressionBomb(PayloadTooLarge):
+    code = "image_too_many_pixels"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidParameter(ServiceError):
+    status, code = 422, "invalid_parameter"
+
+
+class ModelNotReady(ServiceError):
+    status, code = 503, "model_not_ready"
+
+
+class Overloaded(ServiceError):
+    status, code = 503, "overloaded"
+
+
+class ClientGone(ServiceError):
+    """The client disconnected before its images were computed; nobody reads the answer."""
+
+    status, code = 499, "client_closed_request"
+
+
+def error_body(status: int, code: str, message: str) -> dict:
+    return {"error": {"status": status, "code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every exception a request can raise onto the one error shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        return error_response(422, "invalid_parameter", problems or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,142 @@
+"""What the routes call: uploads -> model input -> runner -> typed response."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service import featuremaps
+from service.errors import InvalidParameter, LayerNotFound, UnsupportedMediaType
+from service.preprocess import decode, to_model_input
+from service.registry import ModelRegistry
+from service.schemas import (BinaryOutput, ClassScore, FeatureMapsResponse, ImageFeatureMaps,
+                             ImagePrediction, LayerActivation, MulticlassOutput, Output,
+                             PredictResponse, Timings)
+from service.settings import Settings
+from training.metadata import ModelMetadata
+
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:
+    """Check the declared types and the count, then read the (already spooled) parts."""
+    if len(files) > settings.max_images_per_request:
+        raise InvalidParameter(f"{len(files)} images in one request; the limit is "
+                               f"{settings.max_images_per_request}")
+    uploads = []
+    for file in files:
+        declared = (file.content_type or "application/octet-stream").split(";")[0].strip()
+        if not declared.startswith(ACCEPTED_TYPES):
+            raise UnsupportedMediaType(
+                f"{file.filename or 'file'}: {declared} is not an image type; send PNG, JPEG, "
+                "GIF, BMP, WebP or TIFF")
+        uploads.append(Upload(file.filename, await file.read()))
+    return uploads
+
+
+def preprocess_all(uploads: list[Upload], metadata: ModelMetadata, max_pixels: int
+                   ) -> np.ndarray:
+    """All uploads -> one batch [n, H, W, C] for the model (CPU work: run off the loop)."""
+    return np.stack([
+        to_model_input(decode(u.data, max_pixels, u.filename or f"file {i + 1}"),
+                       metadata.input)
+        for i, u in enumerate(uploads)
+    ])
+
+
+def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,
+             top_k: int) -> dict[str, Output]:
+    """One image's raw outputs -> labels, confidences and top-k, per the metadata."""
+    described: dict[str, Output] = {}
+    for spec in metadata.outputs:
+        values = outputs[spec.name][index]
+        if spec.kind == "binary":
+            p = float(values.reshape(-1)[0])
+            described[spec.name] = BinaryOutput(label=spec.labels[int(p >= 0.5)], probability=p)
+            continue
+        order = np.argsort(-values)
+        best = int(order[0])
+        described[spec.name] = MulticlassOutput(
+            label=spec.labels[best], index=best, confidence=float(values[best]),
+            top_k=[ClassScore(label=spec.labels[i], index=int(i), confidence=float(values[i]))
+                   for i in order[:top_k]],
+            probabilities={label: float(v) for label, v in zip(spec.labels, values)},
+        )
+    return described
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+async def predict(registry: ModelRegistry, settings: Settings, files: list[UploadFile],
+                  model: str | None, version: int | None, top_k: int, is_gone=None
+                  ) -> PredictResponse:
+    start = time.perf_counter()
+    runner = registry.runner(model or settings.default_model, version)
+    metadata = runner.model.metadata
+    uploads = await read_uploads(files, settings)
+    batch = await run_in_threadpool(preprocess_all, uploads, metadata, settings.max_image_pixels)
+    decoded = time.perf_counter()
+    outputs = await runner.predict(batch, is_gone)
+    done = time.perf_counter()
+    return PredictResponse(
+        model=metadata.name, version=runner.model.version,
+        predictions=[ImagePrediction(filename=u.filename, outputs=describe(metadata, outputs, i,
+                                                                           top_k))
+                     for i, u in enumerate(uploads)],
+        timings=Timings(decode_ms=_ms(decoded - start), inference_ms=_ms(done - decoded),
+                        total_ms=_ms(done - start)),
+    )
+
+
+async def activations(registry: ModelRegistry, settings: Settings, files: list[UploadFile],
+                      name: str, version: int | None, layers: list[str] | None
+                      ) -> tuple[ModelMetadata, int, list[Upload], dict[str, np.ndarray],
+                                 dict[str, np.ndarray]]:
+    """Every (or the chosen) layer's raw activations for the uploads in graph order, and the
+    model's outputs."""
+    runner = registry.runner(name, version)
+    metadata = runner.model.metadata
+    if layers:
+        known = [layer.name for layer in metadata.layers]
+        unknown = [layer for layer in layers if layer not in known]
+        if unknown:
+            raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
+    uploads = await read_uploads(files, settings)
+    batch = await run_in_threadpool(preprocess_all, uploads, metadata, settings.max_image_pixels)
+    maps = await runner.feature_maps(batch)
+    outputs = await runner.predict(batch)
+    maps = {"image": batch, **maps}  # the input layer shows what preprocessing made of it
+    if layers:
+        maps = {k: v for k, v in maps.items() if k in layers}
+    return metadata, runner.model.version, uploads, maps, outputs
+
+
+def render_feature_maps(metadata: ModelMetadata, version: int, uploads: list[Upload],
+                        maps: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                        scaling: featuremaps.Scaling) -> FeatureMapsResponse:
+    table = {layer.name: layer for layer in metadata.layers}
+    images = []
+    for i, upload in enumerate(uploads):
+        layers = [
+            LayerActivation(name=name, type=table[name].type,
+                            output_shape=table[name].output_shape, params=table[name].params,
+                            inbound=table[name].inbound, stats=featuremaps.stats(value[i]),
+                            image=featuremaps.render(value[i], scaling))
+            for name, value in maps.items() if name in table
+        ]
+        images.append(ImageFeatureMaps(filename=upload.filename,
+                                       outputs=describe(metadata, outputs, i, 3), layers=layers))
+    return FeatureMapsResponse(model=metadata.name, version=version, scaling=scaling,
+                               images=images)

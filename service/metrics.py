@@ -1,0 +1,25 @@
+"""Prometheus metrics (prometheus-client), exposed at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MODEL = ("model", "version")
+
+REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, model and status",
+                   ("route", "method", "model", "status"))
+LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and model",
+                    ("route", "model"),
+                    buckets=(.001, .0025, .005, .0075, .01, .015, .025, .05, .075, .1, .25, .5,
+                             1, 2.5, 5, 10))
+INFERENCE = Histogram("cnn_serve_inference_seconds", "Model call latency", MODEL,
+                      buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+BATCH_SIZE = Histogram("cnn_serve_batch_size", "Images per model call", MODEL,
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+QUEUE_DEPTH = Gauge("cnn_serve_queue_depth", "Requests waiting for the model", MODEL)
+REJECTED = Counter("cnn_serve_rejected_total", "Requests refused because the queue was full",
+                   MODEL)
+SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the client had gone",
+                  MODEL)
+LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL)
+MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL)

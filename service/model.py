@@ -1,0 +1,74 @@
+"""One served model version: a TensorFlow SavedModel plus its metadata.json.
+
+This is the only module that knows how TensorFlow is called; everything else sees
+``predict(batch) -> {output: array}`` and ``feature_maps(batch) -> {layer: array}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from training.metadata import ModelMetadata
+
+log = logging.getLogger("cnn_serve")
+
+
+class Status(str, Enum):
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+
+
+class ServedModel:
+    """Loads lazily via :meth:`load`; thread-confined calls (the runner owns the thread)."""
+
+    def __init__(self, name: str, version: int, path: Path, device: str) -> None:
+        self.name, self.version, self.path, self.device = name, version, path, device
+        self.status = Status.loading
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self.metadata: ModelMetadata | None = None
+        self._serve = self._maps = None
+
+    def load(self) -> None:
+        """Read metadata and SavedModel onto the device, then warm up both signatures."""
+        start = time.perf_counter()
+        try:
+            self.metadata = ModelMetadata.read(self.path)
+            with tf.device(self.device):
+                loaded = tf.saved_model.load(str(self.path))
+            self._serve = loaded.signatures["serving_default"]
+            self._maps = loaded.signatures.get("feature_maps")
+            self._loaded = loaded  # keeps the variables alive
+            warm = np.zeros((1, *self.metadata.input.shape), np.float32)
+            self.predict(warm)
+            if self._maps is not None:
+                self.feature_maps(warm)
+        except Exception as exc:  # a broken model must not take the others down
+            self.status, self.error = Status.failed, f"{type(exc).__name__}: {exc}"
+            log.error("model %s v%s failed to load from %s: %s", self.name, self.version,
+                      self.path, self.error)
+            return
+        self.load_seconds = round(time.perf_counter() - start, 3)
+        self.status = Status.ready
+        log.info("model %s v%s ready on %s in %.2fs", self.name, self.version, self.device,
+                 self.load_seconds)
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with tf.device(self.device):
+            out = self._serve(image=tf.convert_to_tensor(batch, tf.float32))
+        return {name: value.numpy() for name, value in out.items()}
+
+    def feature_maps(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._maps is None:
+            raise RuntimeError(f"{self.path} has no feature_maps signature")
+        with tf.device(self.device):
+            out = self._maps(image=tf.convert_to_tensor(batch, tf.float32))
+        order = [layer.name for layer in self.metadata.layers]  # graph order, as in metadata
+        return {name: out[name].numpy() for name in order if name in out}

@@ -1,0 +1,180 @@
+"""Pure functions from uploaded bytes to a model input array: decode, orient, normalise.
+
+``decode`` turns bytes into an upright PIL image (or a clear error); ``to_model_input`` applies
+the preprocessing the model's metadata names: ``resize`` for photo models, ``mnist`` for digit
+models (MNIST's own normalisation, so a pen-on-paper photo looks like an MNIST digit).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+from service.errors import DecompressionBomb, EmptyImage, InvalidImage, UnsupportedMediaType
+from training.metadata import InputSpec
+
+FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "MPO"}
+MNIST_BOX, MNIST_SIZE = 20, 28
+WORK_SIDE = 512  # larger photos are reduced first: enough resolution for a 20-pixel digit
+STROKE_PX = 2.2  # MNIST's typical pen width on the 20x20 box
+
+
+def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Bytes -> upright, fully loaded PIL image (first frame of animations)."""
+    if not data:
+        raise EmptyImage(f"{name}: empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"{name}: not a decodable image") from exc
+    except Image.DecompressionBombError as exc:
+        raise DecompressionBomb(f"{name}: {exc}") from exc
+    if image.format not in FORMATS:
+        raise UnsupportedMediaType(
+            f"{name}: {image.format} images are not supported; send PNG, JPEG, GIF, BMP, WebP "
+            "or TIFF")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecompressionBomb(
+            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,}")
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer/float grayscale -> 8-bit 'L', scaling rather than clipping."""
+    arr = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    if image.mode == "F":
+        top = max(float(arr.max(initial=0)), 1.0)
+    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def flatten(image: Image.Image, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Any mode -> RGB: palettes, CMYK, 16-bit converted; alpha composited onto a background.
+
+    With no background given, transparent areas become whichever of white or black contrasts
+    with the visible pixels (dark ink on transparency lands on white paper, light ink on black).
+    """
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        image = _to_8bit(image)
+    if image.mode == "P" or image.mode in ("LA", "PA", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode == "RGBa":
+        image = image.convert("RGBA")
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    alpha = np.asarray(image.getchannel("A"), np.float32) / 255.0
+    if background is None:
+        luma = np.asarray(image.convert("L"), np.float32)
+        visible = alpha.sum()
+        ink = (luma * alpha).sum() / visible if visible else 0.0
+        background = (0, 0, 0) if ink > 127 else (255, 255, 255)
+    canvas = Image.new("RGB", image.size, background)
+    canvas.paste(image.convert("RGB"), mask=image.getchannel("A"))
+    return canvas
+
+
+def resize(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Photo models: colour-convert, antialiased resize to the input size, float32 in [0, 1]."""
+    mode = "L" if spec.color_mode == "grayscale" else "RGB"
+    image = flatten(image, background=(255, 255, 255)).convert(mode)
+    image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    arr = np.asarray(image, np.float32) / 255.0
+    return arr.reshape(spec.height, spec.width, spec.channels)
+
+
+def _ink(image: Image.Image) -> np.ndarray:
+    """Grayscale ink map in [0, 1] (ink bright), polarity detected, uneven lighting removed."""
+    gray = flatten(image).convert("L")
+    if max(gray.size) > WORK_SIDE:
+        gray.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+    arr = np.asarray(gray, np.float32) / 255.0
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    if np.median(border) > 0.5:  # dark ink on light paper: MNIST is light ink on black
+        arr = 1.0 - arr
+    return np.clip(arr - np.minimum(_paper(arr), np.median(arr) + 0.1), 0.0, None)
+
+
+def _paper(arr: np.ndarray) -> np.ndarray:
+    """The slowly varying background (uneven lighting): a blur of a 32-pixel thumbnail."""
+    height, width = arr.shape
+    image = Image.fromarray(arr, "F")
+    small = image.resize((max(1, width * 32 // max(arr.shape)),
+                          max(1, height * 32 // max(arr.shape))), Image.Resampling.BOX)
+    blurred = ndimage.gaussian_filter(np.asarray(small), sigma=4, mode="nearest")
+    return np.asarray(Image.fromarray(blurred, "F").resize((width, height),
+                                                            Image.Resampling.BILINEAR))
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=128, range=(0.0, float(values.max()) or 1.0))
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist)
+    mean = np.cumsum(hist * centers)
+    total, total_mean = weight[-1], mean[-1]
+    between = (total_mean * weight - mean * total) ** 2 / np.maximum(
+        weight * (total - weight), 1e-12)
+    return float(centers[np.argmax(between)])
+
+
+def _digit_mask(ink: np.ndarray) -> np.ndarray:
+    """Pixels of the digit: above Otsu's threshold, in components big enough to be strokes."""
+    mask = ink > max(_otsu(ink), 0.15 * float(ink.max()))
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+        keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
+        mask = np.isin(labels, keep)
+    return mask
+
+
+def _thicken(ink: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """Dilate thin pen strokes so that after scaling they are as wide as MNIST's."""
+    area = float(mask.sum())
+    edge = float((mask & ~ndimage.binary_erosion(mask)).sum())
+    width = 2.0 * area / max(edge, 1.0)  # area / (perimeter / 2) for a long thin stroke
+    grow = int(round((STROKE_PX / scale - width) / 2))
+    if grow < 1:
+        return ink
+    return ndimage.grey_dilation(ink, size=(2 * grow + 1, 2 * grow + 1))
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """MNIST's normalisation: the ink cropped, fitted in 20x20 keeping aspect ratio, and
+    centred by centre of mass in 28x28; float32 [28, 28, 1] in [0, 1], ink bright."""
+    ink = _ink(image)
+    out = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
+    if float(ink.max()) < 0.05:  # a blank page: nothing to centre
+        return out[..., None]
+    mask = _digit_mask(ink)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    scale = MNIST_BOX / max(bottom - top, right - left)
+    ink = _thicken(np.where(ndimage.binary_dilation(mask, iterations=2), ink, 0.0), mask, scale)
+    crop = ink[top:bottom, left:right]
+    crop = crop / max(float(np.percentile(crop[crop > 0], 90)), 1e-6)  # strokes reach full ink
+    h = max(1, round((bottom - top) * scale))
+    w = max(1, round((right - left) * scale))
+    small = np.asarray(Image.fromarray(np.clip(crop, 0, 1).astype(np.float32), "F").resize(
+        (w, h), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    small = np.clip(small, 0.0, 1.0)
+    cy, cx = ndimage.center_of_mass(small) if small.sum() > 0 else (h / 2, w / 2)
+    y0 = int(np.clip(round(MNIST_SIZE / 2 - cy), 0, MNIST_SIZE - h))
+    x0 = int(np.clip(round(MNIST_SIZE / 2 - cx), 0, MNIST_SIZE - w))
+    out[y0:y0 + h, x0:x0 + w] = small
+    return out[..., None]
+
+
+def to_model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """The preprocessing named in the model's metadata, one image -> [H, W, C] float32."""
+    if spec.preprocessing == "mnist":
+        return to_mnist(image)
+    return resize(image, spec)

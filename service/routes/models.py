@@ -1,0 +1,80 @@
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Path, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from service import featuremaps, inference
+from service.deps import RegistryDep, SettingsDep
+from service.model import ServedModel
+from service.schemas import (ErrorResponse, FeatureMapsResponse, ModelDetail, ModelList,
+                             ModelSummary, VersionDetail, VersionStatus)
+
+router = APIRouter(prefix="/models", tags=["models"])
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
+ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
+
+
+def _status(m: ServedModel) -> VersionStatus:
+    return VersionStatus(version=m.version, status=m.status.value, error=m.error,
+                         device=m.device, load_seconds=m.load_seconds)
+
+
+def _summary(registry, name: str) -> dict:
+    versions = registry.versions(name)
+    default = registry.get(name)
+    return dict(name=name, default_version=default.version,
+                ready=any(m.status.value == "ready" for m in versions.values()),
+                versions=[_status(versions[v]) for v in sorted(versions)],
+                input=default.metadata.input if default.metadata else None,
+                outputs=default.metadata.outputs if default.metadata else [])
+
+
+@router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
+    return ModelList(device=registry.device, default_model=settings.default_model,
+                     models=[ModelSummary(**_summary(registry, n)) for n in sorted(registry.models)])
+
+
+@router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}},
+            summary="A model: versions and the default version's metadata and layer table")
+async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
+    return ModelDetail(**_summary(registry, name), metadata=registry.get(name).metadata)
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionDetail,
+            responses={404: {"model": ErrorResponse}},
+            summary="One version: metadata and layer table (parameters include biases)")
+async def get_version(name: ModelName, version: int, registry: RegistryDep) -> VersionDetail:
+    m = registry.get(name, version)
+    meta = m.metadata
+    return VersionDetail(**_status(m).model_dump(), name=name, metadata=meta,
+                         layers=meta.layers if meta else [],
+                         total_params=meta.total_params if meta else None)
+
+
+@router.post("/{name}/feature-maps", response_model=FeatureMapsResponse, responses={
+    **ERRORS, 200: {"content": {"application/octet-stream": {}},
+                    "description": "JSON, or with format=npz the raw float activations"}},
+    summary="What every layer makes of an image: statistics and a picture per layer")
+async def feature_maps(
+    name: ModelName,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    file: Annotated[list[UploadFile], File(description="one or several images")],
+    version: Annotated[int | None, Form(ge=1)] = None,
+    layers: Annotated[str | None, Form(description="comma-separated layer names; "
+                                                   "default: every layer")] = None,
+    scaling: Annotated[Literal["per_layer", "per_channel"], Form()] = "per_layer",
+    format: Annotated[Literal["json", "npz"], Form(description="npz: raw float32 "
+                                                               "activations")] = "json",
+):
+    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    meta, v, uploads, maps, outputs = await inference.activations(
+        registry, settings, file, name, version, chosen)
+    if format == "npz":
+        return Response(featuremaps.to_npz(maps), media_type="application/octet-stream",
+                        headers={"Content-Disposition":
+                                 f'attachment; filename="{name}-v{v}-activations.npz"'})
+    return await run_in_threadpool(inference.render_feature_maps, meta, v, uploads, maps,
+                                   outputs, scaling)

@@ -1,0 +1,149 @@
+"""The wire format: every response is one of these pydantic models (and so in Swagger)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
+
+
+class ClassScore(BaseModel):
+    label: str
+    index: int
+    confidence: float
+
+
+class MulticlassOutput(BaseModel):
+    kind: Literal["multiclass"] = "multiclass"
+    label: str = Field(examples=["7"])
+    index: int
+    confidence: float = Field(ge=0, le=1)
+    top_k: list[ClassScore]
+    probabilities: dict[str, float]
+
+
+class BinaryOutput(BaseModel):
+    kind: Literal["binary"] = "binary"
+    label: str = Field(examples=["odd"])
+    probability: float = Field(ge=0, le=1, description="P(positive label), e.g. P(odd)")
+
+
+Output = MulticlassOutput | BinaryOutput
+
+
+class ImagePrediction(BaseModel):
+    filename: str | None
+    outputs: dict[str, Output]
+
+
+class Timings(BaseModel):
+    decode_ms: float = Field(description="decode and preprocess, all images")
+    inference_ms: float = Field(description="waiting in the batch queue plus the model call")
+    total_ms: float
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[ImagePrediction]
+    timings: Timings
+
+
+class ActivationStats(BaseModel):
+    min: float
+    max: float
+    mean: float
+    std: float
+    zero_fraction: float
+
+
+class ColorScale(BaseModel):
+    colormap: Literal["gray"] = "gray"
+    description: str = "black = low end of the range, white = high end"
+    scaling: Literal["per_layer", "per_channel"]
+    range: list[float] = Field(description="[min, max] mapped to black..white (per_layer)")
+    channel_ranges: list[list[float]] | None = Field(
+        None, description="per_channel: [min, max] of each channel, in channel order")
+
+
+class LayerImage(BaseModel):
+    png_base64: str
+    width: int
+    height: int
+    layout: str = Field(description="e.g. '8x4 grid of 32 channels, 26x26 each' or 'strip'")
+    color_scale: ColorScale
+
+
+class LayerActivation(BaseModel):
+    name: str
+    type: str
+    output_shape: list[int | None]
+    params: int
+    inbound: list[str]
+    stats: ActivationStats
+    image: LayerImage
+
+
+class ImageFeatureMaps(BaseModel):
+    filename: str | None
+    outputs: dict[str, Output]
+    layers: list[LayerActivation]
+
+
+class FeatureMapsResponse(BaseModel):
+    model: str
+    version: int
+    scaling: Literal["per_layer", "per_channel"]
+    images: list[ImageFeatureMaps]
+
+
+class VersionStatus(BaseModel):
+    version: int
+    status: Literal["loading", "ready", "failed"]
+    error: str | None = None
+    device: str
+    load_seconds: float | None = None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    default_version: int
+    ready: bool
+    versions: list[VersionStatus]
+    input: InputSpec | None = None
+    outputs: list[OutputSpec] = []
+
+
+class ModelList(BaseModel):
+    device: str
+    default_model: str
+    models: list[ModelSummary]
+
+
+class VersionDetail(VersionStatus):
+    name: str
+    metadata: ModelMetadata | None
+    layers: list[LayerInfo] = []
+    total_params: int | None = None
+
+
+class ModelDetail(ModelSummary):
+    metadata: ModelMetadata | None = Field(None, description="of the default version")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "not_ready"]
+    models: dict[str, list[int]] = Field(default_factory=dict,
+                                         description="ready versions per model")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str = Field(examples=["invalid_image"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,160 @@
+"""The reference CNNs, one short builder each, looked up by name.
+
+Every model is Functional with one input named ``image`` (float32 in [0, 1]) and a dict of named
+outputs, so the exported signatures and the feature-map layer names read like the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from training.metadata import InputSpec, OutputSpec
+
+DIGITS = [str(d) for d in range(10)]
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+ODD = OutputSpec(name="odd", kind="binary", labels=["even", "odd"])
+DIGIT = OutputSpec(name="digit", kind="multiclass", labels=DIGITS)
+CIFAR_CLASS = OutputSpec(name="class", kind="multiclass", labels=CIFAR10_CLASSES)
+MNIST_INPUT = InputSpec(shape=[28, 28, 1], color_mode="grayscale", preprocessing="mnist")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a name builds, what it reads and what it answers."""
+
+    name: str
+    description: str
+    dataset: str  # "mnist" or "cifar10"
+    input: InputSpec
+    outputs: tuple[OutputSpec, ...]
+    build: Callable[[], keras.Model]
+    augment_by_default: bool = False
+
+
+def _image(spec: InputSpec) -> keras.KerasTensor:
+    return keras.Input(shape=tuple(spec.shape), name="image")
+
+
+def digit_odd() -> keras.Model:
+    image = _image(MNIST_INPUT)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv2d_layer")(image)
+    x = layers.MaxPooling2D(2, name="maxpool_layer")(x)
+    x = layers.Flatten(name="flatten_layer")(x)
+    pixels = layers.Flatten(name="pixels_flatten_layer")(image)
+    both = layers.Concatenate(name="concat_layer")([x, pixels])
+    digit = layers.Dense(10, activation="softmax", name="digit_dense")(both)
+    odd = layers.Dense(1, activation="sigmoid", name="odd_dense")(pixels)
+    return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd")
+
+
+def cifar10() -> keras.Model:
+    image = _image(InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"))
+    x = layers.Conv2D(32, 3, activation="relu", name="conv2d_1")(image)
+    x = layers.MaxPooling2D(2, name="maxpool_1")(x)
+    x = layers.Conv2D(64, 3, activation="relu", name="conv2d_2")(x)
+    x = layers.MaxPooling2D(2, name="maxpool_2")(x)
+    x = layers.Conv2D(64, 3, activation="relu", name="conv2d_3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, activation="relu", name="dense_1")(x)
+    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    return keras.Model(image, {"class": out}, name="cifar10")
+
+
+def simple_cnn() -> keras.Model:
+    image = _image(MNIST_INPUT)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv2d_layer")(image)
+    x = layers.MaxPooling2D(2, name="maxpool_layer")(x)
+    x = layers.Flatten(name="flatten_layer")(x)
+    out = layers.Dense(10, activation="softmax", name="digit_dense")(x)
+    return keras.Model(image, {"digit": out}, name="simple_cnn")
+
+
+def mnist_cnn() -> keras.Model:
+    image = _image(MNIST_INPUT)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2d_1")(image)
+    x = layers.MaxPooling2D(2, padding="same", name="maxpool_1")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2d_2")(x)
+    x = layers.MaxPooling2D(2, padding="same", name="maxpool_2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(1024, activation="relu", name="dense_1024")(x)
+    x = layers.Dropout(0.25, name="dropout")(x)
+    out = layers.Dense(10, activation="softmax", name="digit_dense")(x)
+    return keras.Model(image, {"digit": out}, name="mnist_cnn")
+
+
+def lenet5() -> keras.Model:
+    image = _image(InputSpec(shape=[64, 64, 3], color_mode="rgb", preprocessing="resize"))
+    x = layers.Conv2D(6, 3, activation="relu", name="conv2d_1")(image)
+    x = layers.MaxPooling2D(2, name="maxpool_1")(x)
+    x = layers.Conv2D(16, 3, activation="relu", name="conv2d_2")(x)
+    x = layers.MaxPooling2D(2, name="maxpool_2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(120, activation="relu", name="dense_120")(x)
+    x = layers.Dense(84, activation="relu", name="dense_84")(x)
+    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    return keras.Model(image, {"class": out}, name="lenet5")
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("digit_odd", "MNIST digit (softmax) and odd/even (sigmoid) from one input; "
+                     "the digit head reads conv features concatenated with the raw pixels",
+                     "mnist", MNIST_INPUT, (DIGIT, ODD), digit_odd),
+        Architecture("cifar10", "Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10 on CIFAR-10",
+                     "cifar10", InputSpec(shape=[32, 32, 3], color_mode="rgb",
+                                          preprocessing="resize"),
+                     (CIFAR_CLASS,), cifar10, augment_by_default=True),
+        Architecture("simple_cnn", "Conv32-Pool-Dense10 on MNIST", "mnist", MNIST_INPUT,
+                     (DIGIT,), simple_cnn),
+        Architecture("mnist_cnn", "SAME-padded Conv32-Pool-Conv64-Pool-Dense1024-Dropout-Dense10",
+                     "mnist", MNIST_INPUT, (DIGIT,), mnist_cnn),
+        Architecture("lenet5", "LeNet-5 variant on 64x64x3 (CIFAR-10 resized)", "cifar10",
+                     InputSpec(shape=[64, 64, 3], color_mode="rgb", preprocessing="resize"),
+                     (CIFAR_CLASS,), lenet5, augment_by_default=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A new model made of a trained model's layers up to ``up_to`` (frozen) plus a new head."""
+
+    name: str
+    base: str
+    up_to: str
+    outputs: tuple[OutputSpec, ...]
+
+
+TRANSFERS: dict[str, Transfer] = {
+    "digit_only": Transfer("digit_only", base="digit_odd", up_to="flatten_layer",
+                           outputs=(DIGIT,)),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(sorted([*ARCHITECTURES, *TRANSFERS]))
+        raise KeyError(f"unknown model {name!r}; known: {known}") from None
+
+
+def build_transfer(base: keras.Model, up_to: str, outputs: tuple[OutputSpec, ...],
+                   name: str) -> keras.Model:
+    """Reuse ``base`` up to the layer ``up_to`` with its weights frozen; add a trainable head."""
+    features = base.get_layer(up_to).output
+    for layer in keras.Model(base.input, features).layers:
+        layer.trainable = False
+    heads = {}
+    for spec in outputs:
+        units, act = (1, "sigmoid") if spec.kind == "binary" else (len(spec.labels), "softmax")
+        heads[spec.name] = layers.Dense(units, activation=act, name=f"{spec.name}_head")(features)
+    return keras.Model(base.input, heads, name=name)

@@ -1,0 +1,156 @@
+"""cnn-train: train a reference CNN and export it, or print its layer table.
+
+    cnn-train summary NAME [--json]
+    cnn-train NAME --data PATH [--epochs N --batch-size N --val-split F --seed N
+                                --augment/--no-augment --tensorboard DIR --out models/]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training import datasets
+from training.architectures import (ARCHITECTURES, TRANSFERS, build_transfer,
+                                    get_architecture)
+from training.export import KERAS_FILE, export, layer_table, next_version
+from training.metadata import DatasetInfo, InputSpec, ModelMetadata, TrainingConfig
+from training.train import TrainConfig, fit, hardware
+
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+NAMES = sorted([*ARCHITECTURES, *TRANSFERS])
+
+
+def summary(name: str, as_json: bool) -> int:
+    model = get_architecture(name).build()
+    table = layer_table(model)
+    total = model.count_params()
+    if as_json:
+        print(json.dumps({"name": name, "layers": [row.model_dump() for row in table],
+                          "total_params": total}, indent=2))
+        return 0
+    print(f"{'layer':<22}{'type':<20}{'output shape':<18}{'params':>10}  inbound")
+    for row in table:
+        shape = "x".join(str(d) for d in row.output_shape)
+        print(f"{row.name:<22}{row.type:<20}{shape:<18}{row.params:>10,}  {', '.join(row.inbound)}")
+    print(f"total params: {total:,}")
+    return 0
+
+
+def _latest_keras(models: Path, base: str) -> Path:
+    root = models / base
+    version = next_version(root) - 1
+    path = root / str(version) / KERAS_FILE
+    if version < 1 or not path.is_file():
+        raise SystemExit(f"cnn-train: no trained {base!r} under {root} to transfer from; "
+                         f"train it first: cnn-train {base} --data ...")
+    return path
+
+
+def train(args: argparse.Namespace) -> int:
+    transfer = TRANSFERS.get(args.name)
+    if transfer:
+        base_path = _latest_keras(Path(args.base_dir or args.out), transfer.base)
+        base_model = keras.models.load_model(base_path)
+        arch = get_architecture(transfer.base)
+        outputs = transfer.outputs
+        build = functools.partial(build_transfer, base_model, transfer.up_to, outputs,
+                                  transfer.name)
+        description = (f"transfer learning: {transfer.base} up to {transfer.up_to} (frozen, "
+                       f"from {base_path.parent}) + new trainable head")
+    else:
+        arch = get_architecture(args.name)
+        outputs, build, description = arch.outputs, arch.build, arch.description
+    augment = arch.augment_by_default if args.augment is None else args.augment
+    try:
+        data = datasets.load(arch.dataset, args.data)
+    except datasets.DatasetError as exc:
+        raise SystemExit(f"cnn-train: {exc}") from exc
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                      validation_split=args.val_split, seed=args.seed, augment=augment,
+                      learning_rate=args.lr, patience=args.patience,
+                      tensorboard=args.tensorboard, finetune_epochs=args.finetune_epochs)
+    print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
+          f"on {hardware()}", flush=True)
+    result = fit(build, outputs, arch.input, data, cfg)
+
+    def metadata(version: int, layers, created_at: str) -> ModelMetadata:
+        return ModelMetadata(
+            name=args.name, version=version, architecture=transfer.base if transfer else arch.name,
+            description=description, input=InputSpec(**arch.input.model_dump()),
+            outputs=list(outputs), layers=layers,
+            total_params=result.model.count_params(),
+            trainable_params=sum(int(tf.size(w)) for w in result.model.trainable_weights),
+            validation_metrics=result.validation_metrics,
+            dataset=DatasetInfo(name=data.name, format=data.format, path=data.path,
+                                provenance=data.provenance,
+                                train_examples=result.train_examples,
+                                validation_examples=result.validation_examples),
+            training=TrainingConfig(epochs=cfg.epochs, epochs_run=result.epochs_run,
+                                    batch_size=cfg.batch_size,
+                                    validation_split=cfg.validation_split, seed=cfg.seed,
+                                    augment=cfg.augment,
+                                    finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
+                                    optimizer="adam",
+                                    learning_rate=cfg.learning_rate,
+                                    duration_s=result.duration_s, hardware=hardware(),
+                                    base_model=transfer.base if transfer else None,
+                                    frozen_up_to=transfer.up_to if transfer else None),
+            tensorflow_version=tf.__version__, keras_version=keras.__version__,
+            created_at=created_at,
+        )
+
+    path = export(result.model, Path(args.out), metadata)
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                     result.validation_metrics.items()))
+    print(f"exported {path} ({result.epochs_run} epochs, {result.duration_s:.0f} s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnn-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=NAMES, help="architecture (or transfer model) to train")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset path (IDX dir / mnist.npz / CIFAR batches / image folder or "
+                        "zip); omitted: keras.datasets (needs network)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip/shift augmentation (default: on for colour datasets)")
+    p.add_argument("--finetune-epochs", type=int, default=4,
+                   help="after augmented training, epochs on undistorted images at lr/10")
+    p.add_argument("--tensorboard", metavar="DIR", default=None)
+    p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
+    p.add_argument("--base-dir", type=Path, default=None,
+                   help="where the base model of a transfer model lives (default: --out)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["summary"]:
+        sp = argparse.ArgumentParser(prog="cnn-train summary")
+        sp.add_argument("name", choices=sorted(ARCHITECTURES))
+        sp.add_argument("--json", action="store_true")
+        a = sp.parse_args(argv[1:])
+        return summary(a.name, a.json)
+    return train(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Export a trained Keras model as a versioned SavedModel (TF Serving layout) + metadata.json.
+
+``models/<name>/<version>/`` holds ``saved_model.pb`` + ``variables/`` with two signatures:
+``serving_default`` (``image`` float32 [N,H,W,C] in [0,1] -> the named outputs) and
+``feature_maps`` (the same input -> every layer's output keyed by layer name). Beside them:
+``metadata.json`` (the contract the service reads) and ``model.keras`` (for transfer learning).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training.metadata import LayerInfo, ModelMetadata
+
+KERAS_FILE = "model.keras"
+
+
+def next_version(model_root: Path) -> int:
+    """TF Serving versions are integers; the next one is one past the largest present."""
+    versions = [int(p.name) for p in Path(model_root).glob("*") if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _inbound(layer: keras.Layer) -> list[str]:
+    names: list[str] = []
+    for node in layer._inbound_nodes:  # Keras keeps the functional graph on its nodes
+        for tensor in node.input_tensors:
+            names.append(tensor._keras_history.operation.name)
+    return names
+
+
+def layer_table(model: keras.Model) -> list[LayerInfo]:
+    """Keras' summary as data: every layer in graph order with its parameter count."""
+    return [
+        LayerInfo(
+            name=layer.name,
+            type=type(layer).__name__,
+            output_shape=list(layer.output.shape[1:]),
+            params=layer.count_params(),
+            trainable=layer.trainable,
+            inbound=_inbound(layer),
+        )
+        for layer in model.layers
+    ]
+
+
+def feature_map_model(model: keras.Model) -> keras.Model:
+    """A model with the same input that returns every (non-input) layer's output by name."""
+    outputs = {
+        layer.name: layer.output
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    }
+    return keras.Model(model.input, outputs, name=f"{model.name}_feature_maps")
+
+
+def save_model(model: keras.Model, target: Path) -> None:
+    """Write the SavedModel with its two signatures into ``target``."""
+    spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32, name="image")
+    maps = feature_map_model(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", lambda image: model(image, training=False), [spec])
+    archive.add_endpoint("feature_maps", lambda image: maps(image, training=False), [spec])
+    archive.write_out(str(target), verbose=False)
+
+
+def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
+    """Write ``out_dir/<name>/<next version>/`` atomically and return it.
+
+    ``build_metadata(version, layers, created_at)`` returns the :class:`ModelMetadata`; the
+    version directory only appears once everything inside it is written.
+    """
+    root = Path(out_dir) / model.name
+    root.mkdir(parents=True, exist_ok=True)
+    version = next_version(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        save_model(model, staging)
+        model.save(staging / KERAS_FILE)
+        created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        metadata: ModelMetadata = build_metadata(version, layer_table(model), created)
+        metadata.write(staging)
+        final = root / str(version)
+        staging.rename(final)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

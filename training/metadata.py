@@ -1,0 +1,116 @@
+"""The metadata.json schema: the one contract training writes and the service reads.
+
+Both sides import these models; nobody re-declares the fields.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+METADATA_FILE = "metadata.json"
+
+Preprocessing = Literal["mnist", "resize"]
+"""How a server turns an uploaded picture into the model input.
+
+``mnist``: grayscale, dark ink on light paper inverted, cropped to the ink, fitted into 20x20 and
+centred by centre of mass in 28x28 (MNIST's own normalisation).
+``resize``: colour-converted and resized (antialiased) to the input size.
+"""
+
+
+class InputSpec(BaseModel):
+    name: str = "image"
+    shape: list[int] = Field(description="[height, width, channels], batch dimension excluded")
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    color_mode: Literal["grayscale", "rgb"]
+    preprocessing: Preprocessing
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[2]
+
+
+class OutputSpec(BaseModel):
+    name: str
+    kind: Literal["multiclass", "binary"]
+    labels: list[str] = Field(
+        description="multiclass: class names in index order; binary: [negative, positive]"
+    )
+
+
+class LayerInfo(BaseModel):
+    name: str
+    type: str
+    output_shape: list[int | None]
+    params: int = Field(description="parameters of this layer, biases included")
+    trainable: bool = True
+    inbound: list[str] = Field(default_factory=list)
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    format: str
+    path: str | None = None
+    provenance: str
+    train_examples: int
+    validation_examples: int
+
+
+class TrainingConfig(BaseModel):
+    epochs: int
+    epochs_run: int
+    batch_size: int
+    validation_split: float
+    seed: int
+    augment: bool
+    finetune_epochs: int = 0
+    optimizer: str
+    learning_rate: float
+    duration_s: float
+    hardware: str
+    base_model: str | None = None
+    frozen_up_to: str | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    version: int
+    architecture: str
+    description: str
+    input: InputSpec
+    outputs: list[OutputSpec]
+    layers: list[LayerInfo]
+    total_params: int
+    trainable_params: int
+    signatures: list[str] = ["serving_default", "feature_maps"]
+    validation_metrics: dict[str, float]
+    dataset: DatasetInfo
+    training: TrainingConfig
+    tensorflow_version: str
+    keras_version: str
+    created_at: str
+
+    def output(self, name: str) -> OutputSpec:
+        return next(o for o in self.outputs if o.name == name)
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / METADATA_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> ModelMetadata:
+        return cls.model_validate(json.loads((Path(directory) / METADATA_FILE).read_text()))

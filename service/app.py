@@ -24,6 +24,9 @@ from service.routes import health, models, predict
 from service.settings import Settings, get_settings
 
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
+                    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline' blob:; "
+                    "worker-src 'self' blob:")
 DESCRIPTION = """Classify images with convolutional networks and see what every layer makes
 of them. Upload with `POST /predict`; ask for `POST /models/{name}/feature-maps` to get each
 layer's activations as pictures and statistics."""
@@ -57,10 +60,38 @@ def _mount_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
                               redoc_js_url="/static/docs/redoc.standalone.js",
                               redoc_favicon_url="/static/docs/favicon.png",
                               with_google_fonts=False)
+        page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY  # ReDoc links a CDN logo
+        return page
+
+
+def _mark_file_fields(node: object) -> None:
+    """Add OAS 3.0's ``format: binary`` beside 3.1's ``contentMediaType`` on upload fields:
+    Swagger UI only draws file pickers for arrays of files from the former
+    (swagger-ui#10825, fastapi#15069)."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("contentMediaType") == (
+                "application/octet-stream"):
+            node.setdefault("format", "binary")
+        for value in node.values():
+            _mark_file_fields(value)
+    elif isinstance(node, list):
+        for value in node:
+            _mark_file_fields(value)
+
+
+def _openapi_with_file_pickers(app: FastAPI):
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            _mark_file_fields(build())
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, health.router):
         app.include_router(router)
     _mount_docs(app)
+    app.openapi = _openapi_with_file_pickers(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from scipy import ndimage
 
 from service.errors import DecompressionBomb, EmptyImage, InvalidImage, UnsupportedMediaType
@@ -28,10 +28,10 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
         raise EmptyImage(f"{name}: empty file")
     try:
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise InvalidImage(f"{name}: not a decodable image") from exc
     except Image.DecompressionBombError as exc:
         raise DecompressionBomb(f"{name}: {exc}") from exc
+    except Exception as exc:  # Pillow's format plugins raise many types on garbage
+        raise InvalidImage(f"{name}: not a decodable image") from exc
     if image.format not in FORMATS:
         raise UnsupportedMediaType(
             f"{name}: {image.format} images are not supported; send PNG, JPEG, GIF, BMP, WebP "
@@ -44,7 +44,9 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
     try:
         image.load()
         return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DecompressionBomb(f"{name}: {exc}") from exc
+    except Exception as exc:  # truncated or corrupt data surfaces as many types
         raise InvalidImage(f"{name}: corrupt or truncated image ({exc})") from exc
 
 

@@ -132,8 +132,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip/shift augmentation (default: on for colour datasets)")
-    p.add_argument("--finetune-epochs", type=int, default=4,
-                   help="after augmented training, epochs on undistorted images at lr/10")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="after augmented training, epochs re-fitting heads that read raw "
+                        "pixels (digit_odd's odd head) on undistorted images")
     p.add_argument("--tensorboard", metavar="DIR", default=None)
     p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
     p.add_argument("--base-dir", type=Path, default=None,

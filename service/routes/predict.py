@@ -19,7 +19,8 @@ async def predict(
     settings: SettingsDep,
     file: Annotated[list[UploadFile], File(description="PNG, JPEG, GIF, BMP, WebP or TIFF; "
                                                        "repeat the field for several images")],
-    model: Annotated[str | None, Form(description="model name (default: the service's)")] = None,
+    model: Annotated[str | None, Form(description="model name (default: the service's)",
+                                                examples=["digit_odd"])] = None,
     version: Annotated[int | None, Form(ge=1, description="default: newest ready")] = None,
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
 ) -> PredictResponse:

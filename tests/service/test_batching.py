@@ -1,0 +1,134 @@
+"""The per-model runner: coalescing, equal answers, backpressure, clients that went away."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching import Runner
+from service.errors import ClientGone, Overloaded
+from service.model import ServedModel
+from service.settings import BatchPolicy
+
+
+class SlowEcho:
+    """A stand-in model: records batch sizes; blocks until released, to let a queue form."""
+
+    name, version = "echo", 1
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.release.wait(5)
+        self.batches.append(len(batch))
+        return {"sum": batch.reshape(len(batch), -1).sum(axis=1)}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_coalesced_and_routed_back():
+    async def scenario():
+        model = SlowEcho()
+        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=0))
+        runner.start()
+        first = asyncio.create_task(runner.predict(np.full((1, 2), 1.0)))
+        await asyncio.sleep(0.05)  # the first call occupies the inference thread
+        rest = [asyncio.create_task(runner.predict(np.full((n, 2), float(n))))
+                for n in (1, 2, 3, 4)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(first, *rest)
+        await runner.close()
+        return model.batches, results
+
+    batches, results = run(scenario())
+    assert batches == [1, 10]  # four queued requests -> one model call
+    for n, result in zip((1, 1, 2, 3, 4), results):
+        assert result["sum"].tolist() == [2.0 * n] * n
+
+
+def test_max_batch_size_is_respected_without_splitting_requests():
+    async def scenario():
+        model = SlowEcho()
+        runner = Runner(model, BatchPolicy(max_batch_size=4, max_delay_ms=0))
+        runner.start()
+        first = asyncio.create_task(runner.predict(np.zeros((1, 1))))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(runner.predict(np.zeros((n, 1)))) for n in (3, 2, 2, 1)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await runner.close()
+        return model.batches
+
+    assert run(scenario()) == [1, 3, 4, 1]  # 3 | 2+2 | 1: a request is never split
+
+
+def test_full_queue_answers_overloaded_at_once():
+    async def scenario():
+        model = SlowEcho()
+        runner = Runner(model, BatchPolicy(max_batch_size=1, max_queue=2))
+        runner.start()
+        busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(runner.predict(np.zeros((1, 1)))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await runner.predict(np.zeros((1, 1)))
+        model.release.set()
+        await asyncio.gather(busy, *queued)
+        await runner.close()
+        return info.value
+
+    error = run(scenario())
+    assert error.status == 503 and error.headers == {"Retry-After": "1"}
+
+
+def test_requests_whose_client_has_gone_are_not_computed():
+    async def scenario():
+        model = SlowEcho()
+        runner = Runner(model, BatchPolicy(max_batch_size=64))
+        runner.start()
+        busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
+        await asyncio.sleep(0.05)
+
+        async def gone() -> bool:
+            return True
+
+        abandoned = asyncio.create_task(runner.predict(np.zeros((5, 1)), is_gone=gone))
+        kept = asyncio.create_task(runner.predict(np.zeros((2, 1))))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await busy
+        assert (await kept)["sum"].shape == (2,)
+        with pytest.raises(ClientGone):
+            await abandoned
+        await runner.close()
+        return model.batches
+
+    assert run(scenario()) == [1, 2]
+
+
+def test_batched_answers_equal_single_answers(models_dir):
+    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
+    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
+    model.load()
+    images = np.random.default_rng(0).random((12, 28, 28, 1), np.float32)
+
+    async def scenario():
+        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=20))
+        runner.start()
+        batched = await asyncio.gather(*(runner.predict(images[i:i + 1]) for i in range(12)))
+        await runner.close()
+        return batched
+
+    batched = run(scenario())
+    for i, result in enumerate(batched):
+        single = model.predict(images[i:i + 1])
+        for name in ("digit", "odd"):
+            np.testing.assert_allclose(result[name], single[name], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,124 @@
+"""POST /predict on the committed models, with images made as people make them."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service.handwriting import draw_digit, encode, on_transparent
+
+DIGITS = range(10)
+
+
+def predict(client, *files, **form):
+    r = client.post("/predict", data=form,
+                    files=[("file", f) for f in files])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def digit_of(body, i=0):
+    return body["predictions"][i]["outputs"]["digit"]["label"]
+
+
+@pytest.mark.parametrize("digit", DIGITS)
+def test_pen_on_paper_png(client, digit):
+    body = predict(client, ("d.png", encode(draw_digit(digit)), "image/png"))
+    assert digit_of(body) == str(digit)
+
+
+@pytest.mark.parametrize("digit", DIGITS)
+def test_large_off_centre_jpeg_photo_with_uneven_light(client, digit):
+    page = draw_digit(digit, canvas=(1200, 900), box=(820, 560, 260), pen=0.05, gradient=60,
+                      ink=60, paper=225, mode="RGB")
+    body = predict(client, ("photo.jpg", encode(page, "JPEG", quality=80), "image/jpeg"))
+    assert digit_of(body) == str(digit)
+
+
+@pytest.mark.parametrize("digit", DIGITS)
+def test_small_corner_digit_with_transparency(client, digit):
+    img = on_transparent(draw_digit(digit, canvas=(300, 300), box=(10, 12, 70), pen=0.12))
+    body = predict(client, ("t.png", encode(img), "image/png"))
+    assert digit_of(body) == str(digit)
+
+
+@pytest.mark.parametrize("fmt,mode", [("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB"),
+                                      ("TIFF", "CMYK"), ("PNG", "P"), ("PNG", "I;16")])
+def test_every_format_and_mode(client, fmt, mode):
+    img = draw_digit(3)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(img, np.uint16) * 257))
+    else:
+        img = img.convert(mode)
+    body = predict(client, (f"d.{fmt.lower()}", encode(img, fmt), f"image/{fmt.lower()}"))
+    assert digit_of(body) == "3"
+
+
+def test_response_shape_and_odd_head(client):
+    body = predict(client, ("d.png", encode(draw_digit(7)), "image/png"), top_k="3")
+    assert body["model"] == "digit_odd" and body["version"] >= 1
+    digit = body["predictions"][0]["outputs"]["digit"]
+    assert digit["kind"] == "multiclass" and digit["index"] == 7
+    assert [s["label"] for s in digit["top_k"]][0] == "7" and len(digit["top_k"]) == 3
+    confidences = [s["confidence"] for s in digit["top_k"]]
+    assert confidences == sorted(confidences, reverse=True)
+    assert sum(digit["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert digit["confidence"] == digit["probabilities"]["7"]
+    odd = body["predictions"][0]["outputs"]["odd"]
+    assert odd["kind"] == "binary" and 0 <= odd["probability"] <= 1
+    assert odd["label"] == ("odd" if odd["probability"] >= 0.5 else "even")
+    t = body["timings"]
+    assert t["total_ms"] >= t["decode_ms"] >= 0 and t["inference_ms"] >= 0
+
+
+def test_odd_head_mostly_agrees_with_the_digit(client):
+    files = [(f"{d}.png", encode(draw_digit(d)), "image/png") for d in DIGITS]
+    body = predict(client, *files)
+    agree = sum(p["outputs"]["odd"]["label"] == ("odd" if d % 2 else "even")
+                for d, p in zip(DIGITS, body["predictions"]))
+    assert agree >= 8  # the odd head is a linear model on raw pixels (~90 % on MNIST)
+
+
+def test_several_images_in_one_request_keep_their_order(client):
+    files = [(f"{d}.png", encode(draw_digit(d)), "image/png") for d in (4, 1, 9)]
+    body = predict(client, *files)
+    assert [p["filename"] for p in body["predictions"]] == ["4.png", "1.png", "9.png"]
+    assert [digit_of(body, i) for i in range(3)] == ["4", "1", "9"]
+
+
+def _colour(size, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (8, 8, 3), np.uint8)
+    return Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (1024, 768)])
+def test_cifar10_classifies_small_and_large_colour_images(client, size):
+    body = predict(client, ("c.jpg", encode(_colour(size), "JPEG"), "image/jpeg"),
+                   model="cifar10", top_k="10")
+    out = body["predictions"][0]["outputs"]["class"]
+    assert body["model"] == "cifar10"
+    assert set(out["probabilities"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog",
+                                         "frog", "horse", "ship", "truck"}
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert len(out["top_k"]) == 10 and out["top_k"][0]["label"] == out["label"]
+
+
+def test_same_image_same_answer_alone_or_in_a_batch(client):
+    imgs = [encode(_colour((32, 32), seed), "PNG") for seed in range(3)]
+    together = predict(client, *[(f"{i}.png", b, "image/png") for i, b in enumerate(imgs)],
+                       model="cifar10")
+    for i, data in enumerate(imgs):
+        alone = predict(client, ("x.png", data, "image/png"), model="cifar10")
+        a = alone["predictions"][0]["outputs"]["class"]["probabilities"]
+        b = together["predictions"][i]["outputs"]["class"]["probabilities"]
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_rotated_phone_photo_is_turned_upright(client):
+    upright = draw_digit(7, canvas=(300, 400), box=(80, 100, 160))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # sensor orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    body = predict(client, ("p.jpg", encode(stored.convert("RGB"), "JPEG", exif=exif.tobytes()),
+                            "image/jpeg"))
+    assert digit_of(body) == "7"

@@ -1,0 +1,36 @@
+import pytest
+from pydantic import ValidationError
+
+from service.cli import main
+from service.settings import Settings
+
+
+def test_environment_configures_everything(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNN_SERVE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CNN_SERVE_DEVICE", "cpu")
+    monkeypatch.setenv("CNN_SERVE_CORS_ORIGINS", "http://a.example, http://b.example")
+    monkeypatch.setenv("CNN_SERVE_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("CNN_SERVE_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("CNN_SERVE_BATCHING__MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("CNN_SERVE_BATCHING_OVERRIDES", '{"cifar10": {"max_batch_size": 4}}')
+    s = Settings()
+    assert s.model_dir == tmp_path.resolve() and s.device == "cpu"
+    assert s.cors_origins == ["http://a.example", "http://b.example"]
+    assert s.max_upload_bytes == 1234 and s.log_level == "debug"
+    assert s.batch_policy("digit_odd").max_batch_size == 16
+    assert s.batch_policy("cifar10").max_batch_size == 4
+
+
+@pytest.mark.parametrize("var,value,complaint", [
+    ("CNN_SERVE_MODEL_DIR", "/does/not/exist", "does not exist"),
+    ("CNN_SERVE_DEVICE", "tpu", "'auto', 'cpu' or 'gpu'"),
+    ("CNN_SERVE_MAX_UPLOAD_BYTES", "-1", "greater than 0"),
+])
+def test_invalid_settings_fail_at_start_with_the_variable_named(monkeypatch, capsys, var, value,
+                                                                complaint):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError, match=complaint):
+        Settings()
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "CNN_SERVE_" in err and complaint in err

@@ -7,15 +7,25 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import UploadFile
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps
 from service.errors import InvalidParameter, LayerNotFound, UnsupportedMediaType
-from service.preprocess import decode, to_model_input
+from service.preprocess import load, open_image, to_model_input
 from service.registry import ModelRegistry
-from service.schemas import (BinaryOutput, ClassScore, FeatureMapsResponse, ImageFeatureMaps,
-                             ImagePrediction, LayerActivation, MulticlassOutput, Output,
-                             PredictResponse, Timings)
+from service.schemas import (
+    BinaryOutput,
+    ClassScore,
+    FeatureMapsResponse,
+    ImageFeatureMaps,
+    ImagePrediction,
+    LayerActivation,
+    MulticlassOutput,
+    Output,
+    PredictResponse,
+    Timings,
+)
 from service.settings import Settings
 from training.metadata import ModelMetadata
 
@@ -44,14 +54,23 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Uplo
     return uploads
 
 
-def preprocess_all(uploads: list[Upload], metadata: ModelMetadata, max_pixels: int
+INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
+
+
+def finish(images: list[Image.Image], metadata: ModelMetadata) -> np.ndarray:
+    """Decode and normalise opened images into one batch [n, H, W, C] for the model."""
+    return np.stack([to_model_input(load(im), metadata.input) for im in images])
+
+
+async def to_batch(uploads: list[Upload], metadata: ModelMetadata, max_pixels: int
                    ) -> np.ndarray:
-    """All uploads -> one batch [n, H, W, C] for the model (CPU work: run off the loop)."""
-    return np.stack([
-        to_model_input(decode(u.data, max_pixels, u.filename or f"file {i + 1}"),
-                       metadata.input)
-        for i, u in enumerate(uploads)
-    ])
+    """Headers are checked on the loop (cheap, refuses bombs before they expand); decoding
+    happens there too for tiny images, on a worker thread for anything bigger."""
+    images = [open_image(u.data, max_pixels, u.filename or f"file {i + 1}")
+              for i, u in enumerate(uploads)]
+    if sum(im.width * im.height for im in images) <= INLINE_PIXELS:
+        return finish(images, metadata)
+    return await run_in_threadpool(finish, images, metadata)
 
 
 def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,
@@ -86,7 +105,7 @@ async def predict(registry: ModelRegistry, settings: Settings, files: list[Uploa
     runner = registry.runner(model or settings.default_model, version)
     metadata = runner.model.metadata
     uploads = await read_uploads(files, settings)
-    batch = await run_in_threadpool(preprocess_all, uploads, metadata, settings.max_image_pixels)
+    batch = await to_batch(uploads, metadata, settings.max_image_pixels)
     decoded = time.perf_counter()
     outputs = await runner.predict(batch, is_gone)
     done = time.perf_counter()
@@ -114,7 +133,7 @@ async def activations(registry: ModelRegistry, settings: Settings, files: list[U
         if unknown:
             raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
     uploads = await read_uploads(files, settings)
-    batch = await run_in_threadpool(preprocess_all, uploads, metadata, settings.max_image_pixels)
+    batch = await to_batch(uploads, metadata, settings.max_image_pixels)
     maps = await runner.feature_maps(batch)
     outputs = await runner.predict(batch)
     maps = {"image": batch, **maps}  # the input layer shows what preprocessing made of it

@@ -22,8 +22,11 @@ WORK_SIDE = 512  # larger photos are reduced first: enough resolution for a 20-p
 STROKE_PX = 2.2  # MNIST's typical pen width on the 20x20 box
 
 
-def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
-    """Bytes -> upright, fully loaded PIL image (first frame of animations)."""
+def open_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Bytes -> a lazily opened image whose header passed the checks (format, pixel count).
+
+    Cheap: only the header is read, so a decompression bomb is refused before it expands.
+    """
     if not data:
         raise EmptyImage(f"{name}: empty file")
     try:
@@ -41,6 +44,11 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
         raise DecompressionBomb(
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,}")
+    return image
+
+
+def load(image: Image.Image, name: str = "image") -> Image.Image:
+    """Decode the pixels (first frame of animations) and turn the image upright (EXIF)."""
     try:
         image.load()
         return ImageOps.exif_transpose(image)
@@ -48,6 +56,11 @@ def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
         raise DecompressionBomb(f"{name}: {exc}") from exc
     except Exception as exc:  # truncated or corrupt data surfaces as many types
         raise InvalidImage(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def decode(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Bytes -> upright, fully loaded PIL image, or a clear error."""
+    return load(open_image(data, max_pixels, name), name)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -93,15 +106,19 @@ def resize(image: Image.Image, spec: InputSpec) -> np.ndarray:
     return arr.reshape(spec.height, spec.width, spec.channels)
 
 
-def _ink(image: Image.Image) -> np.ndarray:
-    """Grayscale ink map in [0, 1] (ink bright), polarity detected, uneven lighting removed."""
+def _gray_ink_bright(image: Image.Image, max_side: int) -> np.ndarray:
+    """Grayscale in [0, 1] with the ink bright: dark ink on light paper is inverted."""
     gray = flatten(image).convert("L")
-    if max(gray.size) > WORK_SIDE:
-        gray.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.LANCZOS)
+    if max(gray.size) > max_side:
+        gray.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     arr = np.asarray(gray, np.float32) / 255.0
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    if np.median(border) > 0.5:  # dark ink on light paper: MNIST is light ink on black
-        arr = 1.0 - arr
+    return 1.0 - arr if np.median(border) > 0.5 else arr
+
+
+def _ink(image: Image.Image) -> np.ndarray:
+    """Ink map in [0, 1] (ink bright), polarity detected, uneven lighting removed."""
+    arr = _gray_ink_bright(image, WORK_SIDE)
     return np.clip(arr - np.minimum(_paper(arr), np.median(arr) + 0.1), 0.0, None)
 
 
@@ -116,15 +133,40 @@ def _paper(arr: np.ndarray) -> np.ndarray:
                                                             Image.Resampling.BILINEAR))
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=128, range=(0.0, float(values.max()) or 1.0))
-    centers = (edges[:-1] + edges[1:]) / 2
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold: the level that best separates ink from paper."""
+    top = float(values.max()) or 1.0
+    hist = np.bincount(np.minimum((values * ((bins - 1) / top)).astype(np.intp), bins - 1).ravel(),
+                       minlength=bins)
+    centers = (np.arange(bins) + 0.5) * (top / bins)
     weight = np.cumsum(hist)
     mean = np.cumsum(hist * centers)
     total, total_mean = weight[-1], mean[-1]
     between = (total_mean * weight - mean * total) ** 2 / np.maximum(
         weight * (total - weight), 1e-12)
     return float(centers[np.argmax(between)])
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour binary erosion by slicing (much cheaper than a generic morphology call)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
+
+
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """4-neighbour binary dilation, ``steps`` times."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
 
 
 def _digit_mask(ink: np.ndarray) -> np.ndarray:
@@ -141,9 +183,9 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
 def _thicken(ink: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
     """Dilate thin pen strokes so that after scaling they are as wide as MNIST's."""
     area = float(mask.sum())
-    edge = float((mask & ~ndimage.binary_erosion(mask)).sum())
+    edge = float((mask & ~_erode(mask)).sum())
     width = 2.0 * area / max(edge, 1.0)  # area / (perimeter / 2) for a long thin stroke
-    grow = int(round((STROKE_PX / scale - width) / 2))
+    grow = round((STROKE_PX / scale - width) / 2)
     if grow < 1:
         return ink
     return ndimage.grey_dilation(ink, size=(2 * grow + 1, 2 * grow + 1))
@@ -151,7 +193,13 @@ def _thicken(ink: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
 
 def to_mnist(image: Image.Image) -> np.ndarray:
     """MNIST's normalisation: the ink cropped, fitted in 20x20 keeping aspect ratio, and
-    centred by centre of mass in 28x28; float32 [28, 28, 1] in [0, 1], ink bright."""
+    centred by centre of mass in 28x28; float32 [28, 28, 1] in [0, 1], ink bright.
+
+    An upload that already is 28x28 is taken as MNIST-format data (only grayscale and
+    polarity are applied): re-cropping a normalised digit would only blur it.
+    """
+    if image.size == (MNIST_SIZE, MNIST_SIZE):
+        return _gray_ink_bright(image, MNIST_SIZE)[..., None]
     ink = _ink(image)
     out = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)
     if float(ink.max()) < 0.05:  # a blank page: nothing to centre
@@ -160,7 +208,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     scale = MNIST_BOX / max(bottom - top, right - left)
-    ink = _thicken(np.where(ndimage.binary_dilation(mask, iterations=2), ink, 0.0), mask, scale)
+    ink = _thicken(np.where(_grow(mask, 2), ink, 0.0), mask, scale)
     crop = ink[top:bottom, left:right]
     crop = crop / max(float(np.percentile(crop[crop > 0], 90)), 1e-6)  # strokes reach full ink
     h = max(1, round((bottom - top) * scale))

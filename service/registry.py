@@ -20,6 +20,11 @@ log = logging.getLogger("cnn_serve")
 
 def pick_device(requested: str) -> str:
     """``auto`` -> the first GPU TensorFlow sees, else the CPU; ``gpu`` without one is fatal."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:  # several workers share a GPU: take memory as needed, not all of it up front
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised by an earlier app in this process
+            pass
     gpus = tf.config.list_logical_devices("GPU")
     if requested == "gpu" and not gpus:
         raise RuntimeError("CNN_SERVE_DEVICE=gpu but TensorFlow sees no GPU "

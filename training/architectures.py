@@ -6,8 +6,8 @@ outputs, so the exported signatures and the feature-map layer names read like th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 from keras import layers

@@ -21,8 +21,7 @@ import keras
 import tensorflow as tf
 
 from training import datasets
-from training.architectures import (ARCHITECTURES, TRANSFERS, build_transfer,
-                                    get_architecture)
+from training.architectures import ARCHITECTURES, TRANSFERS, build_transfer, get_architecture
 from training.export import KERAS_FILE, export, layer_table, next_version
 from training.metadata import DatasetInfo, InputSpec, ModelMetadata, TrainingConfig
 from training.train import TrainConfig, fit, hardware

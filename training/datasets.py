@@ -264,5 +264,5 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("validation split must be between 0 and 1")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = max(1, round(n * val_fraction))
     return order[n_val:], order[:n_val]

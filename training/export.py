@@ -84,7 +84,7 @@ def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
     try:
         save_model(model, staging)
         model.save(staging / KERAS_FILE)
-        created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         metadata: ModelMetadata = build_metadata(version, layer_table(model), created)
         metadata.write(staging)
         final = root / str(version)

@@ -7,8 +7,15 @@ from starlette.concurrency import run_in_threadpool
 from service import featuremaps, inference
 from service.deps import RegistryDep, SettingsDep
 from service.model import ServedModel
-from service.schemas import (ErrorResponse, FeatureMapsResponse, ModelDetail, ModelList,
-                             ModelSummary, VersionDetail, VersionStatus)
+from service.schemas import (
+    ErrorResponse,
+    FeatureMapsResponse,
+    ModelDetail,
+    ModelList,
+    ModelSummary,
+    VersionDetail,
+    VersionStatus,
+)
 
 router = APIRouter(prefix="/models", tags=["models"])
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
@@ -20,26 +27,27 @@ def _status(m: ServedModel) -> VersionStatus:
                          device=m.device, load_seconds=m.load_seconds)
 
 
-def _summary(registry, name: str) -> dict:
+def _summary(registry, name: str, schema: type[ModelSummary] = ModelSummary, **extra
+             ) -> ModelSummary:
     versions = registry.versions(name)
     default = registry.get(name)
-    return dict(name=name, default_version=default.version,
-                ready=any(m.status.value == "ready" for m in versions.values()),
-                versions=[_status(versions[v]) for v in sorted(versions)],
-                input=default.metadata.input if default.metadata else None,
-                outputs=default.metadata.outputs if default.metadata else [])
+    return schema(name=name, default_version=default.version,
+                  ready=any(m.status.value == "ready" for m in versions.values()),
+                  versions=[_status(versions[v]) for v in sorted(versions)],
+                  input=default.metadata.input if default.metadata else None,
+                  outputs=default.metadata.outputs if default.metadata else [], **extra)
 
 
 @router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
 async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
     return ModelList(device=registry.device, default_model=settings.default_model,
-                     models=[ModelSummary(**_summary(registry, n)) for n in sorted(registry.models)])
+                     models=[_summary(registry, n) for n in sorted(registry.models)])
 
 
 @router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}},
             summary="A model: versions and the default version's metadata and layer table")
 async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
-    return ModelDetail(**_summary(registry, name), metadata=registry.get(name).metadata)
+    return _summary(registry, name, ModelDetail, metadata=registry.get(name).metadata)
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionDetail,

@@ -130,5 +130,8 @@ def test_batched_answers_equal_single_answers(models_dir):
     batched = run(scenario())
     for i, result in enumerate(batched):
         single = model.predict(images[i:i + 1])
+        # same answer; float32 kernels for other batch shapes may differ in the last bits
+        assert result["digit"].argmax() == single["digit"].argmax()
+        assert (result["odd"] >= 0.5) == (single["odd"] >= 0.5)
         for name in ("digit", "odd"):
-            np.testing.assert_allclose(result[name], single[name], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(result[name], single[name], atol=1e-5)

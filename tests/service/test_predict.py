@@ -46,7 +46,7 @@ def test_small_corner_digit_with_transparency(client, digit):
 def test_every_format_and_mode(client, fmt, mode):
     img = draw_digit(3)
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img, np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img, np.uint16) * 257)
     else:
         img = img.convert(mode)
     body = predict(client, (f"d.{fmt.lower()}", encode(img, fmt), f"image/{fmt.lower()}"))
@@ -58,7 +58,7 @@ def test_response_shape_and_odd_head(client):
     assert body["model"] == "digit_odd" and body["version"] >= 1
     digit = body["predictions"][0]["outputs"]["digit"]
     assert digit["kind"] == "multiclass" and digit["index"] == 7
-    assert [s["label"] for s in digit["top_k"]][0] == "7" and len(digit["top_k"]) == 3
+    assert digit["top_k"][0]["label"] == "7" and len(digit["top_k"]) == 3
     confidences = [s["confidence"] for s in digit["top_k"]]
     assert confidences == sorted(confidences, reverse=True)
     assert sum(digit["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

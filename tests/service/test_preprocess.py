@@ -109,3 +109,13 @@ def test_tall_digit_keeps_its_aspect_ratio():
 
 def test_blank_page_gives_blank_input():
     assert to_mnist(Image.new("L", (50, 50), 240)).max() == 0.0
+
+
+def test_mnist_sized_uploads_are_taken_as_mnist_data():
+    """A 28x28 upload is already normalised: only grayscale and polarity are applied."""
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:15] = 255  # an off-centre "1", light on dark, as in MNIST files
+    as_is = to_mnist(Image.fromarray(digit))[..., 0]
+    np.testing.assert_allclose(as_is, digit / 255.0)
+    inverted = to_mnist(Image.fromarray(255 - digit).convert("RGB"))[..., 0]
+    np.testing.assert_allclose(inverted, digit / 255.0)

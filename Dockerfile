@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# cnn-serve: `docker build -t cnn-serve . && docker run -p 8000:8000 cnn-serve`
+# GPU image: --build-arg TF_PACKAGE="tensorflow[and-cuda]" (then `docker run --gpus all ...`).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ARG TF_PACKAGE=tensorflow-cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (cached until pyproject.toml changes). TensorFlow comes as TF_PACKAGE:
+# CPU-only by default, which keeps the image small; the project itself is installed --no-deps.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('tensorflow')))" > requirements.txt \
+ && pip install "${TF_PACKAGE}>=2.16,<2.22" -r requirements.txt
+COPY README.md ./
+COPY training training
+COPY service service
+RUN pip install --no-deps . \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
+ && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include
+
+FROM ${BASE_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 \
+    CNN_SERVE_HOST=0.0.0.0 CNN_SERVE_PORT=8000 CNN_SERVE_MODEL_DIR=/app/models
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cnnserve
+COPY --from=build /opt/venv /opt/venv
+COPY models /app/models
+WORKDIR /app
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+CMD ["cnn-serve"]

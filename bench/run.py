@@ -1,0 +1,187 @@
+"""Load benchmark: the HTTP floor vs the naive way vs cnn-serve, driven by wrk on 127.0.0.1.
+
+    python -m bench.run [--models digit_odd cifar10] [--duration 10] [--concurrency 1 8 32 64]
+
+For each model: starts each server in turn (one uvicorn worker), measures cold start (process
+start to ready) and peak RSS, drives it with wrk at each concurrency, and prints req/s, p50,
+p99 and non-2xx, with the ratios cnn-serve/floor and cnn-serve/naive; then model-only
+images/s at batch 1, 8, 32, 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BOUNDARY = "cnnservebenchboundary"
+
+
+def sample_png(model: str) -> bytes:
+    buf = io.BytesIO()
+    if model == "cifar10":
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, "PNG")
+    else:
+        from tests.service.handwriting import draw_digit
+
+        draw_digit(7, canvas=(28, 28), box=(7, 4, 20), pen=0.12).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart(png: bytes, model: str) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + (
+        f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n"
+        f"{model}\r\n--{BOUNDARY}--\r\n").encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def latest(model: str) -> Path:
+    root = ROOT / "models" / model
+    return max((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def start(kind: str, model: str, port: int) -> tuple[subprocess.Popen, float]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app",
+           "cnn-serve": "service.app:create_app"}[kind]
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--no-access-log"]
+    if kind == "cnn-serve":
+        cmd.append("--factory")
+        env["CNN_SERVE_DEFAULT_MODEL"] = model
+    if kind == "naive":
+        env["NAIVE_MODEL_PATH"] = str(latest(model))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/health/ready"
+    while time.perf_counter() - t0 < 120:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} did not become ready")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(port: int, body_file: str, connections: int, duration: int) -> dict:
+    env = {**os.environ, "BENCH_BODY": body_file, "BENCH_BOUNDARY": BOUNDARY}
+    out = subprocess.run(
+        ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{duration}s",
+         "--latency", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(0) if errors else ""}
+
+
+def model_only(model: str) -> dict[int, float]:
+    from service.model import ServedModel
+
+    path = latest(model)
+    served = ServedModel(model, int(path.name), path, "/device:CPU:0")
+    served.load()
+    shape = served.metadata.input.shape
+    rates = {}
+    for batch in (1, 8, 32, 128):
+        x = np.random.default_rng(0).random((batch, *shape), np.float32)
+        served.predict(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 2.0:
+            served.predict(x)
+            n += batch
+        rates[batch] = n / (time.perf_counter() - t0)
+    return rates
+
+
+def bench_model(model: str, concurrency: list[int], duration: int) -> None:
+    body = tempfile.NamedTemporaryFile(suffix=".multipart", delete=False)
+    body.write(multipart(sample_png(model), model))
+    body.close()
+    results: dict[str, dict] = {}
+    for kind in ("floor", "naive", "cnn-serve"):
+        port = free_port()
+        proc, cold = start(kind, model, port)
+        try:
+            runs = {c: wrk(port, body.name, c, duration) for c in concurrency}
+            results[kind] = {"cold": cold, "rss": peak_rss_mb(proc.pid), "runs": runs}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    os.unlink(body.name)
+    print(f"\n## {model}  ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+          f"wrk {duration}s per run, one uvicorn worker)")
+    print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for kind, r in results.items():
+        for c, run in r["runs"].items():
+            print(f"{kind:<10}{c:>5}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
+                  f"{run['non2xx']:>9}  {run['socket_errors']}")
+    for c in concurrency:
+        ours = results["cnn-serve"]["runs"][c]
+        print(f"c={c:<3} cnn-serve/floor = {ours['rps'] / results['floor']['runs'][c]['rps']:.2f}"
+              f"   cnn-serve/naive = {ours['rps'] / results['naive']['runs'][c]['rps']:.2f}"
+              f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
+              f"   p50 cnn-serve/naive = "
+              f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}")
+    for kind, r in results.items():
+        print(f"{kind:<10} cold start {r['cold']:.2f} s   peak RSS {r['rss']:.0f} MB")
+    rates = model_only(model)
+    print("model only (images/s): " + "   ".join(f"batch {b}: {v:,.0f}" for b, v in rates.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["digit_odd", "cifar10"])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    for model in args.models:
+        bench_model(model, args.concurrency, args.duration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Build the image from the Dockerfile, run it, wait for readiness, POST a digit to /predict,
+# check the answer and that the server runs as a non-root user, then stop it.
+# Uses docker when an engine answers, else podman (set up by ../shared/tools/container-env.sh
+# where that script exists). Exit 0 = passed, 1 = failed, 3 = no container tooling here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+IMAGE=${IMAGE:-cnn-serve:test}
+PORT=${PORT:-18080}
+NAME=cnn-serve-test-$$
+SETUP=../shared/tools/container-env.sh
+
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  ENGINE=(docker); BUILD_ARGS=(); RUN_NET=(-p "127.0.0.1:${PORT}:8000"); URL_PORT=$PORT
+else
+  if [ -x "$SETUP" ]; then  # installs podman and makes the local base image (idempotent)
+    "$SETUP" >/dev/null 2>&1 || echo "!!! $SETUP failed" >&2
+  fi
+  if ! command -v podman >/dev/null; then
+    echo "!!! container test SKIPPED: no docker engine and podman could not be set up" >&2
+    exit 3
+  fi
+  ENGINE=(podman --storage-driver vfs --runtime runc)
+  if ! "${ENGINE[@]}" image exists localhost/bookworm-python; then
+    echo "!!! container test SKIPPED: no local base image (run $SETUP)" >&2
+    exit 3
+  fi
+  BUILD_ARGS=(--network host --build-arg BASE_IMAGE=localhost/bookworm-python)
+  RUN_NET=(--network host -e "CNN_SERVE_PORT=${PORT}"); URL_PORT=$PORT
+fi
+
+echo "== building $IMAGE with ${ENGINE[0]}"
+start=$(date +%s)
+"${ENGINE[@]}" build "${BUILD_ARGS[@]}" -t "$IMAGE" . >/tmp/cnn-serve-build.log 2>&1 \
+  || { tail -40 /tmp/cnn-serve-build.log; echo "FAIL: image build" >&2; exit 1; }
+echo "   built in $(( $(date +%s) - start )) s; size: $("${ENGINE[@]}" image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+
+cleanup() { "${ENGINE[@]}" rm -f "$NAME" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+"${ENGINE[@]}" run -d --name "$NAME" "${RUN_NET[@]}" "$IMAGE" >/dev/null
+echo "== waiting for http://127.0.0.1:${URL_PORT}/health/ready"
+for _ in $(seq 1 120); do
+  if curl -fsS "http://127.0.0.1:${URL_PORT}/health/ready" >/dev/null 2>&1; then ready=1; break; fi
+  sleep 1
+done
+if [ -z "${ready:-}" ]; then
+  "${ENGINE[@]}" logs "$NAME" | tail -30; echo "FAIL: not ready in 120 s" >&2; exit 1
+fi
+
+digit=$(mktemp --suffix=.png)
+PYTHONPATH=. "$PY" -c "
+from tests.service.handwriting import draw_digit
+draw_digit(7, canvas=(240, 180), box=(90, 30, 120)).save('$digit')"
+answer=$(curl -fsS -F "file=@${digit};type=image/png" "http://127.0.0.1:${URL_PORT}/predict")
+label=$(echo "$answer" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['predictions'][0]['outputs']['digit']['label'])")
+echo "   /predict answered digit=$label"
+[ "$label" = "7" ] || { echo "FAIL: expected 7, got: $answer" >&2; exit 1; }
+
+uid=$("${ENGINE[@]}" exec "$NAME" sh -c 'grep "^Uid:" /proc/1/status | cut -f2')
+echo "   server process uid=$uid"
+[ "$uid" != "0" ] || { echo "FAIL: the server runs as root" >&2; exit 1; }
+
+"${ENGINE[@]}" stop -t 10 "$NAME" >/dev/null
+echo "PASS: container built, served /predict correctly as uid $uid, stopped"

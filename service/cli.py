@@ -31,7 +31,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes; each loads every model (see README for memory)")
     args = parser.parse_args(argv)
 
+    import tempfile
+
     import uvicorn
+
+    from service.metrics import MULTIPROC_ENV
+
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # workers are separate processes: let prometheus-client aggregate them
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cnn-serve-metrics-")
 
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=settings.log_level, access_log=False)

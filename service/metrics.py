@@ -1,8 +1,24 @@
-"""Prometheus metrics (prometheus-client), exposed at ``/metrics``."""
+"""Prometheus metrics (prometheus-client), exposed at ``/metrics``.
+
+With several workers, ``cnn-serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a shared directory
+and ``/metrics`` aggregates every worker (prometheus-client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 MODEL = ("model", "version")
 
@@ -16,10 +32,22 @@ INFERENCE = Histogram("cnn_serve_inference_seconds", "Model call latency", MODEL
                       buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 BATCH_SIZE = Histogram("cnn_serve_batch_size", "Images per model call", MODEL,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-QUEUE_DEPTH = Gauge("cnn_serve_queue_depth", "Requests waiting for the model", MODEL)
+QUEUE_DEPTH = Gauge("cnn_serve_queue_depth", "Requests waiting for the model", MODEL,
+                    multiprocess_mode="livesum")
 REJECTED = Counter("cnn_serve_rejected_total", "Requests refused because the queue was full",
                    MODEL)
 SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the client had gone",
                   MODEL)
-LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL)
-MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL)
+LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL,
+                     multiprocess_mode="max")
+MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,
+                    multiprocess_mode="livemin")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text of this process, or of all workers in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

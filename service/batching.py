@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from service.settings import BatchPolicy
 log = logging.getLogger("cnn_serve")
 
 IsGone = Callable[[], Awaitable[bool]]
+GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those who waited
 
 
 @dataclass
@@ -33,6 +35,7 @@ class _Item:
     future: asyncio.Future
     is_gone: IsGone | None = None
     size: int = field(init=False)
+    queued_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.size = len(self.images)
@@ -45,7 +48,12 @@ class Runner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
         self._task: asyncio.Task | None = None
-        self._labels = (model.name, str(model.version))
+        labels = (model.name, str(model.version))
+        self._depth = metrics.QUEUE_DEPTH.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._inference = metrics.INFERENCE.labels(*labels)
+        self._rejected = metrics.REJECTED.labels(*labels)
+        self._skipped = metrics.SKIPPED.labels(*labels)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model.name}-{self.model.version}")
@@ -67,11 +75,11 @@ class Runner:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            metrics.REJECTED.labels(*self._labels).inc()
+            self._rejected.inc()
             raise Overloaded(f"model {self.model.name} v{self.model.version} has "
                              f"{self.policy.max_queue} requests queued; retry shortly",
                              headers={"Retry-After": "1"}) from None
-        metrics.QUEUE_DEPTH.labels(*self._labels).set(self._queue.qsize())
+        self._depth.set(self._queue.qsize())
         return await item.future
 
     async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,13 +112,17 @@ class Runner:
         return items
 
     async def _live(self, items: list[_Item]) -> list[_Item]:
+        """Drop requests already answered, and those that waited a while and whose client
+        has disconnected since (nobody would read their result)."""
         live = []
+        waited_since = time.monotonic() - GONE_CHECK_AFTER_S
         for item in items:
             if item.future.done():
                 continue
-            if item.is_gone is not None and await item.is_gone():
+            if (item.is_gone is not None and item.queued_at < waited_since
+                    and await item.is_gone()):
                 item.future.set_exception(ClientGone("client disconnected"))
-                metrics.SKIPPED.labels(*self._labels).inc()
+                self._skipped.inc()
                 continue
             live.append(item)
         return live
@@ -119,18 +131,19 @@ class Runner:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._live(await self._next_batch())
-            metrics.QUEUE_DEPTH.labels(*self._labels).set(self._queue.qsize())
+            self._depth.set(self._queue.qsize())
             if not items:
                 continue
             batch = items[0].images if len(items) == 1 else np.concatenate(
                 [item.images for item in items])
-            metrics.BATCH_SIZE.labels(*self._labels).observe(len(batch))
+            self._batch_size.observe(len(batch))
             try:
-                with metrics.INFERENCE.labels(*self._labels).time():
+                with self._inference.time():
                     outputs = await loop.run_in_executor(self._executor, self.model.predict,
                                                          batch)
             except Exception as exc:  # a failed call fails its requests, not the runner
-                log.exception("inference failed for %s v%s", *self._labels)
+                log.exception("inference failed for %s v%s", self.model.name,
+                              self.model.version)
                 for item in items:
                     if not item.future.done():
                         item.future.set_exception(exc)

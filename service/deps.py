@@ -10,11 +10,12 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 
 
-def _registry(request: Request) -> ModelRegistry:
+# async on purpose: FastAPI runs plain ``def`` dependencies on a worker thread per request
+async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -119,12 +119,19 @@ async def predict(registry: ModelRegistry, settings: Settings, files: list[Uploa
     )
 
 
+@dataclass
+class Activations:
+    """Raw activations of every (or the chosen) layer, graph order, and the model's outputs."""
+
+    metadata: ModelMetadata
+    version: int
+    uploads: list[Upload]
+    layers: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
 async def activations(registry: ModelRegistry, settings: Settings, files: list[UploadFile],
-                      name: str, version: int | None, layers: list[str] | None
-                      ) -> tuple[ModelMetadata, int, list[Upload], dict[str, np.ndarray],
-                                 dict[str, np.ndarray]]:
-    """Every (or the chosen) layer's raw activations for the uploads in graph order, and the
-    model's outputs."""
+                      name: str, version: int | None, layers: list[str] | None) -> Activations:
     runner = registry.runner(name, version)
     metadata = runner.model.metadata
     if layers:
@@ -134,28 +141,26 @@ async def activations(registry: ModelRegistry, settings: Settings, files: list[U
             raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
     uploads = await read_uploads(files, settings)
     batch = await to_batch(uploads, metadata, settings.max_image_pixels)
-    maps = await runner.feature_maps(batch)
-    outputs = await runner.predict(batch)
-    maps = {"image": batch, **maps}  # the input layer shows what preprocessing made of it
+    maps = {"image": batch, **await runner.feature_maps(batch)}  # input = what preprocessing made
     if layers:
         maps = {k: v for k, v in maps.items() if k in layers}
-    return metadata, runner.model.version, uploads, maps, outputs
+    return Activations(metadata, runner.model.version, uploads, maps,
+                       await runner.predict(batch))
 
 
-def render_feature_maps(metadata: ModelMetadata, version: int, uploads: list[Upload],
-                        maps: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-                        scaling: featuremaps.Scaling) -> FeatureMapsResponse:
-    table = {layer.name: layer for layer in metadata.layers}
+def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> FeatureMapsResponse:
+    table = {layer.name: layer for layer in acts.metadata.layers}
     images = []
-    for i, upload in enumerate(uploads):
+    for i, upload in enumerate(acts.uploads):
         layers = [
             LayerActivation(name=name, type=table[name].type,
                             output_shape=table[name].output_shape, params=table[name].params,
                             inbound=table[name].inbound, stats=featuremaps.stats(value[i]),
                             image=featuremaps.render(value[i], scaling))
-            for name, value in maps.items() if name in table
+            for name, value in acts.layers.items()
         ]
         images.append(ImageFeatureMaps(filename=upload.filename,
-                                       outputs=describe(metadata, outputs, i, 3), layers=layers))
-    return FeatureMapsResponse(model=metadata.name, version=version, scaling=scaling,
+                                       outputs=describe(acts.metadata, acts.outputs, i, 3),
+                                       layers=layers))
+    return FeatureMapsResponse(model=acts.metadata.name, version=acts.version, scaling=scaling,
                                images=images)

@@ -50,7 +50,7 @@ class ServedModel:
             self.predict(warm)
             if self._maps is not None:
                 self.feature_maps(warm)
-        except Exception as exc:  # a broken model must not take the others down
+        except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
             self.status, self.error = Status.failed, f"{type(exc).__name__}: {exc}"
             log.error("model %s v%s failed to load from %s: %s", self.name, self.version,
                       self.path, self.error)

@@ -73,7 +73,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def flatten(image: Image.Image, background: tuple[int, int, int] | None = None) -> Image.Image:
-    """Any mode -> RGB: palettes, CMYK, 16-bit converted; alpha composited onto a background.
+    """Any mode -> 'L' or 'RGB': palettes, CMYK, 16-bit converted; alpha composited onto a
+    background.
 
     With no background given, transparent areas become whichever of white or black contrasts
     with the visible pixels (dark ink on transparency lands on white paper, light ink on black).
@@ -84,6 +85,8 @@ def flatten(image: Image.Image, background: tuple[int, int, int] | None = None) 
         image = image.convert("RGBA")
     if image.mode == "RGBa":
         image = image.convert("RGBA")
+    if image.mode in ("L", "RGB"):
+        return image
     if image.mode != "RGBA":
         return image.convert("RGB")
     alpha = np.asarray(image.getchannel("A"), np.float32) / 255.0
@@ -111,9 +114,11 @@ def _gray_ink_bright(image: Image.Image, max_side: int) -> np.ndarray:
     gray = flatten(image).convert("L")
     if max(gray.size) > max_side:
         gray.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    arr = np.asarray(gray, np.float32) / 255.0
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    return 1.0 - arr if np.median(border) > 0.5 else arr
+    pixels = np.asarray(gray)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if 2 * np.count_nonzero(border > 127) > border.size:  # mostly light: dark ink on paper
+        pixels = 255 - pixels
+    return pixels.astype(np.float32) * np.float32(1 / 255)
 
 
 def _ink(image: Image.Image) -> np.ndarray:

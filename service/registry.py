@@ -20,6 +20,8 @@ log = logging.getLogger("cnn_serve")
 
 def pick_device(requested: str) -> str:
     """``auto`` -> the first GPU TensorFlow sees, else the CPU; ``gpu`` without one is fatal."""
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     for gpu in tf.config.list_physical_devices("GPU"):
         try:  # several workers share a GPU: take memory as needed, not all of it up front
             tf.config.experimental.set_memory_growth(gpu, True)

@@ -16,7 +16,7 @@ class BatchPolicy(BaseModel):
     """How a model's runner coalesces concurrent requests into one model call."""
 
     max_batch_size: int = Field(64, ge=1, le=4096)
-    max_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_delay_ms: float = Field(0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(512, ge=1)
 
 

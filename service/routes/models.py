@@ -78,11 +78,10 @@ async def feature_maps(
                                                                "activations")] = "json",
 ):
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
-    meta, v, uploads, maps, outputs = await inference.activations(
-        registry, settings, file, name, version, chosen)
+    acts = await inference.activations(registry, settings, file, name, version, chosen)
     if format == "npz":
-        return Response(featuremaps.to_npz(maps), media_type="application/octet-stream",
-                        headers={"Content-Disposition":
-                                 f'attachment; filename="{name}-v{v}-activations.npz"'})
-    return await run_in_threadpool(inference.render_feature_maps, meta, v, uploads, maps,
-                                   outputs, scaling)
+        data = await run_in_threadpool(featuremaps.to_npz, acts.layers)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}-'
+                                                        f'v{acts.version}-activations.npz"'})
+    return await run_in_threadpool(inference.render_feature_maps, acts, scaling)

@@ -62,7 +62,7 @@ def test_flatten_converts_palette_cmyk_and_16_bit():
     assert flatten(Image.new("P", (4, 4))).mode == "RGB"
     assert flatten(Image.new("CMYK", (4, 4), (0, 0, 0, 255))).getpixel((0, 0)) == (0, 0, 0)
     sixteen = Image.fromarray(np.full((4, 4), 65535 // 2, np.uint16))
-    value = flatten(sixteen).getpixel((0, 0))[0]
+    value = flatten(sixteen).getpixel((0, 0))
     assert 120 <= value <= 135  # scaled to 8 bits, not clipped to 255
 
 

@@ -26,7 +26,30 @@ else
     echo "!!! container test SKIPPED: no local base image (run $SETUP)" >&2
     exit 3
   fi
-  BUILD_ARGS=(--network host --build-arg BASE_IMAGE=localhost/bookworm-python)
+  BASE=localhost/bookworm-python
+  if ! "${ENGINE[@]}" run --rm --user 65534 "$BASE" /bin/true >/dev/null 2>&1; then
+    # that base was imported from a 0700 directory: non-root users cannot even reach /bin.
+    # Layers cannot change "/" itself, so re-import it once with / at 0755.
+    echo "== making $BASE-755 (the local base's / is not readable by non-root users)"
+    cid=$("${ENGINE[@]}" create "$BASE" /bin/true)
+    "${ENGINE[@]}" export "$cid" | "$PY" -c "
+import sys, tarfile
+src = tarfile.open(fileobj=sys.stdin.buffer, mode='r|')
+dst = tarfile.open(fileobj=sys.stdout.buffer, mode='w|')
+for member in src:
+    if member.name in ('.', './', ''):
+        member.mode = 0o755
+    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+dst.close()" | "${ENGINE[@]}" import \
+      --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
+      --change "ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt" \
+      --change "ENV PIP_BREAK_SYSTEM_PACKAGES=1" - "$BASE-755" >/dev/null
+    "${ENGINE[@]}" rm "$cid" >/dev/null
+    "${ENGINE[@]}" run --rm --user 65534 "$BASE-755" /bin/true \
+      || { echo "FAIL: could not make a usable base image" >&2; exit 1; }
+    BASE=$BASE-755
+  fi
+  BUILD_ARGS=(--network host --build-arg "BASE_IMAGE=$BASE")
   RUN_NET=(--network host -e "CNN_SERVE_PORT=${PORT}"); URL_PORT=$PORT
 fi
 
@@ -42,10 +65,12 @@ trap cleanup EXIT
 echo "== waiting for http://127.0.0.1:${URL_PORT}/health/ready"
 for _ in $(seq 1 120); do
   if curl -fsS "http://127.0.0.1:${URL_PORT}/health/ready" >/dev/null 2>&1; then ready=1; break; fi
+  [ "$("${ENGINE[@]}" inspect -f '{{.State.Running}}' "$NAME")" = "true" ] || break
   sleep 1
 done
 if [ -z "${ready:-}" ]; then
-  "${ENGINE[@]}" logs "$NAME" | tail -30; echo "FAIL: not ready in 120 s" >&2; exit 1
+  "${ENGINE[@]}" logs "$NAME" 2>&1 | tail -30; echo "FAIL: not ready (exited or 120 s)" >&2
+  exit 1
 fi
 
 digit=$(mktemp --suffix=.png)

@@ -75,21 +75,26 @@ async def to_batch(uploads: list[Upload], metadata: ModelMetadata, max_pixels: i
 
 def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,
              top_k: int) -> dict[str, Output]:
-    """One image's raw outputs -> labels, confidences and top-k, per the metadata."""
+    """One image's raw outputs -> labels, confidences and top-k, per the metadata.
+
+    Built with ``model_construct``: every value comes from the model and the metadata, already
+    of the right type, and this runs once per image on the hot path.
+    """
     described: dict[str, Output] = {}
     for spec in metadata.outputs:
-        values = outputs[spec.name][index]
+        values = outputs[spec.name][index].tolist()
         if spec.kind == "binary":
-            p = float(values.reshape(-1)[0])
-            described[spec.name] = BinaryOutput(label=spec.labels[int(p >= 0.5)], probability=p)
+            p = values[0]
+            described[spec.name] = BinaryOutput.model_construct(
+                label=spec.labels[int(p >= 0.5)], probability=p)
             continue
-        order = np.argsort(-values)
-        best = int(order[0])
-        described[spec.name] = MulticlassOutput(
-            label=spec.labels[best], index=best, confidence=float(values[best]),
-            top_k=[ClassScore(label=spec.labels[i], index=int(i), confidence=float(values[i]))
-                   for i in order[:top_k]],
-            probabilities={label: float(v) for label, v in zip(spec.labels, values)},
+        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
+        best = order[0]
+        described[spec.name] = MulticlassOutput.model_construct(
+            label=spec.labels[best], index=best, confidence=values[best],
+            top_k=[ClassScore.model_construct(label=spec.labels[i], index=i,
+                                              confidence=values[i]) for i in order[:top_k]],
+            probabilities=dict(zip(spec.labels, values)),
         )
     return described
 

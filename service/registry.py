@@ -13,7 +13,6 @@ from service.batching import Runner
 from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from service.model import ServedModel, Status
 from service.settings import Settings
-from training.metadata import METADATA_FILE
 
 log = logging.getLogger("cnn_serve")
 
@@ -37,14 +36,17 @@ def pick_device(requested: str) -> str:
 
 
 def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
-    """Every ``name/version`` directory holding a SavedModel or metadata, oldest first."""
+    """Every ``name/<integer>`` directory, oldest first. What is inside is checked when it
+    loads, so an incomplete or unreadable version is reported as failed, not skipped."""
     found = []
     for model_root in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        for version_dir in model_root.iterdir():
-            if version_dir.is_dir() and version_dir.name.isdigit() and (
-                    (version_dir / "saved_model.pb").exists()
-                    or (version_dir / METADATA_FILE).exists()):
-                found.append((model_root.name, int(version_dir.name), version_dir))
+        try:
+            entries = list(model_root.iterdir())
+        except OSError as exc:
+            log.error("cannot list %s: %s", model_root, exc)
+            continue
+        found += [(model_root.name, int(p.name), p) for p in entries
+                  if p.name.isdigit() and p.is_dir()]
     return sorted(found, key=lambda t: (t[0], t[1]))
 
 

@@ -87,6 +87,7 @@ def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
         created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         metadata: ModelMetadata = build_metadata(version, layer_table(model), created)
         metadata.write(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; a model repository is shared
         final = root / str(version)
         staging.rename(final)
         return final

@@ -1,6 +1,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
 
 from service import inference
 from service.deps import RegistryDep, SettingsDep
@@ -23,8 +24,9 @@ async def predict(
                                                 examples=["digit_odd"])] = None,
     version: Annotated[int | None, Form(ge=1, description="default: newest ready")] = None,
     top_k: Annotated[int, Form(ge=1, le=100)] = 5,
-) -> PredictResponse:
+) -> Response:
     result = await inference.predict(registry, settings, file, model, version, top_k,
                                      is_gone=request.is_disconnected)
     request.state.model = result.model  # labels this request's metrics
-    return result
+    # built from validated parts: serialise once, skip FastAPI's re-validation
+    return Response(result.model_dump_json(), media_type="application/json")

@@ -40,6 +40,7 @@ def test_versions_follow_tf_serving_layout(exported):
     assert versions == ["1", "2"]
     for v in versions:
         assert (exported / "digit_odd" / v / "saved_model.pb").is_file()
+        assert (exported / "digit_odd" / v).stat().st_mode & 0o005 == 0o005  # others can read
         assert (exported / "digit_odd" / v / "metadata.json").is_file()
 
 

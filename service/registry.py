@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import tensorflow as tf
@@ -17,10 +18,19 @@ from service.settings import Settings
 log = logging.getLogger("cnn_serve")
 
 
+def configure_threads(threads: int) -> None:
+    """TensorFlow's intra-op threads: by default half the cores (one on a 2-core machine), so
+    the event loop keeps a core for HTTP while batching supplies the parallelism."""
+    threads = threads or max(1, (os.cpu_count() or 2) // 2)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (tests): keep it
+        pass
+
+
 def pick_device(requested: str) -> str:
     """``auto`` -> the first GPU TensorFlow sees, else the CPU; ``gpu`` without one is fatal."""
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
     for gpu in tf.config.list_physical_devices("GPU"):
         try:  # several workers share a GPU: take memory as needed, not all of it up front
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -53,6 +63,7 @@ def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        configure_threads(settings.inference_threads)
         self.device = pick_device(settings.device)
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.runners: dict[tuple[str, int], Runner] = {}

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     batching: BatchPolicy = BatchPolicy()
     batching_overrides: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}')
-    inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; 0 = auto")
+    inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; "
+                                                        "0 = half the cores")
 
     @field_validator("model_dir")
     @classmethod

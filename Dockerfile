@@ -5,27 +5,25 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG TF_PACKAGE=tensorflow-cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 # binutils only in this stage: `strip` takes ~250 MB of symbols out of TensorFlow's libraries
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends binutils \
- && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m venv /opt/venv
 WORKDIR /src
 # Dependencies first (cached until pyproject.toml changes). TensorFlow comes as TF_PACKAGE:
 # CPU-only by default, which keeps the image small; the project itself is installed --no-deps.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('tensorflow')))" > requirements.txt \
  && pip install "${TF_PACKAGE}>=2.16,<2.22" -r requirements.txt
-COPY README.md ./
-COPY training training
-COPY service service
+COPY . .
 RUN pip install --no-deps . \
- && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
  && SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && rm -rf "$SITE/tensorflow/include" "$SITE/clang" \
- && find "$SITE/tensorflow" -name "*.so*" -type f -exec strip --strip-unneeded {} +
+ && find "$SITE/tensorflow" -name "*.so*" -type f -exec strip --strip-unneeded {} + \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
 
 FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \

@@ -27,7 +27,9 @@ else
     exit 3
   fi
   BASE=localhost/bookworm-python
-  if ! "${ENGINE[@]}" run --rm --user 65534 "$BASE" /bin/true >/dev/null 2>&1; then
+  if "${ENGINE[@]}" image exists "$BASE-755"; then
+    BASE=$BASE-755
+  elif ! "${ENGINE[@]}" run --rm --user 65534 "$BASE" /bin/true >/dev/null 2>&1; then
     # that base was imported from a 0700 directory: non-root users cannot even reach /bin.
     # Layers cannot change "/" itself, so re-import it once with / at 0755.
     echo "== making $BASE-755 (the local base's / is not readable by non-root users)"
@@ -87,4 +89,5 @@ echo "   server process uid=$uid"
 [ "$uid" != "0" ] || { echo "FAIL: the server runs as root" >&2; exit 1; }
 
 "${ENGINE[@]}" stop -t 10 "$NAME" >/dev/null
+"${ENGINE[@]}" image prune -f >/dev/null 2>&1 || true  # vfs keeps full copies of old layers
 echo "PASS: container built, served /predict correctly as uid $uid, stopped"

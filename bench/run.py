@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BOUNDARY = "cnnservebenchboundary"
@@ -106,8 +107,8 @@ def wrk(port: int, body_file: str, connections: int, duration: int) -> dict:
          "--latency", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}"],
         env=env, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
-    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,

@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import UploadFile
+from fastapi.exceptions import RequestValidationError
 from PIL import Image
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
 from service import featuremaps
 from service.errors import InvalidParameter, LayerNotFound, UnsupportedMediaType
@@ -23,6 +25,7 @@ from service.schemas import (
     LayerActivation,
     MulticlassOutput,
     Output,
+    PredictParams,
     PredictResponse,
     Timings,
 )
@@ -103,24 +106,41 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def predict_form(form: FormData) -> tuple[list[UploadFile], PredictParams]:
+    """The uploads and the validated parameters of a /predict form (422 when invalid)."""
+    files = form.getlist("file")
+    if not files:
+        raise RequestValidationError([{"loc": ("file",), "msg": "Field required",
+                                       "type": "missing"}])
+    if not all(isinstance(f, UploadFile) for f in files):
+        raise RequestValidationError([{"loc": ("file",), "msg": "expected a file upload",
+                                       "type": "value_error"}])
+    fields = {k: v for k in PredictParams.model_fields if (v := form.get(k)) not in (None, "")}
+    try:
+        return files, PredictParams.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
 async def predict(registry: ModelRegistry, settings: Settings, files: list[UploadFile],
-                  model: str | None, version: int | None, top_k: int, is_gone=None
-                  ) -> PredictResponse:
+                  params: PredictParams, is_gone=None) -> PredictResponse:
     start = time.perf_counter()
-    runner = registry.runner(model or settings.default_model, version)
+    top_k = params.top_k
+    runner = registry.runner(params.model or settings.default_model, params.version)
     metadata = runner.model.metadata
     uploads = await read_uploads(files, settings)
     batch = await to_batch(uploads, metadata, settings.max_image_pixels)
     decoded = time.perf_counter()
     outputs = await runner.predict(batch, is_gone)
     done = time.perf_counter()
-    return PredictResponse(
+    return PredictResponse.model_construct(  # parts built here, of the declared types
         model=metadata.name, version=runner.model.version,
-        predictions=[ImagePrediction(filename=u.filename, outputs=describe(metadata, outputs, i,
-                                                                           top_k))
-                     for i, u in enumerate(uploads)],
-        timings=Timings(decode_ms=_ms(decoded - start), inference_ms=_ms(done - decoded),
-                        total_ms=_ms(done - start)),
+        predictions=[ImagePrediction.model_construct(
+            filename=u.filename, outputs=describe(metadata, outputs, i, top_k))
+            for i, u in enumerate(uploads)],
+        timings=Timings.model_construct(decode_ms=_ms(decoded - start),
+                                        inference_ms=_ms(done - decoded),
+                                        total_ms=_ms(done - start)),
     )
 
 

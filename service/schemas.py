@@ -9,6 +9,15 @@ from pydantic import BaseModel, Field
 from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
 
+class PredictParams(BaseModel):
+    """The form fields of ``POST /predict`` besides the images."""
+
+    model: str | None = Field(None, description="model name (default: the service's)",
+                              examples=["digit_odd"])
+    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
+
+
 class ClassScore(BaseModel):
     label: str
     index: int

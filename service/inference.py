@@ -62,7 +62,8 @@ INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread
 
 def finish(images: list[Image.Image], metadata: ModelMetadata) -> np.ndarray:
     """Decode and normalise opened images into one batch [n, H, W, C] for the model."""
-    return np.stack([to_model_input(load(im), metadata.input) for im in images])
+    arrays = [to_model_input(load(im), metadata.input) for im in images]
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 async def to_batch(uploads: list[Upload], metadata: ModelMetadata, max_pixels: int

@@ -21,8 +21,8 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 
 
 class BodySizeLimit:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, else as soon as the
-    streamed body passes the limit (the app's partial work is discarded)."""
+    """413 for a body over ``limit`` bytes: at once from Content-Length, else (chunked) as soon
+    as the streamed body passes the limit (the app's partial work is discarded)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -39,6 +39,8 @@ class BodySizeLimit:
                     return await _send_error(send, 400, "bad_request", "invalid Content-Length")
                 if too_big:
                     return await _send_error(send, 413, "payload_too_large", message)
+                # the server delivers no more than Content-Length bytes: nothing to count
+                return await self.app(scope, receive, send)
         seen = 0
         exceeded = False
         started = False

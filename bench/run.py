@@ -135,9 +135,8 @@ def model_only(model: str) -> dict[int, float]:
 
 
 def bench_model(model: str, concurrency: list[int], duration: int) -> None:
-    body = tempfile.NamedTemporaryFile(suffix=".multipart", delete=False)
-    body.write(multipart(sample_png(model), model))
-    body.close()
+    with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
+        body.write(multipart(sample_png(model), model))
     results: dict[str, dict] = {}
     for kind in ("floor", "naive", "cnn-serve"):
         port = free_port()

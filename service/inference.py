@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from service import featuremaps
-from service.errors import InvalidParameter, LayerNotFound, UnsupportedMediaType
+from service.errors import InvalidImage, InvalidParameter, LayerNotFound, UnsupportedMediaType
 from service.preprocess import load, open_image, to_model_input
 from service.registry import ModelRegistry
 from service.schemas import (
@@ -60,9 +60,16 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Uplo
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
 
 
-def finish(images: list[Image.Image], metadata: ModelMetadata) -> np.ndarray:
+def _prepare(name: str, image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
+    try:
+        return to_model_input(load(image, name), metadata.input)
+    except (ValueError, OSError) as exc:  # e.g. a colour mode Pillow cannot convert
+        raise InvalidImage(f"{name}: cannot prepare this image for the model ({exc})") from exc
+
+
+def finish(images: list[tuple[str, Image.Image]], metadata: ModelMetadata) -> np.ndarray:
     """Decode and normalise opened images into one batch [n, H, W, C] for the model."""
-    arrays = [to_model_input(load(im), metadata.input) for im in images]
+    arrays = [_prepare(name, image, metadata) for name, image in images]
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
@@ -70,9 +77,9 @@ async def to_batch(uploads: list[Upload], metadata: ModelMetadata, max_pixels: i
                    ) -> np.ndarray:
     """Headers are checked on the loop (cheap, refuses bombs before they expand); decoding
     happens there too for tiny images, on a worker thread for anything bigger."""
-    images = [open_image(u.data, max_pixels, u.filename or f"file {i + 1}")
-              for i, u in enumerate(uploads)]
-    if sum(im.width * im.height for im in images) <= INLINE_PIXELS:
+    names = [u.filename or f"file {i + 1}" for i, u in enumerate(uploads)]
+    images = [(name, open_image(u.data, max_pixels, name)) for name, u in zip(names, uploads)]
+    if sum(im.width * im.height for _, im in images) <= INLINE_PIXELS:
         return finish(images, metadata)
     return await run_in_threadpool(finish, images, metadata)
 

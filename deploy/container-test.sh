@@ -22,6 +22,13 @@ else
     exit 3
   fi
   ENGINE=(podman --storage-driver vfs --runtime runc)
+  # vfs keeps a full copy of the tree per layer: a from-scratch build needs ~25 GB
+  store=/var/lib/containers; [ -d "$store" ] || store=/
+  free_gb=$(df -Pk "$store" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "${free_gb:-0}" -lt 30 ]; then
+    echo "!!! container test SKIPPED: only ${free_gb:-?} GB free for podman's vfs storage" >&2
+    exit 3
+  fi
   if ! "${ENGINE[@]}" image exists localhost/bookworm-python; then
     echo "!!! container test SKIPPED: no local base image (run $SETUP)" >&2
     exit 3

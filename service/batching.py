@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import ClientGone, Overloaded
+from service.errors import ClientGone, ModelNotReady, Overloaded
 from service.model import ServedModel
 from service.settings import BatchPolicy
 
@@ -56,17 +56,21 @@ class Runner:
         self._skipped = metrics.SKIPPED.labels(*labels)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.model.name}-{self.model.version}")
+        name = f"batcher-{self.model.name}-{self.model.version}"
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
 
     async def close(self) -> None:
+        """Stop batching; requests still queued get a 503 rather than waiting forever."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        pending = [self._carry] if self._carry else []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(ModelNotReady("the service is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
 
     async def predict(self, images: np.ndarray, is_gone: IsGone | None = None
                       ) -> dict[str, np.ndarray]:

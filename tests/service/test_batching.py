@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from service.batching import Runner
-from service.errors import ClientGone, Overloaded
+from service.errors import ClientGone, ModelNotReady, Overloaded
 from service.model import ServedModel
 from service.settings import BatchPolicy
 
@@ -135,3 +135,21 @@ def test_batched_answers_equal_single_answers(models_dir):
         assert (result["odd"] >= 0.5) == (single["odd"] >= 0.5)
         for name in ("digit", "odd"):
             np.testing.assert_allclose(result[name], single[name], atol=1e-5)
+
+
+def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
+    async def scenario():
+        model = SlowEcho()
+        runner = Runner(model, BatchPolicy(max_batch_size=1))
+        runner.start()
+        busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(runner.predict(np.zeros((1, 1))))
+        await asyncio.sleep(0)
+        model.release.set()
+        await runner.close()
+        with pytest.raises(ModelNotReady):
+            await queued
+        busy.cancel()
+
+    run(scenario())

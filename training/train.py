@@ -166,6 +166,7 @@ def _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, histo
         return history
     clean = pipeline(data.images[train_idx], targets(outputs, data.labels[train_idx]), spec,
                      cfg.batch_size, shuffle_seed=cfg.seed + 1)
+    was_trainable = {layer.name: layer.trainable for layer in model.layers}
     for layer in model.layers:
         layer.trainable = layer in heads
     compile_model(model, outputs, cfg.learning_rate)
@@ -174,8 +175,8 @@ def _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, histo
     print(f"re-fitting {', '.join(h.name for h in heads)} on undistorted images", flush=True)
     tail = model.fit(clean, validation_data=val_ds, epochs=cfg.finetune_epochs,
                      callbacks=[stop], verbose=cfg.verbose)
-    for layer in model.layers:
-        layer.trainable = True
+    for layer in model.layers:  # a transfer model's frozen base stays frozen
+        layer.trainable = was_trainable[layer.name]
     for key, values in tail.history.items():
         history.history.setdefault(key, []).extend(values)
     return history

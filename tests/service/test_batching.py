@@ -31,18 +31,25 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1):
+    """A runner whose thread is busy with a first request while requests of ``sizes`` queue;
+    returns the model, the runner and the tasks (first one included), not yet released."""
+    model = SlowEcho()
+    runner = Runner(model, policy)
+    runner.start()
+    first = asyncio.create_task(runner.predict(np.full((1, width), 1.0)))
+    await asyncio.sleep(0.05)  # the first call occupies the inference thread
+    rest = [asyncio.create_task(runner.predict(np.full((n, width), float(n)))) for n in sizes]
+    await asyncio.sleep(0.05)
+    return model, runner, [first, *rest]
+
+
 def test_concurrent_requests_are_coalesced_and_routed_back():
     async def scenario():
-        model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=0))
-        runner.start()
-        first = asyncio.create_task(runner.predict(np.full((1, 2), 1.0)))
-        await asyncio.sleep(0.05)  # the first call occupies the inference thread
-        rest = [asyncio.create_task(runner.predict(np.full((n, 2), float(n))))
-                for n in (1, 2, 3, 4)]
-        await asyncio.sleep(0.05)
+        model, runner, tasks = await queued_behind_a_busy_call(
+            BatchPolicy(max_batch_size=64, max_delay_ms=0), (1, 2, 3, 4), width=2)
         model.release.set()
-        results = await asyncio.gather(first, *rest)
+        results = await asyncio.gather(*tasks)
         await runner.close()
         return model.batches, results
 
@@ -54,15 +61,10 @@ def test_concurrent_requests_are_coalesced_and_routed_back():
 
 def test_max_batch_size_is_respected_without_splitting_requests():
     async def scenario():
-        model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=4, max_delay_ms=0))
-        runner.start()
-        first = asyncio.create_task(runner.predict(np.zeros((1, 1))))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(runner.predict(np.zeros((n, 1)))) for n in (3, 2, 2, 1)]
-        await asyncio.sleep(0.05)
+        model, runner, tasks = await queued_behind_a_busy_call(
+            BatchPolicy(max_batch_size=4, max_delay_ms=0), (3, 2, 2, 1))
         model.release.set()
-        await asyncio.gather(first, *rest)
+        await asyncio.gather(*tasks)
         await runner.close()
         return model.batches
 
@@ -139,15 +141,10 @@ def test_batched_answers_equal_single_answers(models_dir):
 
 def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
     async def scenario():
-        model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=1))
-        runner.start()
-        busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
-        await asyncio.sleep(0.05)
-        queued = asyncio.create_task(runner.predict(np.zeros((1, 1))))
-        await asyncio.sleep(0)
+        model, runner, (busy, queued) = await queued_behind_a_busy_call(
+            BatchPolicy(max_batch_size=1), (1,))
+        await runner.close()  # while the first call still holds the inference thread
         model.release.set()
-        await runner.close()
         with pytest.raises(ModelNotReady):
             await queued
         busy.cancel()

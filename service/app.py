@@ -56,9 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan(settings), docs_url=None, redoc_url=None)
     app.state.settings = settings
     install_handlers(app)
-    for router in (predict.router, models.router, health.router):
+    app.add_route("/predict", predict.predict, methods=["POST"])
+    for router in (models.router, health.router):
         app.include_router(router)
-    install_docs(app)
+    install_docs(app, documented=[predict.DOCUMENTED])
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -79,6 +79,18 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._templates: dict[object, str] | None = None
+
+    def _route(self, scope: Scope) -> str:
+        """The matched route's template: FastAPI puts its routes in the scope; plain Starlette
+        routes (the hot path) are found by their endpoint."""
+        route = scope.get("route")
+        if route is not None and hasattr(route, "path"):
+            return route.path
+        if self._templates is None:
+            self._templates = {r.endpoint: r.path for r in scope["app"].routes
+                               if hasattr(r, "endpoint") and hasattr(r, "path")}
+        return self._templates.get(scope.get("endpoint"), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,8 +107,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = self._route(scope)
             model = scope.get("path_params", {}).get("name") or scope.get("state", {}).get(
                 "model", "")
             metrics.REQUESTS.labels(path, scope["method"], model, str(status)).inc()

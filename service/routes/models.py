@@ -4,7 +4,7 @@ from fastapi import APIRouter, File, Form, Path, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service import featuremaps, inference
+from service import featuremaps, inference, uploads
 from service.deps import RegistryDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
@@ -78,7 +78,8 @@ async def feature_maps(
                                                                "activations")] = "json",
 ):
     chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
-    acts = await inference.activations(registry, settings, file, name, version, chosen)
+    acts = await inference.activations(registry, settings, await uploads.read(file), name,
+                                      version, chosen)
     if format == "npz":
         data = await run_in_threadpool(featuremaps.to_npz, acts.layers)
         return Response(data, media_type="application/octet-stream",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.schemas import PredictResponse
 from tests.service.handwriting import draw_digit, encode, on_transparent
 
 DIGITS = range(10)
@@ -13,6 +14,7 @@ def predict(client, *files, **form):
     r = client.post("/predict", data=form,
                     files=[("file", f) for f in files])
     assert r.status_code == 200, r.text
+    PredictResponse.model_validate_json(r.content)  # the hot path answers the documented shape
     return r.json()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from service import metrics
 from service.errors import ClientGone, ModelNotReady, Overloaded
-from service.model import ServedModel
+from service.model import GraphDecodeFailed, ServedModel
 from service.settings import BatchPolicy
 
 log = logging.getLogger("cnn_serve")
@@ -29,9 +29,12 @@ IsGone = Callable[[], Awaitable[bool]]
 GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those who waited
 
 
+Images = np.ndarray | list[bytes]  # decoded [n, H, W, C], or PNGs the graph decodes
+
+
 @dataclass
 class _Item:
-    images: np.ndarray
+    images: Images
     future: asyncio.Future
     is_gone: IsGone | None = None
     size: int = field(init=False)
@@ -72,9 +75,11 @@ class Runner:
                 item.future.set_exception(ModelNotReady("the service is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(self, images: np.ndarray, is_gone: IsGone | None = None
+    async def predict(self, images: Images, is_gone: IsGone | None = None
                       ) -> dict[str, np.ndarray]:
-        """Queue ``images`` [n, H, W, C] and wait for their outputs (each [n, ...])."""
+        """Queue ``images`` (an array [n, H, W, C], or n PNGs that
+        :func:`service.graph_decode.decodable` accepted) and wait for their outputs (each
+        [n, ...])."""
         item = _Item(images, asyncio.get_running_loop().create_future(), is_gone)
         try:
             self._queue.put_nowait(item)
@@ -132,29 +137,37 @@ class Runner:
         return live
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._live(await self._next_batch())
             self._depth.set(self._queue.qsize())
-            if not items:
-                continue
-            batch = items[0].images if len(items) == 1 else np.concatenate(
-                [item.images for item in items])
-            self._batch_size.observe(len(batch))
-            try:
-                with self._inference.time():
-                    outputs = await loop.run_in_executor(self._executor, self.model.predict,
-                                                         batch)
-            except Exception as exc:  # a failed call fails its requests, not the runner
+            decoded = [item for item in items if isinstance(item.images, np.ndarray)]
+            pngs = [item for item in items if not isinstance(item.images, np.ndarray)]
+            if decoded:
+                await self._run(decoded, self.model.predict, np.concatenate)
+            if pngs:
+                await self._run(pngs, self.model.predict_png,
+                                lambda parts: [png for part in parts for png in part])
+
+    async def _run(self, items: list[_Item], call: Callable[[Images], dict[str, np.ndarray]],
+                   join: Callable[[list[Images]], Images]) -> None:
+        """One model call for ``items``; each gets its slice of the outputs."""
+        batch = items[0].images if len(items) == 1 else join([item.images for item in items])
+        self._batch_size.observe(len(batch))
+        try:
+            with self._inference.time():
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, call, batch)
+        except Exception as exc:  # a failed call fails its requests, not the runner
+            if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
                 log.exception("inference failed for %s v%s", self.model.name,
                               self.model.version)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            start = 0
             for item in items:
                 if not item.future.done():
-                    item.future.set_result(
-                        {name: value[start:start + item.size] for name, value in outputs.items()})
-                start += item.size
+                    item.future.set_exception(exc)
+            return
+        start = 0
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(
+                    {name: value[start:start + item.size] for name, value in outputs.items()})
+            start += item.size

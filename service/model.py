@@ -6,6 +6,7 @@ This is the only module that knows how TensorFlow is called; everything else see
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from enum import Enum
@@ -13,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
-from training.metadata import ModelMetadata
+from service import graph_decode
+from training.metadata import InputSpec, ModelMetadata
 
 log = logging.getLogger("cnn_serve")
+
+
+class GraphDecodeFailed(Exception):
+    """A PNG that looked decodable in the graph was not (e.g. corrupt image data)."""
 
 
 class Status(str, Enum):
@@ -34,7 +41,7 @@ class ServedModel:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.metadata: ModelMetadata | None = None
-        self._serve = self._maps = None
+        self._serve = self._maps = self._serve_png = None
 
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""
@@ -46,8 +53,10 @@ class ServedModel:
             self._serve = loaded.signatures["serving_default"]
             self._maps = loaded.signatures.get("feature_maps")
             self._loaded = loaded  # keeps the variables alive
+            self._serve_png = graph_decode.serving(self.metadata.input, self._serve)
             warm = np.zeros((1, *self.metadata.input.shape), np.float32)
             self.predict(warm)
+            self.predict_png([_blank_png(self.metadata.input)])
             if self._maps is not None:
                 self.feature_maps(warm)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
@@ -65,6 +74,15 @@ class ServedModel:
             out = self._serve(image=tf.convert_to_tensor(batch, tf.float32))
         return {name: value.numpy() for name, value in out.items()}
 
+    def predict_png(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
+        """Like :meth:`predict` for PNGs that :func:`graph_decode.decodable` accepted."""
+        try:
+            with tf.device(self.device):
+                out = self._serve_png(tf.constant(pngs, tf.string))
+        except tf.errors.InvalidArgumentError as exc:
+            raise GraphDecodeFailed(str(exc)) from None
+        return {name: value.numpy() for name, value in out.items()}
+
     def feature_maps(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._maps is None:
             raise RuntimeError(f"{self.path} has no feature_maps signature")
@@ -72,3 +90,10 @@ class ServedModel:
             out = self._maps(image=tf.convert_to_tensor(batch, tf.float32))
         order = [layer.name for layer in self.metadata.layers]  # graph order, as in metadata
         return {name: out[name].numpy() for name in order if name in out}
+
+
+def _blank_png(spec: InputSpec) -> bytes:
+    """A PNG of the model's input size, to trace the graph decoder at load."""
+    buf = io.BytesIO()
+    Image.new("L", (spec.width, spec.height)).save(buf, "PNG")
+    return buf.getvalue()

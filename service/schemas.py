@@ -48,8 +48,11 @@ class ImagePrediction(BaseModel):
 
 
 class Timings(BaseModel):
-    decode_ms: float = Field(description="decode and preprocess, all images")
-    inference_ms: float = Field(description="waiting in the batch queue plus the model call")
+    decode_ms: float = Field(description="decode and preprocess before the model call, all "
+                                         "images; 0 when PNGs already in the model's input "
+                                         "format were decoded inside the model graph")
+    inference_ms: float = Field(description="waiting in the batch queue plus the model call "
+                                            "(with any decoding done in the graph)")
     total_ms: float
 
 

@@ -16,6 +16,7 @@ import struct
 
 import tensorflow as tf
 
+from service.preprocess import TO_UNIT
 from training.metadata import InputSpec
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -67,8 +68,7 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
             light = tf.math.count_nonzero(border > 127, axis=[1, 2]) * 2 > tf.size(
                 border[0], tf.int64)
             pixels = tf.where(light[:, None, None, None], 255 - pixels, pixels)
-            return tf.cast(pixels, tf.float32) * tf.constant(1 / 255, tf.float32)
-        return tf.cast(pixels, tf.float32) / 255.0
+        return tf.cast(pixels, tf.float32) * tf.constant(TO_UNIT)
 
     return decode
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, graph_decode
-from service.batching import IsGone, Runner
+from service.batching import IsGone
 from service.errors import InvalidImage, LayerNotFound
 from service.model import GraphDecodeFailed
 from service.preprocess import load, open_image, to_model_input

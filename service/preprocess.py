@@ -20,6 +20,7 @@ FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "MPO"}
 MNIST_BOX, MNIST_SIZE = 20, 28
 WORK_SIDE = 512  # larger photos are reduced first: enough resolution for a 20-pixel digit
 STROKE_PX = 2.2  # MNIST's typical pen width on the 20x20 box
+TO_UNIT = np.float32(1 / 255)  # 8-bit -> [0, 1]; the graph decoder multiplies by the same
 
 
 def open_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
@@ -105,7 +106,7 @@ def resize(image: Image.Image, spec: InputSpec) -> np.ndarray:
     mode = "L" if spec.color_mode == "grayscale" else "RGB"
     image = flatten(image, background=(255, 255, 255)).convert(mode)
     image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    arr = np.asarray(image, np.float32) / 255.0
+    arr = np.asarray(image, np.float32) * TO_UNIT
     return arr.reshape(spec.height, spec.width, spec.channels)
 
 
@@ -118,7 +119,7 @@ def _gray_ink_bright(image: Image.Image, max_side: int) -> np.ndarray:
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if 2 * np.count_nonzero(border > 127) > border.size:  # mostly light: dark ink on paper
         pixels = 255 - pixels
-    return pixels.astype(np.float32) * np.float32(1 / 255)
+    return pixels.astype(np.float32) * TO_UNIT
 
 
 def _ink(image: Image.Image) -> np.ndarray:

@@ -8,8 +8,10 @@ import pytest
 
 from service.batching import Runner
 from service.errors import ClientGone, ModelNotReady, Overloaded
-from service.model import ServedModel
+from service.model import GraphDecodeFailed, ServedModel
+from service.preprocess import decode, to_model_input
 from service.settings import BatchPolicy
+from tests.service.handwriting import draw_digit, encode
 
 
 class SlowEcho:
@@ -150,3 +152,30 @@ def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
         busy.cancel()
 
     run(scenario())
+
+
+def test_arrays_and_pngs_in_one_batch_each_get_their_answers(models_dir):
+    """A batch with decoded images and PNGs runs one call per kind; a PNG the graph can't
+    decode fails only the PNG requests of its batch, with the error the caller falls back on."""
+    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
+    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
+    model.load()
+    pngs = [encode(draw_digit(d, canvas=(28, 28), box=(6, 4, 20))) for d in (2, 7)]
+    arrays = [to_model_input(decode(png, 10**8), model.metadata.input)[None] for png in pngs]
+
+    async def scenario(items):
+        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=50))
+        runner.start()
+        results = await asyncio.gather(*(runner.predict(i) for i in items),
+                                       return_exceptions=True)
+        await runner.close()
+        return results
+
+    a2, a7, p2, p7 = run(scenario([arrays[0], arrays[1], [pngs[0]], [pngs[1]]]))
+    assert [r["digit"].argmax() for r in (a2, a7, p2, p7)] == [2, 7, 2, 7]
+    np.testing.assert_allclose(p7["digit"], a7["digit"], atol=1e-5)
+
+    corrupt = pngs[0][:41] + bytes(len(pngs[0]) - 53) + pngs[0][-12:]
+    a2, good, bad = run(scenario([arrays[0], [pngs[1]], [corrupt]]))
+    assert a2["digit"].argmax() == 2
+    assert isinstance(good, GraphDecodeFailed) and isinstance(bad, GraphDecodeFailed)

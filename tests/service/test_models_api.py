@@ -23,7 +23,8 @@ def test_model_detail_and_layer_table(client):
     version = body["default_version"]
     detail = client.get(f"/models/cifar10/versions/{version}").json()
     layers = {layer["name"]: layer for layer in detail["layers"]}
-    assert layers["conv2d_1"]["params"] == 896 and layers["conv2d_1"]["output_shape"] == [30, 30, 32]
+    assert layers["conv2d_1"]["params"] == 896
+    assert layers["conv2d_1"]["output_shape"] == [30, 30, 32]
     assert layers["dense_1"]["params"] == 1024 * 64 + 64
     assert sum(layer["params"] for layer in detail["layers"]) == detail["total_params"]
     assert detail["status"] == "ready" and detail["load_seconds"] > 0

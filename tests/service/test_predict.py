@@ -1,5 +1,8 @@
 """POST /predict on the committed models, with images made as people make them."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -85,6 +88,36 @@ def test_several_images_in_one_request_keep_their_order(client):
     body = predict(client, *files)
     assert [p["filename"] for p in body["predictions"]] == ["4.png", "1.png", "9.png"]
     assert [digit_of(body, i) for i in range(3)] == ["4", "1", "9"]
+
+
+def _corrupt_image_data(png: bytes) -> bytes:
+    """``png`` with garbage compressed data in a well-formed IDAT chunk (valid CRC)."""
+    length = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT"
+    data = b"\x78\x9c" + bytes(range(7, 7 + length - 2))
+    return png[:41] + data + struct.pack(">I", zlib.crc32(b"IDAT" + data)) + png[45 + length:]
+
+
+@pytest.mark.parametrize("model,image", [
+    ("digit_odd", draw_digit(3, canvas=(28, 28), box=(6, 4, 20))),
+    ("digit_odd", Image.fromarray(255 - np.asarray(draw_digit(5, canvas=(28, 28),
+                                                              box=(6, 4, 20))))),
+    ("cifar10", Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), np.uint8))),
+])
+def test_png_in_the_input_format_is_decoded_in_the_graph_with_the_same_answer(
+        client, model, image):
+    graph = predict(client, ("x.png", encode(image), "image/png"), model=model)
+    pillow = predict(client, ("x.bmp", encode(image, "BMP"), "image/bmp"), model=model)
+    assert graph["timings"]["decode_ms"] == 0 < pillow["timings"]["decode_ms"]
+    assert graph["predictions"][0]["outputs"] == pillow["predictions"][0]["outputs"]
+
+
+def test_corrupt_png_behind_a_valid_header_is_a_400_from_the_pillow_fallback(client):
+    png = encode(draw_digit(3, canvas=(28, 28), box=(6, 4, 20)))
+    r = client.post("/predict", files={"file": ("bad.png", _corrupt_image_data(png), "image/png")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_image"
+    assert "bad.png" in r.json()["error"]["message"]
+    assert digit_of(predict(client, ("ok.png", png, "image/png"))) == "3"
 
 
 def _colour(size, seed=0):

@@ -1,6 +1,7 @@
 """Load benchmark: the HTTP floor vs the naive way vs cnn-serve, driven by wrk on 127.0.0.1.
 
     python -m bench.run [--models digit_odd cifar10] [--duration 10] [--concurrency 1 8 32 64]
+                        [--format PNG|JPEG|BMP]
 
 For each model: starts each server in turn (one uvicorn worker), measures cold start (process
 start to ready) and peak RSS, drives it with wrk at each concurrency, and prints req/s, p50,
@@ -34,21 +35,23 @@ sys.path.insert(0, str(ROOT))
 BOUNDARY = "cnnservebenchboundary"
 
 
-def sample_png(model: str) -> bytes:
+def sample_image(model: str, fmt: str = "PNG") -> bytes:
+    """The model's input size: a pen digit 7 (digit_odd) or colour noise (cifar10)."""
     buf = io.BytesIO()
     if model == "cifar10":
         rng = np.random.default_rng(0)
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, "PNG")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, fmt)
     else:
         from tests.service.handwriting import draw_digit
 
-        draw_digit(7, canvas=(28, 28), box=(7, 4, 20), pen=0.12).save(buf, "PNG")
+        draw_digit(7, canvas=(28, 28), box=(7, 4, 20), pen=0.12).save(buf, fmt)
     return buf.getvalue()
 
 
-def multipart(png: bytes, model: str) -> bytes:
+def multipart(image: bytes, model: str, fmt: str = "PNG") -> bytes:
+    ext = fmt.lower()
     return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + (
+            f"filename=\"x.{ext}\"\r\nContent-Type: image/{ext}\r\n\r\n").encode() + image + (
         f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n"
         f"{model}\r\n--{BOUNDARY}--\r\n").encode()
 
@@ -134,9 +137,9 @@ def model_only(model: str) -> dict[int, float]:
     return rates
 
 
-def bench_model(model: str, concurrency: list[int], duration: int) -> None:
+def bench_model(model: str, concurrency: list[int], duration: int, fmt: str) -> None:
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
-        body.write(multipart(sample_png(model), model))
+        body.write(multipart(sample_image(model, fmt), model, fmt))
     results: dict[str, dict] = {}
     for kind in ("floor", "naive", "cnn-serve"):
         port = free_port()
@@ -148,8 +151,8 @@ def bench_model(model: str, concurrency: list[int], duration: int) -> None:
             proc.terminate()
             proc.wait(10)
     os.unlink(body.name)
-    print(f"\n## {model}  ({date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"wrk {duration}s per run, one uvicorn worker)")
+    print(f"\n## {model}, {fmt}  ({date.today()}, {platform.machine()}, {os.cpu_count()} "
+          f"cores, wrk {duration}s per run, one uvicorn worker)")
     print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for kind, r in results.items():
         for c, run in r["runs"].items():
@@ -174,12 +177,15 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["digit_odd", "cifar10"])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "BMP"],
+                        help="image format posted; PNGs at the input size are decoded in the "
+                             "model graph, other formats by Pillow")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     for model in args.models:
-        bench_model(model, args.concurrency, args.duration)
+        bench_model(model, args.concurrency, args.duration, args.format)
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from service import graph_decode
+from service.model import ServedModel
 from service.preprocess import decode, to_model_input
 from tests.service.handwriting import draw_digit, encode
 from training.metadata import InputSpec
@@ -119,3 +120,14 @@ def test_trailing_bytes_after_iend_are_ignored_by_both_paths():
     png = GRAY_28 + b"junk"
     assert graph_decode.decodable(png, MNIST)
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
+
+
+def test_served_model_traces_its_png_graph_once_for_every_batch_size(models_dir):
+    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
+    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
+    model.load()  # traces once, with the warm-up call
+    pngs = list(MNIST_PNGS.values())
+    for n in (1, 2, 5, len(pngs)):
+        outputs = model.predict_png(pngs[:n])
+        assert outputs["digit"].shape == (n, 10) and outputs["odd"].shape == (n, 1)
+    assert model._serve_png.experimental_get_tracing_count() == 1

@@ -1,4 +1,4 @@
-"""What the routes call: uploads -> model input -> runner -> typed response."""
+"""What the routes call: uploads -> model input -> runner -> the answer."""
 
 from __future__ import annotations
 
@@ -117,8 +117,9 @@ async def predict(registry: ModelRegistry, settings: Settings, uploads: list[Upl
         except GraphDecodeFailed:
             pass  # corrupt data behind a valid header: Pillow says what is wrong with it
     if outputs is None:
+        decoding = time.perf_counter()
         batch = await to_batch(uploads, metadata, settings.max_image_pixels)
-        decode_s = time.perf_counter() - start
+        decode_s = time.perf_counter() - decoding
         outputs = await runner.predict(batch, is_gone)
     total_s = time.perf_counter() - start
     return {

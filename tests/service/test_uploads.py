@@ -1,5 +1,6 @@
 """The /predict form parser, directly and through HTTP."""
 
+import numpy as np
 import pytest
 
 from service.errors import BadRequest
@@ -74,3 +75,17 @@ def test_openapi_documents_the_hot_path(client):
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/PredictResponse")
     assert {"400", "404", "413", "415", "422", "503"} <= set(op["responses"])
+
+
+def test_cut_and_random_multipart_bodies_are_4xx_never_500(client):
+    whole = body(part("file", encode(draw_digit(5)), "a.png", "image/png"), part("top_k", b"2"))
+    rng = np.random.default_rng(11)
+    bodies = [whole[:cut] for cut in range(0, len(whole), 37)]
+    bodies += [rng.integers(0, 256, n, np.uint8).tobytes() for n in (1, 50, 2000)]
+    bodies += [f"--{BOUNDARY}\r\n".encode() + rng.integers(0, 256, 300, np.uint8).tobytes()]
+    for data in bodies:
+        r = client.post("/predict", content=data, headers={"content-type": CONTENT_TYPE})
+        assert r.status_code in (400, 422), (len(data), r.text)
+        assert r.json()["error"]["code"] in ("bad_request", "invalid_parameter")
+    assert client.post("/predict", content=whole,
+                       headers={"content-type": CONTENT_TYPE}).status_code == 200

@@ -1,7 +1,8 @@
 """One served model version: a TensorFlow SavedModel plus its metadata.json.
 
-This is the only module that knows how TensorFlow is called; everything else sees
-``predict(batch) -> {output: array}`` and ``feature_maps(batch) -> {layer: array}``.
+This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
+the PNG decoding graph); everything else sees ``predict(batch)`` and ``predict_png(pngs)``
+-> ``{output: array}``, and ``feature_maps(batch) -> {layer: array}``.
 """
 
 from __future__ import annotations

@@ -112,6 +112,18 @@ def test_png_in_the_input_format_is_decoded_in_the_graph_with_the_same_answer(
     assert graph["predictions"][0]["outputs"] == pillow["predictions"][0]["outputs"]
 
 
+def test_several_pngs_in_the_input_format_keep_their_order_and_mix_with_other_formats(client):
+    small = {d: draw_digit(d, canvas=(28, 28), box=(6, 4, 20), pen=0.12) for d in (4, 7, 9)}
+    pngs = [(f"{d}.png", encode(im), "image/png") for d, im in small.items()]
+    body = predict(client, *pngs)
+    assert body["timings"]["decode_ms"] == 0  # all three decoded in the graph
+    assert [digit_of(body, i) for i in range(3)] == ["4", "7", "9"]
+    mixed = predict(client, pngs[0], ("7.bmp", encode(small[7], "BMP"), "image/bmp"), pngs[2])
+    assert mixed["timings"]["decode_ms"] > 0  # one BMP: the request takes the Pillow path
+    assert [p["outputs"] for p in mixed["predictions"]] == [
+        p["outputs"] for p in body["predictions"]]
+
+
 def test_corrupt_png_behind_a_valid_header_is_a_400_from_the_pillow_fallback(client):
     png = encode(draw_digit(3, canvas=(28, 28), box=(6, 4, 20)))
     r = client.post("/predict", files={"file": ("bad.png", _corrupt_image_data(png), "image/png")})

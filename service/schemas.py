@@ -159,3 +159,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# what an upload route can answer besides 200 (OpenAPI ``responses``)
+UPLOAD_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}

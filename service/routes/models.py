@@ -8,6 +8,7 @@ from service import featuremaps, inference, uploads
 from service.deps import RegistryDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
+    UPLOAD_ERRORS,
     ErrorResponse,
     FeatureMapsResponse,
     ModelDetail,
@@ -18,7 +19,6 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 
 
@@ -62,7 +62,7 @@ async def get_version(name: ModelName, version: int, registry: RegistryDep) -> V
 
 
 @router.post("/{name}/feature-maps", response_model=FeatureMapsResponse, responses={
-    **ERRORS, 200: {"content": {"application/octet-stream": {}},
+    **UPLOAD_ERRORS, 200: {"content": {"application/octet-stream": {}},
                     "description": "JSON, or with format=npz the raw float activations"}},
     summary="What every layer makes of an image: statistics and a picture per layer")
 async def feature_maps(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import inference
-from service.schemas import ErrorResponse, PredictParams, PredictResponse
+from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse
 from service.uploads import parse_form
 
 
@@ -39,5 +39,5 @@ BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"s
     }}}}}}
 DOCUMENTED = APIRoute(
     "/predict", predict, methods=["POST"], tags=["inference"], response_model=PredictResponse,
-    responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)},
+    responses=UPLOAD_ERRORS,
     openapi_extra=BODY, summary="Classify one or several uploaded images")

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.model import ServedModel
 from service.settings import Settings
 
 
@@ -18,6 +19,16 @@ def settings(models_dir) -> Settings:
 def client(settings):
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def digit_odd_model(models_dir) -> ServedModel:
+    """The committed digit_odd model, loaded and warmed on the CPU."""
+    path = max((p for p in (models_dir / "digit_odd").iterdir() if p.name.isdigit()),
+               key=lambda p: int(p.name))
+    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
+    model.load()
+    return model
 
 
 def make_client(**overrides) -> TestClient:

@@ -8,7 +8,7 @@ import pytest
 
 from service.batching import Runner
 from service.errors import ClientGone, ModelNotReady, Overloaded
-from service.model import GraphDecodeFailed, ServedModel
+from service.model import GraphDecodeFailed
 from service.preprocess import decode, to_model_input
 from service.settings import BatchPolicy
 from tests.service.handwriting import draw_digit, encode
@@ -118,10 +118,8 @@ def test_requests_whose_client_has_gone_are_not_computed():
     assert run(scenario()) == [1, 2]
 
 
-def test_batched_answers_equal_single_answers(models_dir):
-    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
-    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
-    model.load()
+def test_batched_answers_equal_single_answers(digit_odd_model):
+    model = digit_odd_model
     images = np.random.default_rng(0).random((12, 28, 28, 1), np.float32)
 
     async def scenario():
@@ -154,12 +152,10 @@ def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
     run(scenario())
 
 
-def test_arrays_and_pngs_in_one_batch_each_get_their_answers(models_dir):
+def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
     """A batch with decoded images and PNGs runs one call per kind; a PNG the graph can't
     decode fails only the PNG requests of its batch, with the error the caller falls back on."""
-    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
-    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
-    model.load()
+    model = digit_odd_model
     pngs = [encode(draw_digit(d, canvas=(28, 28), box=(6, 4, 20))) for d in (2, 7)]
     arrays = [to_model_input(decode(png, 10**8), model.metadata.input)[None] for png in pngs]
 

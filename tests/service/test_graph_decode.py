@@ -9,7 +9,6 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from service import graph_decode
-from service.model import ServedModel
 from service.preprocess import decode, to_model_input
 from tests.service.handwriting import draw_digit, encode
 from training.metadata import InputSpec
@@ -122,10 +121,8 @@ def test_trailing_bytes_after_iend_are_ignored_by_both_paths():
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
 
 
-def test_served_model_traces_its_png_graph_once_for_every_batch_size(models_dir):
-    path = next(p for p in sorted((models_dir / "digit_odd").iterdir()) if p.name.isdigit())
-    model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
-    model.load()  # traces once, with the warm-up call
+def test_served_model_traces_its_png_graph_once_for_every_batch_size(digit_odd_model):
+    model = digit_odd_model  # loading traced once, with the warm-up call
     pngs = list(MNIST_PNGS.values())
     for n in (1, 2, 5, len(pngs)):
         outputs = model.predict_png(pngs[:n])

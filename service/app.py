@@ -17,7 +17,9 @@ from fastapi.responses import RedirectResponse, Response
 from service import metrics
 from service.docs import install_docs
 from service.errors import install_handlers
-from service.middleware import BodySizeLimit, RequestMetrics
+from service.admission import Admission
+from service.inference import Core
+from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry
 from service.routes import health, models, predict
 from service.settings import Settings, get_settings
@@ -33,6 +35,10 @@ def _lifespan(settings: Settings):
     async def lifespan(app: FastAPI):
         registry = ModelRegistry(settings)
         app.state.registry = registry
+        app.state.core = Core(registry, settings, Admission(
+            max_requests=settings.max_concurrent_requests,
+            max_waiting=settings.max_waiting_requests, body_bytes=settings.body_bytes_budget,
+            decode_pixels=settings.decode_pixels_budget, timeout_s=settings.queue_timeout_s))
         await registry.load_all()
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)
@@ -73,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyGuard, limit=settings.max_upload_bytes,
+                       idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s)
     app.add_middleware(RequestMetrics)
     return app
 

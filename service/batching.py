@@ -45,8 +45,8 @@ class _Item:
 
 
 class Runner:
-    def __init__(self, model: ServedModel, policy: BatchPolicy) -> None:
-        self.model, self.policy = model, policy
+    def __init__(self, model: ServedModel, policy: BatchPolicy, timeout_s: float) -> None:
+        self.model, self.policy, self.timeout_s = model, policy, timeout_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
@@ -121,12 +121,20 @@ class Runner:
         return items
 
     async def _live(self, items: list[_Item]) -> list[_Item]:
-        """Drop requests already answered, and those that waited a while and whose client
-        has disconnected since (nobody would read their result)."""
+        """Drop requests already answered; those that waited past the deadline (503: under
+        overload, serving the freshest requests keeps goodput up); and those that waited a
+        while and whose client has disconnected since (nobody would read their result)."""
         live = []
-        waited_since = time.monotonic() - GONE_CHECK_AFTER_S
+        now = time.monotonic()
+        waited_since, expired = now - GONE_CHECK_AFTER_S, now - self.timeout_s
         for item in items:
             if item.future.done():
+                continue
+            if item.queued_at < expired:
+                item.future.set_exception(Overloaded(
+                    f"waited {self.timeout_s:g} s in the queue of model {self.model.name}; "
+                    "retry shortly", headers={"Retry-After": "1"}))
+                self._rejected.inc()
                 continue
             if (item.is_gone is not None and item.queued_at < waited_since
                     and await item.is_gone()):

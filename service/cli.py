@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cnn-serve-metrics-")
 
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=settings.log_level, access_log=False)
+                workers=args.workers, log_level=settings.log_level, access_log=False,
+                http="service.protocol:GuardedHttpToolsProtocol",
+                timeout_keep_alive=settings.keepalive_timeout_s)
     return 0
 
 

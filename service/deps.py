@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.inference import Core
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -19,5 +20,10 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def _core(request: Request) -> Core:
+    return request.app.state.core
+
+
+CoreDep = Annotated[Core, Depends(_core)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

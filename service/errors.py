@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("cnn_serve")
 
@@ -75,8 +76,18 @@ class ModelNotReady(ServiceError):
     status, code = 503, "model_not_ready"
 
 
+class ModelFailed(ServiceError):
+    """The version failed to load: retrying will not help until an operator acts."""
+
+    status, code = 503, "model_failed"
+
+
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
+
+
+class RequestTimeout(ServiceError):
+    status, code = 408, "request_timeout"
 
 
 class ClientGone(ServiceError):
@@ -117,6 +128,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, __: ClientDisconnect) -> JSONResponse:
+        # the client left mid-request: nothing went wrong here and nobody reads the answer
+        return error_response(ClientGone.status, ClientGone.code, "client disconnected")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -6,16 +6,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi.exceptions import RequestValidationError
 from PIL import Image
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service import featuremaps, graph_decode
+from service import featuremaps, graph_decode, preprocess
+from service.admission import Admission
 from service.batching import IsGone
-from service.errors import InvalidImage, LayerNotFound
+from service.errors import DecompressionBomb, LayerNotFound
 from service.model import GraphDecodeFailed
-from service.preprocess import load, open_image, to_model_input
 from service.registry import ModelRegistry
 from service.schemas import (
     FeatureMapsResponse,
@@ -24,34 +22,51 @@ from service.schemas import (
     PredictParams,
 )
 from service.settings import Settings
-from service.uploads import Form, Upload, check
-from training.metadata import ModelMetadata
+from service.uploads import Upload, check
+from training.metadata import InputSpec, ModelMetadata
 
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
 
 
-def _prepare(name: str, image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
-    try:
-        return to_model_input(load(image, name), metadata.input)
-    except (ValueError, OSError) as exc:  # e.g. a colour mode Pillow cannot convert
-        raise InvalidImage(f"{name}: cannot prepare this image for the model ({exc})") from exc
+@dataclass
+class Core:
+    """What every route that computes shares: the models, the limits and the budgets."""
+
+    registry: ModelRegistry
+    settings: Settings
+    admission: Admission
 
 
-def finish(images: list[tuple[str, Image.Image]], metadata: ModelMetadata) -> np.ndarray:
+def _finish_all(images: list[tuple[str, Image.Image]], spec: InputSpec) -> np.ndarray:
     """Decode and normalise opened images into one batch [n, H, W, C] for the model."""
-    arrays = [_prepare(name, image, metadata) for name, image in images]
+    arrays = [preprocess.finish(image, spec, name) for name, image in images]
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
-async def to_batch(uploads: list[Upload], metadata: ModelMetadata, max_pixels: int
-                   ) -> np.ndarray:
-    """Headers are checked on the loop (cheap, refuses bombs before they expand); decoding
-    happens there too for tiny images, on a worker thread for anything bigger."""
-    names = [u.filename or f"file {i + 1}" for i, u in enumerate(uploads)]
-    images = [(name, open_image(u.data, max_pixels, name)) for name, u in zip(names, uploads)]
-    if sum(im.width * im.height for _, im in images) <= INLINE_PIXELS:
-        return finish(images, metadata)
-    return await run_in_threadpool(finish, images, metadata)
+async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
+    """Uploads -> the model's input batch, within the pixel limits.
+
+    Headers are read on the loop (cheap): each image is refused when too large, JPEGs are
+    set to decode at the scale preprocessing needs, and the pixels the request will decode are
+    counted: over ``max_request_pixels`` is a 413 before anything expands, and the process
+    budget ``decode_pixels_budget`` is reserved (waiting when others hold it) for the decode,
+    which runs on the loop for tiny images and on a worker thread otherwise.
+    """
+    settings = core.settings
+    images = []
+    for i, upload in enumerate(uploads):
+        name = upload.filename or f"file {i + 1}"
+        opened = preprocess.open_image(upload.data, settings.max_image_pixels, name)
+        images.append((name, preprocess.draft(opened, spec)))
+    pixels = sum(image.width * image.height for _, image in images)
+    if pixels > settings.max_request_pixels:
+        raise DecompressionBomb(f"these {len(images)} images would decode to {pixels:,} "
+                                f"pixels; the limit per request is "
+                                f"{settings.max_request_pixels:,}")
+    if pixels <= INLINE_PIXELS:
+        return _finish_all(images, spec)
+    async with core.admission.reserve(decode_pixels=pixels):
+        return await run_in_threadpool(_finish_all, images, spec)
 
 
 def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,
@@ -86,30 +101,17 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def predict_params(form: Form) -> PredictParams:
-    """The validated parameters of a /predict form (422 when invalid or without images)."""
-    if not form.files:
-        raise RequestValidationError([{"loc": ("file",), "type": "missing",
-                                       "msg": "Field required: one or more images sent as "
-                                              "multipart/form-data"}])
-    fields = {k: v for k, v in form.fields.items() if k in PredictParams.model_fields and v}
-    try:
-        return PredictParams.model_validate(fields)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
-
-
-async def predict(registry: ModelRegistry, settings: Settings, uploads: list[Upload],
-                  params: PredictParams, is_gone: IsGone | None = None) -> dict:
+async def predict(core: Core, uploads: list[Upload], params: PredictParams,
+                  is_gone: IsGone | None = None) -> dict:
     """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict.
 
     PNGs already in the model's input format go to the graph as bytes
     (:mod:`service.graph_decode`); the rest are decoded by Pillow first.
     """
     start = time.perf_counter()
-    runner = registry.runner(params.model or settings.default_model, params.version)
+    runner = core.registry.runner(params.model or core.settings.default_model, params.version)
     metadata = runner.model.metadata
-    check(uploads, settings.max_images_per_request)
+    check(uploads, core.settings.max_images_per_request)
     outputs, decode_s = None, 0.0
     if all(graph_decode.decodable(u.data, metadata.input) for u in uploads):
         try:
@@ -118,7 +120,7 @@ async def predict(registry: ModelRegistry, settings: Settings, uploads: list[Upl
             pass  # corrupt data behind a valid header: Pillow says what is wrong with it
     if outputs is None:
         decoding = time.perf_counter()
-        batch = await to_batch(uploads, metadata, settings.max_image_pixels)
+        batch = await to_batch(core, uploads, metadata.input)
         decode_s = time.perf_counter() - decoding
         outputs = await runner.predict(batch, is_gone)
     total_s = time.perf_counter() - start
@@ -143,17 +145,17 @@ class Activations:
     outputs: dict[str, np.ndarray]
 
 
-async def activations(registry: ModelRegistry, settings: Settings, uploads: list[Upload],
-                      name: str, version: int | None, layers: list[str] | None) -> Activations:
-    runner = registry.runner(name, version)
+async def activations(core: Core, uploads: list[Upload], name: str, version: int | None,
+                      layers: list[str] | None) -> Activations:
+    runner = core.registry.runner(name, version)
     metadata = runner.model.metadata
     if layers:
         known = [layer.name for layer in metadata.layers]
         unknown = [layer for layer in layers if layer not in known]
         if unknown:
             raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
-    check(uploads, settings.max_images_per_request)
-    batch = await to_batch(uploads, metadata, settings.max_image_pixels)
+    check(uploads, core.settings.max_images_per_request)
+    batch = await to_batch(core, uploads, metadata.input)
     maps = {"image": batch, **await runner.feature_maps(batch)}  # input = what preprocessing made
     if layers:
         maps = {k: v for k, v in maps.items() if k in layers}

@@ -22,6 +22,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 MODEL = ("model", "version")
 
+# every label value comes from a bounded set: route templates, served model names, known
+# methods, the status codes the service sends. Names a client makes up never become labels.
+OTHER = "other"
 REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, model and status",
                    ("route", "method", "model", "status"))
 LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and model",
@@ -34,12 +37,17 @@ BATCH_SIZE = Histogram("cnn_serve_batch_size", "Images per model call", MODEL,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 QUEUE_DEPTH = Gauge("cnn_serve_queue_depth", "Requests waiting for the model", MODEL,
                     multiprocess_mode="livesum")
-REJECTED = Counter("cnn_serve_rejected_total", "Requests refused because the queue was full",
+REJECTED = Counter("cnn_serve_rejected_total", "Requests refused (503): the model's queue was "
+                   "full, or they waited in it past the deadline",
                    MODEL)
 SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the client had gone",
                   MODEL)
 LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL,
                      multiprocess_mode="max")
+BUDGET_IN_USE = Gauge("cnn_serve_budget_in_use", "Admission budgets held: requests, body "
+                      "bytes, decode pixels", ("budget",), multiprocess_mode="livesum")
+ADMISSION_REFUSED = Counter("cnn_serve_admission_refused_total", "Requests refused (503) "
+                            "while waiting for a budget", ("budget",))
 MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,
                     multiprocess_mode="livemin")
 

@@ -1,7 +1,8 @@
-"""ASGI middleware: upload size limit (refused before buffering) and request metrics."""
+"""ASGI middleware: request body limits (size and pace) and request metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -9,6 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.errors import error_body
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 async def _send_error(send: Send, status: int, code: str, message: str) -> None:
@@ -20,58 +24,73 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class BodySizeLimit:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, else (chunked) as soon
-    as the streamed body passes the limit (the app's partial work is discarded)."""
+class BodyGuard:
+    """Limits on a request body while the app reads it: its size (413: at once from
+    Content-Length, else as soon as a chunked body passes the limit) and its pace (408 after a
+    pause of ``idle_s``, or when the whole body takes longer than ``total_s``, counted from
+    the app's first read, so time spent waiting for admission does not count).
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    On either, the app's read ends as if the client had left, its answer is replaced by the
+    error, and the connection is closed (the rest of the body is never read).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, idle_s: float, total_s: float) -> None:
+        self.app, self.limit, self.idle_s, self.total_s = app, limit, idle_s, total_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body exceeds the limit of {self.limit:,} bytes"
+        counting = True
         for key, value in scope["headers"]:
             if key == b"content-length":
-                try:
-                    too_big = int(value) > self.limit
-                except ValueError:
+                if not value.isdigit():
                     return await _send_error(send, 400, "bad_request", "invalid Content-Length")
-                if too_big:
-                    return await _send_error(send, 413, "payload_too_large", message)
-                # the server delivers no more than Content-Length bytes: nothing to count
-                return await self.app(scope, receive, send)
-        seen = 0
-        exceeded = False
-        started = False
+                if int(value) > self.limit:
+                    return await _send_error(send, 413, "payload_too_large", self._too_large)
+                counting = False  # the server delivers no more than Content-Length bytes
+        failure: tuple[int, str, str] | None = None
+        seen, done, deadline, started = 0, False, 0.0, False
 
-        async def limited_receive() -> Message:
-            nonlocal seen, exceeded
-            msg = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal failure, seen, done, deadline
+            if done:
+                return await receive()
+            now = time.monotonic()
+            deadline = deadline or now + self.total_s
+            try:
+                async with asyncio.timeout(min(self.idle_s, deadline - now)):
+                    msg = await receive()
+            except TimeoutError:
+                failure = (408, "request_timeout", "the request body did not arrive in time")
+                return DISCONNECT
             if msg["type"] == "http.request":
+                done = not msg.get("more_body", False)
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    exceeded = True
-                    return {"type": "http.disconnect"}  # stop the parser reading on
+                if counting and seen > self.limit:
+                    failure = (413, "payload_too_large", self._too_large)
+                    return DISCONNECT  # stop the app reading on
             return msg
 
         async def guarded_send(msg: Message) -> None:
             nonlocal started
-            if exceeded:
-                if not started:
-                    started = True
-                    await _send_error(send, 413, "payload_too_large", message)
-                return
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
+            if failure is None:
+                started = started or msg["type"] == "http.response.start"
+                return await send(msg)
+            if not started:
+                started = True
+                await _send_error(send, *failure)
 
         try:
-            await self.app(scope, limited_receive, guarded_send)
+            await self.app(scope, guarded_receive, guarded_send)
         except Exception:
-            if not exceeded:
+            if failure is None:
                 raise
-        if exceeded and not started:
-            await _send_error(send, 413, "payload_too_large", message)
+        if failure is not None and not started:
+            await _send_error(send, *failure)
+
+    @property
+    def _too_large(self) -> str:
+        return f"request body exceeds the limit of {self.limit:,} bytes"
 
 
 class RequestMetrics:
@@ -107,8 +126,16 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            path = self._route(scope)
-            model = scope.get("path_params", {}).get("name") or scope.get("state", {}).get(
-                "model", "")
-            metrics.REQUESTS.labels(path, scope["method"], model, str(status)).inc()
+            path, model = self._route(scope), _model(scope)
+            method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
+            metrics.REQUESTS.labels(path, method, model, str(status)).inc()
             metrics.LATENCY.labels(path, model).observe(time.perf_counter() - start)
+
+
+def _model(scope: Scope) -> str:
+    """The model a request named, when it is one the service has (else ``other``)."""
+    name = scope.get("path_params", {}).get("name") or scope.get("state", {}).get("model")
+    if not name:
+        return ""
+    registry = getattr(scope["app"].state, "registry", None)
+    return name if registry is not None and name in registry.models else metrics.OTHER

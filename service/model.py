@@ -47,13 +47,16 @@ class ServedModel:
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""
         start = time.perf_counter()
+        stage = "reading metadata.json"
         try:
             self.metadata = ModelMetadata.read(self.path)
+            stage = "loading the SavedModel"
             with tf.device(self.device):
                 loaded = tf.saved_model.load(str(self.path))
             self._serve = loaded.signatures["serving_default"]
             self._maps = loaded.signatures.get("feature_maps")
             self._loaded = loaded  # keeps the variables alive
+            stage = "warming up"
             self._serve_png = graph_decode.serving(self.metadata.input, self._serve)
             warm = np.zeros((1, *self.metadata.input.shape), np.float32)
             self.predict(warm)
@@ -61,14 +64,23 @@ class ServedModel:
             if self._maps is not None:
                 self.feature_maps(warm)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
-            self.status, self.error = Status.failed, f"{type(exc).__name__}: {exc}"
-            log.error("model %s v%s failed to load from %s: %s", self.name, self.version,
-                      self.path, self.error)
+            # clients see the stage only; paths and exception text stay in the log
+            self.status, self.error = Status.failed, f"failed while {stage}; see the server log"
+            log.error("model %s v%s failed to load from %s while %s: %s: %s", self.name,
+                      self.version, self.path, stage, type(exc).__name__, exc)
             return
         self.load_seconds = round(time.perf_counter() - start, 3)
         self.status = Status.ready
         log.info("model %s v%s ready on %s in %.2fs", self.name, self.version, self.device,
                  self.load_seconds)
+
+    @property
+    def public_metadata(self) -> ModelMetadata | None:
+        """The metadata as clients see it: without the training machine's dataset path."""
+        if self.metadata is None:
+            return None
+        return self.metadata.model_copy(
+            update={"dataset": self.metadata.dataset.model_copy(update={"path": None})})
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with tf.device(self.device):

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from service import metrics
 from service.batching import Runner
-from service.errors import ModelNotFound, ModelNotReady, VersionNotFound
+from service.errors import ModelFailed, ModelNotFound, ModelNotReady, VersionNotFound
 from service.model import ServedModel, Status
 from service.settings import Settings
 
@@ -78,7 +78,8 @@ class ModelRegistry:
             metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
             if model.status is Status.ready:
                 metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
-                runner = Runner(model, self.settings.batch_policy(name))
+                runner = Runner(model, self.settings.batch_policy(name),
+                                self.settings.queue_timeout_s)
                 runner.start()
                 self.runners[(name, version)] = runner
         if not self.models:
@@ -90,7 +91,9 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.runners)
+        """Serving what a request that names no model gets: the default model."""
+        versions = self.models.get(self.settings.default_model, {})
+        return any(m.status is Status.ready for m in versions.values())
 
     def versions(self, name: str) -> dict[int, ServedModel]:
         if name not in self.models:
@@ -114,8 +117,9 @@ class ModelRegistry:
 
     def runner(self, name: str, version: int | None = None) -> Runner:
         model = self.get(name, version)
+        if model.status is Status.failed:  # retrying will not help: no Retry-After
+            raise ModelFailed(f"model {name!r} v{model.version} {model.error}")
         if model.status is not Status.ready:
-            raise ModelNotReady(f"model {name!r} v{model.version} is {model.status.value}"
-                                + (f": {model.error}" if model.error else ""),
+            raise ModelNotReady(f"model {name!r} v{model.version} is {model.status.value}",
                                 headers={"Retry-After": "5"})
         return self.runners[(model.name, model.version)]

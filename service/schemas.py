@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
@@ -12,10 +12,39 @@ from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 class PredictParams(BaseModel):
     """The form fields of ``POST /predict`` besides the images."""
 
+    model_config = ConfigDict(extra="forbid")
+
     model: str | None = Field(None, description="model name (default: the service's)",
                               examples=["digit_odd"])
     version: int | None = Field(None, ge=1, description="default: the newest ready version")
     top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
+
+
+class FeatureMapsParams(BaseModel):
+    """The form fields of ``POST /models/{name}/feature-maps`` besides the images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    layers: str | None = Field(None, description="comma-separated layer names; default: every "
+                                                 "layer")
+    scaling: Literal["per_layer", "per_channel"] = "per_layer"
+    format: Literal["json", "npz"] = Field("json", description="npz: raw float32 activations")
+
+
+def upload_body(params: type[BaseModel]) -> dict:
+    """The OpenAPI ``requestBody`` of an upload route: ``file`` (repeatable) plus ``params``'
+    fields, nothing else."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "additionalProperties": False,
+        "properties": {
+            "file": {"type": "array", "minItems": 1,
+                     "items": {"type": "string", "format": "binary",
+                               "contentMediaType": "application/octet-stream"},
+                     "description": "PNG, JPEG, GIF, BMP, WebP or TIFF; repeat the field for "
+                                    "several images"},
+            **params.model_json_schema()["properties"],
+        }}}}}}
 
 
 class ClassScore(BaseModel):
@@ -162,4 +191,5 @@ class ErrorResponse(BaseModel):
 
 
 # what an upload route can answer besides 200 (OpenAPI ``responses``)
-UPLOAD_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
+UPLOAD_ERRORS = {code: {"model": ErrorResponse}
+                 for code in (400, 404, 408, 413, 415, 422, 503)}

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -34,8 +34,30 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     default_model: str = "digit_odd"
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="whole request body")
-    max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb guard")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="one image's width x height "
+                                                                "(decompression bombs)")
+    max_request_pixels: int = Field(48_000_000, gt=0, description="pixels decoded for one "
+                                    "request, all images (JPEGs count at their decode scale)")
     max_images_per_request: int = Field(64, ge=1)
+    # process-wide budgets (admission control): reserved before use, waited for when short
+    max_concurrent_requests: int = Field(256, ge=1, description="upload requests being read, "
+                                         "decoded or computed at once")
+    max_waiting_requests: int = Field(4096, ge=0, description="requests waiting for a budget "
+                                      "(more get 503 at once)")
+    body_bytes_budget: int = Field(64 * 1024 * 1024, gt=0, description="request body bytes "
+                                   "held at once")
+    decode_pixels_budget: int = Field(64_000_000, gt=0, description="pixels being decoded at "
+                                      "once")
+    queue_timeout_s: float = Field(5.0, gt=0, le=600, description="longest wait for a budget "
+                                   "or in a model's batch queue (then 503)")
+    # slow or broken clients
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers (431)")
+    header_timeout_s: float = Field(10.0, gt=0, description="for the request line and headers "
+                                    "to arrive (408)")
+    body_idle_timeout_s: float = Field(5.0, gt=0, description="longest pause while a body "
+                                       "arrives (408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="for a whole body to arrive (408)")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connection")
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     batching: BatchPolicy = BatchPolicy()
@@ -62,6 +84,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> Settings:
+        """A request within the per-request limits must always fit the process budgets."""
+        for budget, limit in (("body_bytes_budget", "max_upload_bytes"),
+                              ("decode_pixels_budget", "max_request_pixels")):
+            if getattr(self, budget) < getattr(self, limit):
+                raise ValueError(f"{budget} ({getattr(self, budget)}) must be at least "
+                                 f"{limit} ({getattr(self, limit)})")
+        return self
 
     def batch_policy(self, model: str) -> BatchPolicy:
         return self.batching_overrides.get(model, self.batching)

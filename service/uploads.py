@@ -1,19 +1,28 @@
-"""Uploaded images: the ``multipart/form-data`` body of ``/predict`` parsed in one pass, and
-the checks every upload passes (declared type, count) before anything decodes it.
+"""Uploaded images: the one way every upload route admits a request, reads its
+``multipart/form-data`` body, parses it and validates its parameters, and the checks every
+upload passes (declared type, count) before anything decodes it.
 
-``/predict`` parses its in-memory body with the `multipart` library's push parser: ~9 µs for
-a one-image form, against ~70 µs through Starlette's form machinery, which spools each file
-into a temporary file (measured; the form was the largest single cost of a request).
+The in-memory body is parsed with the `multipart` library's push parser: ~9 µs for a
+one-image form, against ~70 µs through Starlette's form machinery, which spools each file into
+a temporary file (measured; the form was the largest single cost of a request).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import multipart
-from starlette.datastructures import UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 
+from service.admission import Admission
 from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType
+
+Params = TypeVar("Params", bound=BaseModel)
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 MAX_PARTS = 1024  # images are limited by settings; this bounds the parser's work on junk
@@ -35,7 +44,8 @@ class Form:
 
 
 def parse_form(body: bytes, content_type: str | None, file_field: str = "file") -> Form:
-    """Split a ``multipart/form-data`` body into uploads and fields (400 when malformed).
+    """Split a ``multipart/form-data`` body into uploads (the ``file`` parts, with or without
+    a filename) and the other fields as text (400 when malformed).
 
     Any other body type yields an empty form: the caller reports what is missing.
     """
@@ -50,10 +60,10 @@ def parse_form(body: bytes, content_type: str | None, file_field: str = "file") 
                 if segment.name == file_field:
                     form.files.append(Upload(segment.filename, data,
                                              segment.content_type or ACCEPTED_TYPES[1]))
-                elif segment.filename is None:
-                    form.fields.setdefault(segment.name, data.decode(segment.charset or "utf-8"))
-    except (multipart.MultipartError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed multipart/form-data body: {exc}") from None
+                else:  # text, UTF-8 whatever it declares; unknown names are refused later
+                    form.fields.setdefault(segment.name, data.decode())
+    except (multipart.MultipartError, UnicodeDecodeError):
+        raise BadRequest("malformed multipart/form-data body") from None
     return form
 
 
@@ -83,7 +93,35 @@ def check(uploads: list[Upload], max_images: int) -> list[Upload]:
     return uploads
 
 
-async def read(files: list[UploadFile]) -> list[Upload]:
-    """Starlette's spooled uploads (FastAPI ``File()`` parameters) as in-memory uploads."""
-    return [Upload(f.filename, await f.read(), f.content_type or ACCEPTED_TYPES[1])
-            for f in files]
+@asynccontextmanager
+async def received(request: Request, admission: Admission, max_bytes: int
+                   ) -> AsyncIterator[Form]:
+    """Admit an upload request, then read and parse its body; the request slot and the body's
+    bytes stay reserved until the block ends.
+
+    Admission comes before a byte of the body is read, so a request the process cannot take
+    now waits for nothing but a future, or gets a cheap 503.
+    """
+    length = request.headers.get("content-length", "")
+    nbytes = min(int(length), max_bytes) if length.isdigit() else max_bytes
+    async with admission.reserve(requests=1, body_bytes=max(nbytes, 1)):
+        yield parse_form(await request.body(), request.headers.get("content-type"))
+
+
+def params(form: Form, model: type[Params], query: dict[str, str]) -> Params:
+    """An upload form's parameters validated by ``model`` (which forbids unknown fields):
+    422 without an image, with any query parameter, or for an unknown or invalid field.
+    Empty fields count as not sent (HTML forms and Swagger UI send them)."""
+    if query:
+        raise RequestValidationError([
+            {"loc": ("query", name), "type": "extra_forbidden",
+             "msg": "unknown query parameter: send parameters as multipart form fields"}
+            for name in query])
+    if not form.files:
+        raise RequestValidationError([{"loc": ("file",), "type": "missing",
+                                       "msg": "Field required: one or more images sent as "
+                                              "multipart/form-data"}])
+    try:
+        return model.model_validate({k: v for k, v in form.fields.items() if v})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None

@@ -1,21 +1,23 @@
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, UploadFile
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, inference, uploads
-from service.deps import RegistryDep, SettingsDep
+from service.deps import CoreDep, RegistryDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
     UPLOAD_ERRORS,
     ErrorResponse,
+    FeatureMapsParams,
     FeatureMapsResponse,
     ModelDetail,
     ModelList,
     ModelSummary,
     VersionDetail,
     VersionStatus,
+    upload_body,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -47,7 +49,7 @@ async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList
 @router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}},
             summary="A model: versions and the default version's metadata and layer table")
 async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
-    return _summary(registry, name, ModelDetail, metadata=registry.get(name).metadata)
+    return _summary(registry, name, ModelDetail, metadata=registry.get(name).public_metadata)
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionDetail,
@@ -55,7 +57,7 @@ async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
             summary="One version: metadata and layer table (parameters include biases)")
 async def get_version(name: ModelName, version: int, registry: RegistryDep) -> VersionDetail:
     m = registry.get(name, version)
-    meta = m.metadata
+    meta = m.public_metadata
     return VersionDetail(**_status(m).model_dump(), name=name, metadata=meta,
                          layers=meta.layers if meta else [],
                          total_params=meta.total_params if meta else None)
@@ -64,25 +66,17 @@ async def get_version(name: ModelName, version: int, registry: RegistryDep) -> V
 @router.post("/{name}/feature-maps", response_model=FeatureMapsResponse, responses={
     **UPLOAD_ERRORS, 200: {"content": {"application/octet-stream": {}},
                     "description": "JSON, or with format=npz the raw float activations"}},
+    openapi_extra=upload_body(FeatureMapsParams),
     summary="What every layer makes of an image: statistics and a picture per layer")
-async def feature_maps(
-    name: ModelName,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    file: Annotated[list[UploadFile], File(description="one or several images")],
-    version: Annotated[int | None, Form(ge=1)] = None,
-    layers: Annotated[str | None, Form(description="comma-separated layer names; "
-                                                   "default: every layer")] = None,
-    scaling: Annotated[Literal["per_layer", "per_channel"], Form()] = "per_layer",
-    format: Annotated[Literal["json", "npz"], Form(description="npz: raw float32 "
-                                                               "activations")] = "json",
-):
-    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
-    acts = await inference.activations(registry, settings, await uploads.read(file), name,
-                                      version, chosen)
-    if format == "npz":
-        data = await run_in_threadpool(featuremaps.to_npz, acts.layers)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{name}-'
-                                                        f'v{acts.version}-activations.npz"'})
-    return await run_in_threadpool(inference.render_feature_maps, acts, scaling)
+async def feature_maps(name: ModelName, request: Request, core: CoreDep):
+    async with uploads.received(request, core.admission, core.settings.max_upload_bytes) as form:
+        params = uploads.params(form, FeatureMapsParams, request.query_params)
+        chosen = [s.strip() for s in params.layers.split(",") if s.strip()] if params.layers \
+            else None
+        acts = await inference.activations(core, form.files, name, params.version, chosen)
+        if params.format == "npz":
+            data = await run_in_threadpool(featuremaps.to_npz, acts.layers)
+            return Response(data, media_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="{name}-'
+                                                            f'v{acts.version}-activations.npz"'})
+        return await run_in_threadpool(inference.render_feature_maps, acts, params.scaling)

@@ -13,31 +13,20 @@ from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import inference
-from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse
-from service.uploads import parse_form
+from service import inference, uploads
+from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse, upload_body
 
 
 async def predict(request: Request) -> Response:
-    state = request.app.state
-    form = parse_form(await request.body(), request.headers.get("content-type"))
-    result = await inference.predict(state.registry, state.settings, form.files,
-                                     inference.predict_params(form),
-                                     is_gone=request.is_disconnected)
+    core: inference.Core = request.app.state.core
+    async with uploads.received(request, core.admission, core.settings.max_upload_bytes) as form:
+        params = uploads.params(form, PredictParams, request.query_params)
+        result = await inference.predict(core, form.files, params, is_gone=request.is_disconnected)
     request.state.model = result["model"]  # labels this request's metrics
     return Response(to_json(result), media_type="application/json")
 
 
-BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
-    "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary",
-                                             "contentMediaType": "application/octet-stream"},
-                 "description": "PNG, JPEG, GIF, BMP, WebP or TIFF; repeat the field for "
-                                "several images"},
-        **PredictParams.model_json_schema()["properties"],
-    }}}}}}
 DOCUMENTED = APIRoute(
     "/predict", predict, methods=["POST"], tags=["inference"], response_model=PredictResponse,
     responses=UPLOAD_ERRORS,
-    openapi_extra=BODY, summary="Classify one or several uploaded images")
+    openapi_extra=upload_body(PredictParams), summary="Classify one or several uploaded images")

@@ -56,4 +56,30 @@ def test_a_broken_model_is_reported_and_the_others_serve(tmp_path, models_dir):
         assert default != 99  # the newest *ready* version serves by default
         r = c.post("/predict", data={"version": "99"},
                    files={"file": ("a.png", b"x", "image/png")})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+        # a permanent failure: no Retry-After, and nothing of the server's files or internals
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
+        assert "retry-after" not in r.headers
+        for text in (r.text, c.get("/models/digit_odd/versions/99").text):
+            assert str(tmp_path) not in text and "saved_model.pb" not in text
+            assert "Error" not in text  # no exception class names or TensorFlow messages
+
+
+def test_not_ready_while_the_default_model_failed(tmp_path, models_dir):
+    """Other models serving does not make the service ready: requests that name no model
+    would all fail."""
+    shutil.copytree(models_dir / "cifar10", tmp_path / "cifar10")
+    broken = tmp_path / "digit_odd" / "1"
+    shutil.copytree(next((models_dir / "digit_odd").glob("[0-9]*")), broken)
+    (broken / "saved_model.pb").write_bytes(b"corrupt")
+    with make_client(model_dir=tmp_path) as c:
+        ready = c.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["models"] == {"cifar10": [1],
+                                                                        "digit_odd": []}
+    with make_client(model_dir=tmp_path, default_model="cifar10") as c:
+        assert c.get("/health/ready").status_code == 200
+
+
+def test_served_metadata_carries_no_local_paths(client):
+    for url in ("/models/digit_odd", "/models/digit_odd/versions/1", "/models/cifar10"):
+        dataset = client.get(url).json()["metadata"]["dataset"]
+        assert dataset["name"] and dataset["path"] is None

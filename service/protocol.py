@@ -18,6 +18,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from service.errors import error_body
 from service.settings import get_settings
 
+LINGER_S = 2.0  # after refusing a request head, how long the client's rest is drained
+
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """A request head (request line and headers) must arrive within ``header_timeout_s`` of
@@ -29,7 +31,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.max_head_bytes, self.head_timeout_s = (settings.max_header_bytes,
                                                     settings.header_timeout_s)
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._refused = True, 0, False
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -41,6 +43,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: what the client still sends is dropped
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
@@ -74,10 +78,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer in the service's error shape and close: the head was never complete, so no
-        ASGI request exists to answer it."""
+        ASGI request exists to answer it.
+
+        The close lingers: the write side shuts first and what the client still sends is read
+        and dropped for a moment, since closing with unread data makes the kernel send a
+        reset, which can destroy the answer before the client reads it.
+        """
         self._stop_head_timer()
+        self._refused = True
         body = json.dumps(error_body(status, code, message)).encode()
         self.transport.write(b"".join([
             STATUS_LINE[status], b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()

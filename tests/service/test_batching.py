@@ -33,11 +33,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1):
+async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1,
+                                    timeout_s: float = 5):
     """A runner whose thread is busy with a first request while requests of ``sizes`` queue;
     returns the model, the runner and the tasks (first one included), not yet released."""
     model = SlowEcho()
-    runner = Runner(model, policy, timeout_s=5)
+    runner = Runner(model, policy, timeout_s=timeout_s)
     runner.start()
     first = asyncio.create_task(runner.predict(np.full((1, width), 1.0)))
     await asyncio.sleep(0.05)  # the first call occupies the inference thread
@@ -91,6 +92,22 @@ def test_full_queue_answers_overloaded_at_once():
 
     error = run(scenario())
     assert error.status == 503 and error.headers == {"Retry-After": "1"}
+
+
+def test_requests_that_waited_past_the_deadline_get_503_and_are_not_computed():
+    async def scenario():
+        model, runner, tasks = await queued_behind_a_busy_call(
+            BatchPolicy(max_batch_size=64), (1, 2), timeout_s=0.02)  # the helper waits 0.05 s
+        model.release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        fresh = await runner.predict(np.full((1, 1), 3.0))  # a new request is served
+        await runner.close()
+        return model.batches, results, fresh
+
+    batches, (first, *late), fresh = run(scenario())
+    assert batches == [1, 1]  # the busy call and the fresh one; the late ones never ran
+    assert first["sum"].tolist() == [1.0] and fresh["sum"].tolist() == [3.0]
+    assert all(isinstance(e, Overloaded) and e.headers == {"Retry-After": "1"} for e in late)
 
 
 def test_requests_whose_client_has_gone_are_not_computed():

@@ -1,5 +1,8 @@
 """Every bad request gets a clear 4xx in the one error shape; nothing answers 500."""
 
+import io
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -109,3 +112,87 @@ def test_random_bytes_never_500(client):
             r = client.post("/predict", files={"file": ("x", blob, ctype)})
             assert r.status_code in (400, 415), r.text
     assert client.get("/health/ready").status_code == 200  # still serving
+
+
+def test_pixels_are_limited_per_request_before_anything_decodes(client):
+    """32 images each under the per-image limit (6000x6000 RGBA, 36 MP), 1.15 gigapixels in
+    all: refused from their headers alone."""
+    big = encode(Image.new("RGBA", (6000, 6000)), "PNG")  # 140 KB each
+    files = [("file", (f"{i}.png", big, "image/png")) for i in range(32)]
+    start = time.monotonic()
+    r = client.post("/predict", files=files)
+    elapsed = time.monotonic() - start
+    assert "1,152,000,000 pixels" in _error(r, 413, "image_too_many_pixels")
+    assert elapsed < 1
+
+
+def test_jpegs_count_the_pixels_they_decode_at_scale(models_dir):
+    """Four 12-megapixel JPEG photos are 48 MP at full size, but the digit model decodes them
+    at 1/8 scale: 0.75 MP, well within a 10 MP request budget."""
+    photo = encode(draw_digit(4, canvas=(4000, 3000), box=(1500, 900, 1200), mode="RGB"),
+                   "JPEG", quality=80)
+    with make_client(model_dir=models_dir, max_request_pixels=10_000_000,
+                     decode_pixels_budget=10_000_000) as c:
+        r = c.post("/predict", files=[("file", (f"{i}.jpg", photo, "image/jpeg"))
+                                      for i in range(4)])
+        assert r.status_code == 200, r.text
+        assert [p["outputs"]["digit"]["label"] for p in r.json()["predictions"]] == ["4"] * 4
+        as_png = encode(Image.open(io.BytesIO(photo)), "PNG", compress_level=1)
+        r = c.post("/predict", files={"file": ("p.png", as_png, "image/png")})
+        assert "12,000,000 pixels" in _error(r, 413, "image_too_many_pixels")
+
+
+def test_unknown_query_parameters_and_fields_are_refused(client):
+    """``?model=cifar10`` was once silently answered by the default model."""
+    r = client.post("/predict?model=cifar10", files={"file": ("a.png", PNG)})
+    assert "model" in _error(r, 422, "invalid_parameter")
+    r = client.post("/predict", data={"modle": "cifar10"}, files={"file": ("a.png", PNG)})
+    assert "modle" in _error(r, 422, "invalid_parameter")
+
+
+def _raw(*parts: bytes) -> tuple[bytes, dict]:
+    boundary = b"b0undary"
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+    return body + b"--" + boundary + b"--\r\n", {
+        "content-type": "multipart/form-data; boundary=b0undary"}
+
+
+def _part(headers: str, data: bytes) -> bytes:
+    return headers.encode("latin-1") + b"\r\n\r\n" + data
+
+
+UPLOADS = {
+    "part without a filename": _raw(_part('Content-Disposition: form-data; name="file"', PNG)),
+    "non-UTF-8 filename": _raw(_part('Content-Disposition: form-data; name="file"; '
+                                     'filename="\xe9\xff.png"', PNG)),
+    "no file part": _raw(_part('Content-Disposition: form-data; name="version"', b"1")),
+    "unknown field": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
+                                PNG), _part('Content-Disposition: form-data; name="x"', b"1")),
+    "file under another name": _raw(_part('Content-Disposition: form-data; name="image"; '
+                                          'filename="a.png"', PNG)),
+    "text field not UTF-8": _raw(_part('Content-Disposition: form-data; name="file"; '
+                                       'filename="a"', PNG),
+                                 _part('Content-Disposition: form-data; name="version"',
+                                       b"\xff")),
+    "empty file": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"', b"")),
+    "garbage file": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
+                               b"\x00garbage")),
+    "bad version": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"', PNG),
+                        _part('Content-Disposition: form-data; name="version"', b"zero")),
+    "cut body": (_raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
+                            PNG))[0][:-30], _raw()[1]),
+    "not multipart": (b'{"file": "x"}', {"content-type": "application/json"}),
+}
+
+
+@pytest.mark.parametrize("case", list(UPLOADS))
+def test_every_upload_route_answers_an_upload_alike(client, case):
+    """One parser and one validation for every upload route."""
+    body, headers = UPLOADS[case]
+    answers = [client.post(url, content=body, headers=headers)
+               for url in ("/predict", "/models/digit_odd/feature-maps")]
+    statuses = [r.status_code for r in answers]
+    assert statuses[0] == statuses[1], [r.text for r in answers]
+    if statuses[0] != 200:
+        assert answers[0].json()["error"]["code"] == answers[1].json()["error"]["code"]
+        assert statuses[0] < 500

@@ -39,3 +39,23 @@ def test_requests_latency_batches_and_load_time_are_exported(client):
     assert value(after, "cnn_serve_model_load_seconds", model="digit_odd") > 0
     assert value(after, "cnn_serve_model_ready", model="cifar10") == 1
     assert any(name == "cnn_serve_queue_depth" for name, _ in after)
+
+
+def test_names_and_methods_clients_make_up_do_not_grow_the_metrics(client):
+    """Labels come from bounded sets: 2,000 requests for made-up models (and methods) once
+    grew /metrics from 17 KB to 91 MB."""
+    def probe(i: int) -> None:
+        client.get(f"/models/no-such-model-{i}")
+        client.post(f"/models/no-such-model-{i}/feature-maps", files={"file": ("a", b"x")})
+        client.request(f"BREW{i}", "/predict")
+        client.get(f"/no/such/route/{i}")
+
+    probe(0)  # every label combination these requests use now exists
+    size = len(client.get("/metrics").content)
+    for i in range(1, 501):
+        probe(i)
+    assert len(client.get("/metrics").content) <= size * 1.05
+    found = samples(client)
+    assert value(found, "cnn_serve_requests_total", route="/models/{name}", model="other",
+                 status="404") >= 501
+    assert value(found, "cnn_serve_requests_total", method="other") >= 501

@@ -23,8 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.preprocess import prepare  # noqa: E402
-from tests.service.handwriting import draw_digit, encode  # noqa: E402
+from service.preprocess import prepare
+from tests.service.handwriting import draw_digit, encode
 
 SIZES = ((1200, 900), (4032, 3024))
 MAX_PIXELS = 40_000_000

@@ -15,9 +15,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse, Response
 
 from service import metrics
+from service.admission import Admission
 from service.docs import install_docs
 from service.errors import install_handlers
-from service.admission import Admission
 from service.inference import Core
 from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry

@@ -1,4 +1,5 @@
-"""The naive way: a sync endpoint that decodes, preprocesses and calls the model per request."""
+"""The naive way: a sync endpoint that opens, converts and resizes each upload with Pillow and
+calls the model per request (no MNIST normalisation, no batching)."""
 
 import os
 from typing import Annotated
@@ -6,8 +7,8 @@ from typing import Annotated
 import numpy as np
 import tensorflow as tf
 from fastapi import FastAPI, File, UploadFile
+from PIL import Image
 
-from service.preprocess import decode, to_model_input
 from training.metadata import ModelMetadata
 
 PATH = os.environ["NAIVE_MODEL_PATH"]
@@ -18,8 +19,10 @@ app = FastAPI()
 
 @app.post("/predict")
 def predict(file: Annotated[list[UploadFile], File()]) -> dict:
-    batch = np.stack([to_model_input(decode(f.file.read(), 40_000_000), META.input)
-                      for f in file])
+    spec = META.input
+    mode = "L" if spec.channels == 1 else "RGB"
+    batch = np.stack([np.asarray(Image.open(f.file).convert(mode).resize(
+        (spec.width, spec.height)), np.float32).reshape(spec.shape) / 255 for f in file])
     out = SERVE(image=tf.constant(batch))
     first = META.outputs[0]
     return {"model": META.name, "predictions": [

@@ -1,12 +1,16 @@
 """Load benchmark: the HTTP floor vs the naive way vs cnn-serve, driven by wrk on 127.0.0.1.
 
     python -m bench.run [--models digit_odd cifar10] [--duration 10] [--concurrency 1 8 32 64]
-                        [--format PNG|JPEG|BMP]
+                        [--format PNG|JPEG|BMP] [--photo] [--baseline GIT_REF]
 
-For each model: starts each server in turn (one uvicorn worker), measures cold start (process
-start to ready) and peak RSS, drives it with wrk at each concurrency, and prints req/s, p50,
-p99 and non-2xx, with the ratios cnn-serve/floor and cnn-serve/naive; then model-only
-images/s at batch 1, 8, 32, 128.
+For each model: starts each server in turn (one worker; cnn-serve as ``cnn-serve`` runs it),
+measures cold start (process start to ready) and peak RSS, drives it with wrk at each
+concurrency, and prints req/s, p50, p99 and non-2xx, with the ratios cnn-serve/floor and
+cnn-serve/naive; then model-only images/s at batch 1, 8, 32, 128.
+
+The image is the model's input size (a pen digit 7, or colour noise for cifar10), or with
+``--photo`` a 1200x900 JPEG photo of a pen digit on a page. ``--baseline REF`` also runs
+cnn-serve as of that git commit (from a temporary worktree), in the same run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -35,9 +40,14 @@ sys.path.insert(0, str(ROOT))
 BOUNDARY = "cnnservebenchboundary"
 
 
-def sample_image(model: str, fmt: str = "PNG") -> bytes:
-    """The model's input size: a pen digit 7 (digit_odd) or colour noise (cifar10)."""
+def sample_image(model: str, fmt: str = "PNG", photo: bool = False) -> bytes:
+    """The model's input size: a pen digit 7 (digit_odd) or colour noise (cifar10); or a
+    1200x900 photo of a page with a pen digit (JPEG)."""
     buf = io.BytesIO()
+    if photo:
+        from bench.photo import pages
+
+        return next(digit for digit, data in pages((1200, 900), 8) if digit == 7)[1]
     if model == "cifar10":
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, fmt)
@@ -67,19 +77,23 @@ def latest(model: str) -> Path:
     return max((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def start(kind: str, model: str, port: int) -> tuple[subprocess.Popen, float]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app",
-           "cnn-serve": "service.app:create_app"}[kind]
-    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--no-access-log"]
-    if kind == "cnn-serve":
-        cmd.append("--factory")
-        env["CNN_SERVE_DEFAULT_MODEL"] = model
+def start(kind: str, model: str, port: int, root: Path = ROOT, **env_extra: str
+          ) -> tuple[subprocess.Popen, float]:
+    """Start a server (``floor``, ``naive``, or ``cnn-serve`` from the source tree ``root``)
+    and wait until it is ready: (process, cold start in seconds)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root), **env_extra}
+    if kind == "cnn-serve":  # as the `cnn-serve` command runs it
+        cmd = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
+        env.update(CNN_SERVE_DEFAULT_MODEL=model, CNN_SERVE_LOG_LEVEL="warning",
+                   CNN_SERVE_MODEL_DIR=str(ROOT / "models"))
+    else:
+        app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app"}[kind]
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+               str(port), "--log-level", "warning", "--no-access-log"]
     if kind == "naive":
         env["NAIVE_MODEL_PATH"] = str(latest(model))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/health/ready"
     while time.perf_counter() - t0 < 120:
         try:
@@ -103,18 +117,23 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(port: int, body_file: str, connections: int, duration: int) -> dict:
+def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: int = 2
+        ) -> dict:
     env = {**os.environ, "BENCH_BODY": body_file, "BENCH_BOUNDARY": BOUNDARY}
     out = subprocess.run(
         ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{duration}s",
-         "--latency", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}"],
+         "--timeout", f"{timeout_s}s", "--latency", "-s", str(ROOT / "bench" / "post.lua"),
+         f"http://127.0.0.1:{port}"],
         env=env, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))
     p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+    failed = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": failed,
+            "goodput": (total - failed) / duration,
             "socket_errors": errors.group(0) if errors else ""}
 
 
@@ -137,13 +156,35 @@ def model_only(model: str) -> dict[int, float]:
     return rates
 
 
-def bench_model(model: str, concurrency: list[int], duration: int, fmt: str) -> None:
+@contextmanager
+def worktree(ref: str | None):
+    """The source tree of git commit ``ref`` (a temporary worktree), or None."""
+    if ref is None:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="cnn-serve-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path),
+                    ref], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                       check=False)
+
+
+def bench_model(model: str, concurrency: list[int], duration: int, fmt: str, photo: bool,
+                baseline: Path | None) -> None:
+    if photo:
+        fmt = "JPEG"
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
-        body.write(multipart(sample_image(model, fmt), model, fmt))
+        body.write(multipart(sample_image(model, fmt, photo), model, fmt))
     results: dict[str, dict] = {}
-    for kind in ("floor", "naive", "cnn-serve"):
+    servers = [("floor", ROOT), ("naive", ROOT), ("cnn-serve", ROOT)]
+    if baseline is not None:
+        servers.append(("baseline", baseline))
+    for kind, root in servers:
         port = free_port()
-        proc, cold = start(kind, model, port)
+        proc, cold = start("cnn-serve" if kind == "baseline" else kind, model, port, root)
         try:
             runs = {c: wrk(port, body.name, c, duration) for c in concurrency}
             results[kind] = {"cold": cold, "rss": peak_rss_mb(proc.pid), "runs": runs}
@@ -151,7 +192,7 @@ def bench_model(model: str, concurrency: list[int], duration: int, fmt: str) -> 
             proc.terminate()
             proc.wait(10)
     os.unlink(body.name)
-    print(f"\n## {model}, {fmt}  ({date.today()}, {platform.machine()}, {os.cpu_count()} "
+    print(f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, {platform.machine()}, {os.cpu_count()} "
           f"cores, wrk {duration}s per run, one uvicorn worker)")
     print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for kind, r in results.items():
@@ -164,7 +205,10 @@ def bench_model(model: str, concurrency: list[int], duration: int, fmt: str) -> 
               f"   cnn-serve/naive = {ours['rps'] / results['naive']['runs'][c]['rps']:.2f}"
               f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
               f"   p50 cnn-serve/naive = "
-              f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}")
+              f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}"
+              + (f"   cnn-serve/baseline = "
+                 f"{ours['rps'] / results['baseline']['runs'][c]['rps']:.2f}"
+                 if "baseline" in results else ""))
     for kind, r in results.items():
         print(f"{kind:<10} cold start {r['cold']:.2f} s   peak RSS {r['rss']:.0f} MB")
     rates = model_only(model)
@@ -180,12 +224,18 @@ def main() -> int:
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "BMP"],
                         help="image format posted; PNGs at the input size are decoded in the "
                              "model graph, other formats by Pillow")
+    parser.add_argument("--photo", action="store_true",
+                        help="post a 1200x900 JPEG photo of a pen digit instead")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also run cnn-serve as of this commit, in the same run")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
-    for model in args.models:
-        bench_model(model, args.concurrency, args.duration, args.format)
+    with worktree(args.baseline) as baseline:
+        for model in args.models:
+            bench_model(model, args.concurrency, args.duration, args.format, args.photo,
+                        baseline)
     return 0
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-
 from service import metrics
 from service.errors import Overloaded
 
@@ -30,18 +27,23 @@ class Budget:
         self.name, self.capacity, self.max_waiting = name, capacity, max_waiting
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future]] = deque()
-        self._in_use = metrics.BUDGET_IN_USE.labels(name)
-        self._refused = metrics.ADMISSION_REFUSED.labels(name)
+        self.refused = metrics.ADMISSION_REFUSED.labels(name)
+
+    def try_acquire(self, amount: int) -> bool:
+        """Take ``amount`` if it is free and nobody waits (the fast path: no future)."""
+        if self._waiters or self.used + amount > self.capacity:
+            return False
+        self.used += amount
+        return True
 
     async def acquire(self, amount: int) -> None:
         """Take ``amount`` now, or wait behind earlier requests (cancel to give up)."""
         if amount > self.capacity:  # settings validation keeps one request within capacity
             raise ValueError(f"{amount} exceeds the {self.name} budget of {self.capacity}")
-        if not self._waiters and self.used + amount <= self.capacity:
-            self._take(amount)
+        if self.try_acquire(amount):
             return
         if len(self._waiters) >= self.max_waiting:
-            self._refused.inc()
+            self.refused.inc()
             raise Overloaded(f"the service is at capacity ({self.name}); retry shortly",
                              headers=RETRY_AFTER)
         entry = (amount, asyncio.get_running_loop().create_future())
@@ -58,12 +60,8 @@ class Budget:
 
     def release(self, amount: int) -> None:
         self.used -= amount
-        self._in_use.set(self.used)
-        self._wake()
-
-    def _take(self, amount: int) -> None:
-        self.used += amount
-        self._in_use.set(self.used)
+        if self._waiters:
+            self._wake()
 
     def _wake(self) -> None:
         while self._waiters:
@@ -71,7 +69,7 @@ class Budget:
             if self.used + amount > self.capacity:
                 return
             self._waiters.popleft()
-            self._take(amount)
+            self.used += amount
             future.set_result(None)
 
     @property
@@ -89,19 +87,45 @@ class Admission:
         self.decode_pixels = Budget("decode_pixels", decode_pixels, max_waiting)
         self.timeout_s = timeout_s
 
-    @asynccontextmanager
-    async def reserve(self, **amounts: int) -> AsyncIterator[None]:
-        """Hold ``amounts`` of the named budgets (e.g. ``requests=1, body_bytes=n``) for the
-        block; waiting for all of them together takes at most ``timeout_s``."""
-        async with AsyncExitStack() as held:
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    for name, amount in amounts.items():
-                        budget: Budget = getattr(self, name)
-                        await budget.acquire(amount)
-                        held.callback(budget.release, amount)
-            except TimeoutError:
-                getattr(self, name)._refused.inc()
-                raise Overloaded(f"waited {self.timeout_s:g} s for capacity ({name}); "
-                                 "retry shortly", headers=RETRY_AFTER) from None
-            yield
+    def reserve(self, **amounts: int) -> Reservation:
+        """Hold ``amounts`` of the named budgets (e.g. ``requests=1, body_bytes=n``) for an
+        ``async with`` block; waiting for all of them together takes at most ``timeout_s``."""
+        return Reservation(self, [(getattr(self, name), n) for name, n in amounts.items()])
+
+
+class Reservation:
+    """An async context manager (a class, not a generator: it runs on every request)."""
+
+    __slots__ = ("admission", "amounts", "held")
+
+    def __init__(self, admission: Admission, amounts: list[tuple[Budget, int]]) -> None:
+        self.admission, self.amounts, self.held = admission, amounts, 0
+
+    async def __aenter__(self) -> None:
+        for budget, amount in self.amounts:  # the fast path: everything free at once
+            if not budget.try_acquire(amount):
+                break
+            self.held += 1
+        else:
+            return
+        try:
+            async with asyncio.timeout(self.admission.timeout_s):
+                for budget, amount in self.amounts[self.held:]:
+                    await budget.acquire(amount)
+                    self.held += 1
+        except TimeoutError:
+            self._release()
+            budget.refused.inc()
+            raise Overloaded(f"waited {self.admission.timeout_s:g} s for capacity "
+                             f"({budget.name}); retry shortly", headers=RETRY_AFTER) from None
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for budget, amount in self.amounts[:self.held]:
+            budget.release(amount)
+        self.held = 0

@@ -44,8 +44,6 @@ SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the clien
                   MODEL)
 LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL,
                      multiprocess_mode="max")
-BUDGET_IN_USE = Gauge("cnn_serve_budget_in_use", "Admission budgets held: requests, body "
-                      "bytes, decode pixels", ("budget",), multiprocess_mode="livesum")
 ADMISSION_REFUSED = Counter("cnn_serve_admission_refused_total", "Requests refused (503) "
                             "while waiting for a budget", ("budget",))
 MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,

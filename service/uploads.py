@@ -108,15 +108,15 @@ async def received(request: Request, admission: Admission, max_bytes: int
         yield parse_form(await request.body(), request.headers.get("content-type"))
 
 
-def params(form: Form, model: type[Params], query: dict[str, str]) -> Params:
+def params(form: Form, model: type[Params], request: Request) -> Params:
     """An upload form's parameters validated by ``model`` (which forbids unknown fields):
     422 without an image, with any query parameter, or for an unknown or invalid field.
     Empty fields count as not sent (HTML forms and Swagger UI send them)."""
-    if query:
+    if request.scope["query_string"]:
         raise RequestValidationError([
             {"loc": ("query", name), "type": "extra_forbidden",
              "msg": "unknown query parameter: send parameters as multipart form fields"}
-            for name in query])
+            for name in request.query_params or ("?",)])
     if not form.files:
         raise RequestValidationError([{"loc": ("file",), "type": "missing",
                                        "msg": "Field required: one or more images sent as "

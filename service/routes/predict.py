@@ -20,7 +20,7 @@ from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse, uploa
 async def predict(request: Request) -> Response:
     core: inference.Core = request.app.state.core
     async with uploads.received(request, core.admission, core.settings.max_upload_bytes) as form:
-        params = uploads.params(form, PredictParams, request.query_params)
+        params = uploads.params(form, PredictParams, request)
         result = await inference.predict(core, form.files, params, is_gone=request.is_disconnected)
     request.state.model = result["model"]  # labels this request's metrics
     return Response(to_json(result), media_type="application/json")

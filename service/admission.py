@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+
 from service import metrics
 from service.errors import Overloaded
 

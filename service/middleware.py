@@ -79,8 +79,19 @@ class _Body:
     """One request body's reads, watched by a single timer per request rather than a timeout
     per read (``asyncio.timeout`` on every read cost ~6 % of the hot path under load)."""
 
-    __slots__ = ("guard", "raw_receive", "counting", "failure", "seen", "done", "waiting",
-                 "last_read", "deadline", "timer", "task")
+    __slots__ = (
+        "counting",
+        "deadline",
+        "done",
+        "failure",
+        "guard",
+        "last_read",
+        "raw_receive",
+        "seen",
+        "task",
+        "timer",
+        "waiting",
+    )
 
     def __init__(self, guard: BodyGuard, receive: Receive, counting: bool) -> None:
         self.guard, self.raw_receive, self.counting = guard, receive, counting

@@ -32,9 +32,24 @@ class FeatureMapsParams(BaseModel):
     format: Literal["json", "npz"] = Field("json", description="npz: raw float32 activations")
 
 
+def _form_field(schema: dict) -> dict:
+    """A parameter as a form field: sent as text or left out, never null."""
+    schema = dict(schema)
+    options = [o for o in schema.pop("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        schema.update(options[0])
+    elif options:
+        schema["anyOf"] = options
+    if schema.get("default", 0) is None:
+        del schema["default"]
+    return schema
+
+
 def upload_body(params: type[BaseModel]) -> dict:
     """The OpenAPI ``requestBody`` of an upload route: ``file`` (repeatable) plus ``params``'
     fields, nothing else."""
+    fields = {name: _form_field(field)
+              for name, field in params.model_json_schema()["properties"].items()}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"], "additionalProperties": False,
         "properties": {
@@ -43,7 +58,7 @@ def upload_body(params: type[BaseModel]) -> dict:
                                "contentMediaType": "application/octet-stream"},
                      "description": "PNG, JPEG, GIF, BMP, WebP or TIFF; repeat the field for "
                                     "several images"},
-            **params.model_json_schema()["properties"],
+            **fields,
         }}}}}}
 
 

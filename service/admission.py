@@ -55,7 +55,9 @@ class Budget:
             if entry[1].done() and not entry[1].cancelled():
                 self.release(amount)  # granted just as the wait was given up
             else:
-                self._waiters.remove(entry)
+                entry[1].cancel()  # _wake skips it if it still meets it
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
                 self._wake()  # a large waiter at the head may have held back smaller ones
             raise
 
@@ -67,6 +69,9 @@ class Budget:
     def _wake(self) -> None:
         while self._waiters:
             amount, future = self._waiters[0]
+            if future.done():  # given up (cancelled), its task not yet resumed
+                self._waiters.popleft()
+                continue
             if self.used + amount > self.capacity:
                 return
             self._waiters.popleft()

@@ -57,6 +57,24 @@ def test_a_large_waiter_that_gives_up_lets_smaller_ones_through():
     assert run(scenario()) == (4, 0)
 
 
+def test_capacity_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_next():
+    """A waiter's wait is cancelled (its deadline passed), and before its task runs again
+    another request releases capacity: the capacity goes to the next waiter, once."""
+    async def scenario():
+        budget = Budget("test", 1, max_waiting=10)
+        await budget.acquire(1)
+        first = asyncio.create_task(budget.acquire(1))
+        second = asyncio.create_task(budget.acquire(1))
+        await asyncio.sleep(0)
+        first.cancel()
+        budget.release(1)  # first's future is cancelled but its task has not resumed yet
+        await asyncio.gather(first, return_exceptions=True)
+        await second
+        return first.cancelled(), budget.used, budget.waiting
+
+    assert run(scenario()) == (True, 1, 0)
+
+
 def test_beyond_the_waiting_bound_requests_are_refused_at_once():
     async def scenario():
         budget = Budget("test", 1, max_waiting=1)

@@ -47,7 +47,7 @@ def sample_image(model: str, fmt: str = "PNG", photo: bool = False) -> bytes:
     if photo:
         from bench.photo import pages
 
-        return next(digit for digit, data in pages((1200, 900), 8) if digit == 7)[1]
+        return next(data for digit, data in pages((1200, 900), 8) if digit == 7)
     if model == "cifar10":
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, fmt)

@@ -37,8 +37,10 @@ class Budget:
         self.used += amount
         return True
 
-    async def acquire(self, amount: int) -> None:
-        """Take ``amount`` now, or wait behind earlier requests (cancel to give up)."""
+    async def acquire(self, amount: int, deadline: float) -> None:
+        """Take ``amount`` now, or wait behind earlier requests until the loop time
+        ``deadline`` (then 503). One timer per waiter: ``asyncio.timeout`` per request cost a
+        tenth of the event loop under overload (py-spy)."""
         if amount > self.capacity:  # settings validation keeps one request within capacity
             raise ValueError(f"{amount} exceeds the {self.name} budget of {self.capacity}")
         if self.try_acquire(amount):
@@ -47,19 +49,34 @@ class Budget:
             self.refused.inc()
             raise Overloaded(f"the service is at capacity ({self.name}); retry shortly",
                              headers=RETRY_AFTER)
-        entry = (amount, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        entry = (amount, loop.create_future())
         self._waiters.append(entry)
+        timer = loop.call_at(deadline, self._expire, entry)
         try:
             await entry[1]
-        except BaseException:
+        except asyncio.CancelledError:  # the client went away while waiting
             if entry[1].done() and not entry[1].cancelled():
                 self.release(amount)  # granted just as the wait was given up
             else:
-                entry[1].cancel()  # _wake skips it if it still meets it
-                if entry in self._waiters:
-                    self._waiters.remove(entry)
-                self._wake()  # a large waiter at the head may have held back smaller ones
+                self._give_up(entry)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, entry: tuple[int, asyncio.Future]) -> None:
+        if not entry[1].done():
+            self.refused.inc()
+            entry[1].set_exception(Overloaded(
+                f"waited too long for capacity ({self.name}); retry shortly",
+                headers=RETRY_AFTER))
+            self._give_up(entry)
+
+    def _give_up(self, entry: tuple[int, asyncio.Future]) -> None:
+        entry[1].cancel()  # _wake skips it if it still meets it
+        if entry in self._waiters:
+            self._waiters.remove(entry)
+        self._wake()  # a large waiter at the head may have held back smaller ones
 
     def release(self, amount: int) -> None:
         self.used -= amount
@@ -95,7 +112,8 @@ class Admission:
 
     def reserve(self, **amounts: int) -> Reservation:
         """Hold ``amounts`` of the named budgets (e.g. ``requests=1, body_bytes=n``) for an
-        ``async with`` block; waiting for all of them together takes at most ``timeout_s``."""
+        ``async with`` block; waiting for all of them together takes at most ``timeout_s``
+        (then 503 with ``Retry-After``)."""
         return Reservation(self, [(getattr(self, name), n) for name, n in amounts.items()])
 
 
@@ -114,16 +132,11 @@ class Reservation:
             self.held += 1
         else:
             return
+        deadline = asyncio.get_running_loop().time() + self.admission.timeout_s
         try:
-            async with asyncio.timeout(self.admission.timeout_s):
-                for budget, amount in self.amounts[self.held:]:
-                    await budget.acquire(amount)
-                    self.held += 1
-        except TimeoutError:
-            self._release()
-            budget.refused.inc()
-            raise Overloaded(f"waited {self.admission.timeout_s:g} s for capacity "
-                             f"({budget.name}); retry shortly", headers=RETRY_AFTER) from None
+            for budget, amount in self.amounts[self.held:]:
+                await budget.acquire(amount, deadline)
+                self.held += 1
         except BaseException:
             self._release()
             raise

@@ -88,8 +88,7 @@ class Runner:
             raise Overloaded(f"model {self.model.name} v{self.model.version} has "
                              f"{self.policy.max_queue} requests queued; retry shortly",
                              headers={"Retry-After": "1"}) from None
-        self._depth.set(self._queue.qsize())
-        return await item.future
+        return await item.future  # the depth gauge is set once per batch, by _loop
 
     async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every layer's activations; on the same inference thread, never batched."""

@@ -17,14 +17,19 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def later() -> float:
+    """A waiting deadline that never comes during a test."""
+    return asyncio.get_running_loop().time() + 60
+
+
 def test_waiters_are_served_in_order_as_capacity_frees():
     async def scenario():
         budget = Budget("test", 3, max_waiting=10)
-        await budget.acquire(3)
+        await budget.acquire(3, later())
         order = []
 
         async def take(name, amount):
-            await budget.acquire(amount)
+            await budget.acquire(amount, later())
             order.append(name)
 
         tasks = [asyncio.create_task(take(n, a)) for n, a in (("a", 2), ("b", 1), ("c", 1))]
@@ -44,9 +49,9 @@ def test_waiters_are_served_in_order_as_capacity_frees():
 def test_a_large_waiter_that_gives_up_lets_smaller_ones_through():
     async def scenario():
         budget = Budget("test", 4, max_waiting=10)
-        await budget.acquire(3)
-        large = asyncio.create_task(budget.acquire(4))
-        small = asyncio.create_task(budget.acquire(1))
+        await budget.acquire(3, later())
+        large = asyncio.create_task(budget.acquire(4, later()))
+        small = asyncio.create_task(budget.acquire(1, later()))
         await asyncio.sleep(0)
         assert not small.done()  # first come, first served
         large.cancel()
@@ -62,9 +67,9 @@ def test_capacity_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_nex
     another request releases capacity: the capacity goes to the next waiter, once."""
     async def scenario():
         budget = Budget("test", 1, max_waiting=10)
-        await budget.acquire(1)
-        first = asyncio.create_task(budget.acquire(1))
-        second = asyncio.create_task(budget.acquire(1))
+        await budget.acquire(1, later())
+        first = asyncio.create_task(budget.acquire(1, later()))
+        second = asyncio.create_task(budget.acquire(1, later()))
         await asyncio.sleep(0)
         first.cancel()
         budget.release(1)  # first's future is cancelled but its task has not resumed yet
@@ -78,11 +83,11 @@ def test_capacity_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_nex
 def test_beyond_the_waiting_bound_requests_are_refused_at_once():
     async def scenario():
         budget = Budget("test", 1, max_waiting=1)
-        await budget.acquire(1)
-        waiter = asyncio.create_task(budget.acquire(1))
+        await budget.acquire(1, later())
+        waiter = asyncio.create_task(budget.acquire(1, later()))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as info:
-            await budget.acquire(1)
+            await budget.acquire(1, later())
         budget.release(1)
         await waiter
         return info.value

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, graph_decode, preprocess
 from service.admission import Admission
@@ -30,11 +31,18 @@ INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread
 
 @dataclass
 class Core:
-    """What every route that computes shares: the models, the limits and the budgets."""
+    """What every route that computes shares: the models, the limits, the budgets and the
+    decoding threads.
+
+    Decoding has its own pool of one thread per core: with Starlette's 40 shared threads,
+    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients: 198 req/s with 40
+    threads, 252 with 2; bench/run.py --photo).
+    """
 
     registry: ModelRegistry
     settings: Settings
     admission: Admission
+    decoder: ThreadPoolExecutor
 
 
 def _finish_all(images: list[tuple[str, Image.Image]], spec: InputSpec) -> np.ndarray:
@@ -66,7 +74,8 @@ async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.nda
     if pixels <= INLINE_PIXELS:
         return _finish_all(images, spec)
     async with core.admission.reserve(decode_pixels=pixels):
-        return await run_in_threadpool(_finish_all, images, spec)
+        return await asyncio.get_running_loop().run_in_executor(core.decoder, _finish_all,
+                                                                images, spec)
 
 
 def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,

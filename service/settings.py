@@ -65,6 +65,8 @@ class Settings(BaseSettings):
         default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}')
     inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; "
                                                         "0 = half the cores")
+    decode_threads: int = Field(0, ge=0, description="threads that decode and normalise "
+                                                     "uploads; 0 = one per core")
 
     @field_validator("model_dir")
     @classmethod

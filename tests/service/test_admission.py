@@ -46,13 +46,18 @@ def test_waiters_are_served_in_order_as_capacity_frees():
     assert run(scenario()) == (["a", "b", "c"], 3)
 
 
+async def held_with_waiters(capacity: int, held: int, *amounts: int):
+    """A budget with ``held`` taken and tasks waiting for ``amounts``, in that order."""
+    budget = Budget("test", capacity, max_waiting=10)
+    await budget.acquire(held, later())
+    tasks = [asyncio.create_task(budget.acquire(amount, later())) for amount in amounts]
+    await asyncio.sleep(0)
+    return budget, tasks
+
+
 def test_a_large_waiter_that_gives_up_lets_smaller_ones_through():
     async def scenario():
-        budget = Budget("test", 4, max_waiting=10)
-        await budget.acquire(3, later())
-        large = asyncio.create_task(budget.acquire(4, later()))
-        small = asyncio.create_task(budget.acquire(1, later()))
-        await asyncio.sleep(0)
+        budget, (large, small) = await held_with_waiters(4, 3, 4, 1)
         assert not small.done()  # first come, first served
         large.cancel()
         await asyncio.gather(large, return_exceptions=True)
@@ -63,14 +68,10 @@ def test_a_large_waiter_that_gives_up_lets_smaller_ones_through():
 
 
 def test_capacity_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_next():
-    """A waiter's wait is cancelled (its deadline passed), and before its task runs again
-    another request releases capacity: the capacity goes to the next waiter, once."""
+    """A waiter's wait is cancelled (its client left), and before its task runs again another
+    request releases capacity: the capacity goes to the next waiter, once."""
     async def scenario():
-        budget = Budget("test", 1, max_waiting=10)
-        await budget.acquire(1, later())
-        first = asyncio.create_task(budget.acquire(1, later()))
-        second = asyncio.create_task(budget.acquire(1, later()))
-        await asyncio.sleep(0)
+        budget, (first, second) = await held_with_waiters(1, 1, 1, 1)
         first.cancel()
         budget.release(1)  # first's future is cancelled but its task has not resumed yet
         await asyncio.gather(first, return_exceptions=True)

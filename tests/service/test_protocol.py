@@ -1,4 +1,4 @@
-"""The real server (``cnn-serve``: uvicorn with the guarded protocol) against slow, broken and
+"""The real server (``cnn-serve``: uvicorn with the guarded protocol, then the body guard)
 departing clients, spoken to over raw sockets with short limits."""
 
 from __future__ import annotations
@@ -88,28 +88,31 @@ def test_a_complete_request_is_answered(server):
     assert reply.startswith(b"HTTP/1.1 200") and b'"label":"7"' in reply
 
 
+def _dribble(sock: socket.socket, pieces, every_s: float) -> tuple[bytes, float]:
+    """Send ``pieces`` one every ``every_s`` until the server answers or closes; everything
+    it sent, and the time from the first piece until it closed."""
+    start, reply = time.monotonic(), b""
+    sock.settimeout(every_s)
+    for piece in pieces:
+        try:
+            sock.sendall(piece)
+            reply = sock.recv(65536)
+            break
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    sock.settimeout(10)
+    rest, _ = _read_until_closed(sock)
+    return reply + rest, time.monotonic() - start
+
+
 def test_slowloris_headers_are_cut_off_at_the_header_timeout(server):
     with _connect(server[0]) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
-        start = time.monotonic()
-        reply = b""
-        for i in range(40):  # a header line every 0.2 s: would take 8 s
-            try:
-                sock.sendall(f"X-Slow-{i}: {i}\r\n".encode())
-            except OSError:
-                break
-            sock.settimeout(0.2)
-            try:
-                reply += sock.recv(65536)
-                if reply:
-                    break
-            except TimeoutError:
-                continue
-        sock.settimeout(10)
-        rest, _ = _read_until_closed(sock)
-        elapsed = time.monotonic() - start
-    assert (reply + rest).startswith(b"HTTP/1.1 408")
-    assert b'"request_timeout"' in reply + rest
+        lines = (f"X-Slow-{i}: {i}\r\n".encode() for i in range(40))  # 8 s at 0.2 s each
+        reply, elapsed = _dribble(sock, lines, 0.2)
+    assert reply.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in reply
     assert elapsed < 3  # the limit is 1 s
 
 
@@ -144,22 +147,9 @@ def test_a_trickling_body_is_cut_off_at_the_body_timeout(server):
     body, ctype = _multipart(DIGIT)
     with _connect(server[0]) as sock:
         sock.sendall(_head(len(body), ctype))
-        start = time.monotonic()
-        sock.settimeout(0.5)
-        reply = b""
-        for i in range(0, len(body), 20):  # 20 bytes every 0.5 s: never idle for 1 s
-            try:
-                sock.sendall(body[i:i + 20])
-                reply = sock.recv(65536)
-                break
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-        sock.settimeout(10)
-        rest, _ = _read_until_closed(sock)
-        elapsed = time.monotonic() - start
-    assert (reply + rest).startswith(b"HTTP/1.1 408")
+        chunks = (body[i:i + 20] for i in range(0, len(body), 20))  # never idle for 1 s
+        reply, elapsed = _dribble(sock, chunks, 0.5)
+    assert reply.startswith(b"HTTP/1.1 408")
     assert 2.5 < elapsed < 5  # the whole body had 3 s
 
 

@@ -34,9 +34,9 @@ class Core:
     """What every route that computes shares: the models, the limits, the budgets and the
     decoding threads.
 
-    Decoding has its own pool of one thread per core: with Starlette's 40 shared threads,
-    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients: 198 req/s with 40
-    threads, 252 with 2; bench/run.py --photo).
+    Decoding has its own pool of one thread per core: on Starlette's 40 shared threads,
+    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients, bench/run.py
+    --photo: 198 req/s with 40 threads, 302 with 2).
     """
 
     registry: ModelRegistry

@@ -17,8 +17,6 @@ from collections import deque
 from service import metrics
 from service.errors import Overloaded
 
-RETRY_AFTER = {"Retry-After": "1"}
-
 
 class Budget:
     """A quantity (requests, bytes, pixels) shared by concurrent requests: a weighted FIFO
@@ -47,8 +45,7 @@ class Budget:
             return
         if len(self._waiters) >= self.max_waiting:
             self.refused.inc()
-            raise Overloaded(f"the service is at capacity ({self.name}); retry shortly",
-                             headers=RETRY_AFTER)
+            raise Overloaded(f"the service is at capacity ({self.name}); retry shortly")
         loop = asyncio.get_running_loop()
         entry = (amount, loop.create_future())
         self._waiters.append(entry)
@@ -68,8 +65,7 @@ class Budget:
         if not entry[1].done():
             self.refused.inc()
             entry[1].set_exception(Overloaded(
-                f"waited too long for capacity ({self.name}); retry shortly",
-                headers=RETRY_AFTER))
+                f"waited too long for capacity ({self.name}); retry shortly"))
             self._give_up(entry)
 
     def _give_up(self, entry: tuple[int, asyncio.Future]) -> None:

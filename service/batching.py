@@ -86,8 +86,7 @@ class Runner:
         except asyncio.QueueFull:
             self._rejected.inc()
             raise Overloaded(f"model {self.model.name} v{self.model.version} has "
-                             f"{self.policy.max_queue} requests queued; retry shortly",
-                             headers={"Retry-After": "1"}) from None
+                             f"{self.policy.max_queue} requests queued; retry shortly") from None
         return await item.future  # the depth gauge is set once per batch, by _loop
 
     async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -132,7 +131,7 @@ class Runner:
             if item.queued_at < expired:
                 item.future.set_exception(Overloaded(
                     f"waited {self.timeout_s:g} s in the queue of model {self.model.name}; "
-                    "retry shortly", headers={"Retry-After": "1"}))
+                    "retry shortly"))
                 self._rejected.inc()
                 continue
             if (item.is_gone is not None and item.queued_at < waited_since

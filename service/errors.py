@@ -83,7 +83,12 @@ class ModelFailed(ServiceError):
 
 
 class Overloaded(ServiceError):
+    """At capacity for now: the client may retry in a second."""
+
     status, code = 503, "overloaded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class RequestTimeout(ServiceError):

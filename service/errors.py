@@ -91,10 +91,6 @@ class Overloaded(ServiceError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
-class RequestTimeout(ServiceError):
-    status, code = 408, "request_timeout"
-
-
 class ClientGone(ServiceError):
     """The client disconnected before its images were computed; nobody reads the answer."""
 

@@ -23,7 +23,7 @@ from service.errors import install_handlers
 from service.inference import Core
 from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry
-from service.routes import health, models, predict
+from service.routes import health, models, predict, tfserving
 from service.settings import Settings, get_settings
 
 SWITCH_INTERVAL_S = 0.002
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.add_route("/predict", predict.predict, methods=["POST"])
-    for router in (models.router, health.router):
+    for router in (models.router, health.router, tfserving.router):
         app.include_router(router)
     install_docs(app, documented=[predict.DOCUMENTED])
 

@@ -110,25 +110,37 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
 
 
+TF_SERVING_PREFIX = "/v1/"  # TF Serving's REST API answers errors as {"error": "..."}
+
+
+def _error(request: Request, status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error in the shape of the API the request spoke."""
+    if request.url.path.startswith(TF_SERVING_PREFIX):
+        status = 400 if status == 422 else status  # TF Serving has no 422
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return error_response(status, code, message, headers)
+
+
 def install_handlers(app: FastAPI) -> None:
-    """Map every exception a request can raise onto the one error shape."""
+    """Map every exception a request can raise onto the error shape of its API."""
 
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(request, exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}"
             for e in exc.errors()
         )
-        return error_response(422, "invalid_parameter", problems or "invalid request")
+        return _error(request, 422, "invalid_parameter", problems or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return _error(request, exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_: Request, __: ClientDisconnect) -> JSONResponse:

@@ -1,0 +1,93 @@
+"""TensorFlow Serving's REST API (v1): model status, metadata and ``:predict``, so clients and
+scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving` translates,
+the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from starlette.convertors import Convertor, register_url_convertor
+
+from service import inference, tfserving, uploads
+from service.deps import CoreDep, RegistryDep
+
+
+class ModelNameConvertor(Convertor[str]):
+    """A model name stops at ':' so ``/v1/models/m:predict`` never matches ``/v1/models/{m}``
+    (which made a GET there a 405 that advertised GET)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model", ModelNameConvertor())
+router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API (v1)"])
+ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
+Version = Annotated[int, Path(ge=1)]
+ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 503)}
+
+
+@router.get("/{name:model}", summary="Status of every version", responses=ERRORS)
+async def status(name: ModelName, registry: RegistryDep) -> dict:
+    versions = registry.versions(name)
+    return {"model_version_status": [tfserving.version_status(versions[v])
+                                     for v in sorted(versions, reverse=True)]}
+
+
+@router.get("/{name:model}/versions/{version:int}", summary="Status of one version",
+            responses=ERRORS)
+async def version_status(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+    return {"model_version_status": [tfserving.version_status(registry.get(name, version))]}
+
+
+@router.get("/{name:model}/metadata", summary="Signature of the newest version", responses=ERRORS)
+async def metadata(name: ModelName, registry: RegistryDep) -> dict:
+    return tfserving.metadata(registry.runner(name).model)
+
+
+@router.get("/{name:model}/versions/{version:int}/metadata", summary="Signature of one version",
+            responses=ERRORS)
+async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+    return tfserving.metadata(registry.runner(name, version).model)
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
+    "properties": {
+        "signature_name": {"type": "string", "enum": ["serving_default"]},
+        "instances": {"type": "array", "minItems": 1,
+                      "description": "row format: [H, W, C] pixels in [0, 1] per instance, "
+                                     "or {\"b64\": \"<image file>\"}"},
+        "inputs": {"description": "columnar format: the batch, or {\"image\": batch}"}}},
+    "example": {"instances": [{"b64": "iVBORw0KGgo..."}]}}}}}
+
+
+@router.post("/{name:model}:predict", summary="Predict (row or columnar format)", responses=ERRORS,
+             openapi_extra=PREDICT_BODY)
+async def predict(name: ModelName, request: Request, core: CoreDep) -> dict:
+    return await _predict(request, core, name, None)
+
+
+@router.post("/{name:model}/versions/{version:int}:predict", summary="Predict with one version",
+             responses=ERRORS, openapi_extra=PREDICT_BODY)
+async def version_predict(name: ModelName, version: Version, request: Request,
+                          core: CoreDep) -> dict:
+    return await _predict(request, core, name, version)
+
+
+async def _predict(request: Request, core: inference.Core, name: str, version: int | None
+                   ) -> dict:
+    runner = core.registry.runner(name, version)  # 404 before the body is read
+    async with uploads.admit(request, core.admission, core.settings.max_upload_bytes):
+        body = tfserving.parse(await request.body())
+        meta = runner.model.metadata
+        batch = tfserving.model_input(body, meta, core.settings.max_images_per_request)
+        if isinstance(batch, list):  # encoded images: the same preprocessing as /predict
+            batch = await inference.to_batch(core, batch, meta.input)
+        outputs = await runner.predict(batch, request.is_disconnected)
+    return tfserving.answer(body, meta, outputs)

@@ -1,0 +1,130 @@
+"""TensorFlow Serving's REST API (v1) as a codec over the core: its JSON requests become the
+model's input (pixels, or encoded images that get the same preprocessing as ``/predict``),
+and the model's outputs become its answers, shaped as TF Serving shapes them.
+
+Requests follow https://www.tensorflow.org/tfx/serving/api_rest: the row format
+(``instances``) and the columnar format (``inputs``), each value either the input tensor
+(nested lists, [H, W, C] per instance) or ``{"b64": ...}`` holding an image file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import numpy as np
+
+from service.errors import BadRequest
+from service.model import ServedModel, Status
+from service.uploads import Upload
+from training.metadata import ModelMetadata
+
+SIGNATURE = "serving_default"
+STATES = {Status.loading: "LOADING", Status.ready: "AVAILABLE", Status.failed: "END"}
+
+
+def version_status(model: ServedModel) -> dict:
+    """One entry of ``model_version_status``."""
+    failed = model.status is Status.failed
+    return {"version": str(model.version), "state": STATES[model.status],
+            "status": {"error_code": "UNKNOWN" if failed else "OK",
+                       "error_message": model.error if failed else ""}}
+
+
+def _tensor(dims: list[int], name: str) -> dict:
+    return {"dtype": "DT_FLOAT", "name": name, "tensor_shape": {
+        "dim": [{"size": str(d), "name": ""} for d in [-1, *dims]], "unknown_rank": False}}
+
+
+def metadata(model: ServedModel) -> dict:
+    """``GET .../metadata``: the serving signature's inputs and outputs."""
+    meta = model.metadata
+    outputs = {o.name: _tensor([len(o.labels) if o.kind == "multiclass" else 1], o.name)
+               for o in meta.outputs}
+    return {"model_spec": {"name": model.name, "signature_name": "",
+                           "version": str(model.version)},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
+                "inputs": {meta.input.name: _tensor(meta.input.shape, meta.input.name)},
+                "outputs": outputs, "method_name": "tensorflow/serving/predict"}}}}}
+
+
+def parse(body: bytes) -> dict:
+    """The request object (400 when the body is not one)."""
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        raise BadRequest("the body is not valid JSON (or nests too deep)") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the body must be a JSON object with 'instances' or 'inputs'")
+    name = request.get("signature_name", SIGNATURE) or SIGNATURE
+    if name != SIGNATURE:
+        raise BadRequest(f"no signature named {name!r}; this model serves {SIGNATURE!r}")
+    if ("instances" in request) == ("inputs" in request):
+        raise BadRequest("send exactly one of 'instances' (row format) or 'inputs' (columnar)")
+    return request
+
+
+def _unwrap(value: object, input_name: str) -> object:
+    """``{"image": x}`` -> x; anything else as it is."""
+    if isinstance(value, dict) and "b64" not in value:
+        if set(value) != {input_name}:
+            raise BadRequest(f"unknown input(s) {sorted(set(value) - {input_name})}; the "
+                             f"model's one input is {input_name!r}")
+        return value[input_name]
+    return value
+
+
+def model_input(request: dict, meta: ModelMetadata, max_items: int
+                ) -> np.ndarray | list[Upload]:
+    """A request's instances: pixels [n, H, W, C] float32, or images to preprocess."""
+    spec = meta.input
+    if "instances" in request:
+        items = request["instances"]
+        items = [_unwrap(item, spec.name) for item in items] if isinstance(items, list) else items
+    else:
+        items = _unwrap(request["inputs"], spec.name)
+    if not isinstance(items, list) or not items:
+        raise BadRequest("instances must be a non-empty list")
+    if len(items) > max_items:
+        raise BadRequest(f"{len(items)} instances in one request; the limit is {max_items}")
+    encoded = [isinstance(item, dict) for item in items]
+    if any(encoded):
+        if not all(encoded):
+            raise BadRequest("mix of encoded images ({'b64': ...}) and pixel tensors")
+        return [Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)]
+    try:
+        pixels = np.asarray(items, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise BadRequest("instances are not numeric tensors of one shape") from None
+    if pixels.shape[1:] != tuple(spec.shape):
+        raise BadRequest(f"instances have shape {list(pixels.shape[1:])}; input {spec.name!r} "
+                         f"takes {spec.shape} (values in [0, 1])")
+    if not np.isfinite(pixels).all():
+        raise BadRequest("instances hold NaN or infinite values")
+    return pixels
+
+
+def _b64(item: dict) -> bytes:
+    if set(item) != {"b64"} or not isinstance(item["b64"], str):
+        raise BadRequest("an encoded image is {'b64': '<base64 of the file>'}")
+    try:
+        return base64.b64decode(item["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid base64 in 'b64'") from None
+
+
+def answer(request: dict, meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
+    """``predictions`` (row format) or ``outputs`` (columnar), as TF Serving shapes them: a
+    single output without its name, several as objects keyed by output name."""
+    names = [o.name for o in meta.outputs]
+    if "instances" in request:
+        if len(names) == 1:
+            return {"predictions": outputs[names[0]].tolist()}
+        columns = {name: outputs[name].tolist() for name in names}
+        count = len(columns[names[0]])
+        return {"predictions": [{name: columns[name][i] for name in names}
+                                for i in range(count)]}
+    if len(names) == 1:
+        return {"outputs": outputs[names[0]].tolist()}
+    return {"outputs": {name: outputs[name].tolist() for name in names}}

@@ -49,8 +49,9 @@ def metadata(model: ServedModel) -> dict:
                 "outputs": outputs, "method_name": "tensorflow/serving/predict"}}}}}
 
 
-def parse(body: bytes) -> dict:
-    """The request object (400 when the body is not one)."""
+def parse(body: bytes, classify: bool = False) -> dict:
+    """The request object (400 when the body is not one). A ``:classify`` request's
+    ``examples`` are instances in the row format."""
     try:
         request = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
@@ -60,6 +61,10 @@ def parse(body: bytes) -> dict:
     name = request.get("signature_name", SIGNATURE) or SIGNATURE
     if name != SIGNATURE:
         raise BadRequest(f"no signature named {name!r}; this model serves {SIGNATURE!r}")
+    if classify:
+        if not isinstance(request.get("examples"), list):
+            raise BadRequest("a classify request lists its 'examples'")
+        return {"instances": request["examples"]}
     if ("instances" in request) == ("inputs" in request):
         raise BadRequest("send exactly one of 'instances' (row format) or 'inputs' (columnar)")
     return request
@@ -112,6 +117,17 @@ def _b64(item: dict) -> bytes:
         return base64.b64decode(item["b64"], validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("invalid base64 in 'b64'") from None
+
+
+def classification(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
+    """``:classify``: [label, score] pairs of the model's first head, per example, in the
+    head's label order (a sigmoid head scores both of its labels)."""
+    head = meta.outputs[0]
+    scores = outputs[head.name]
+    if head.kind == "binary":
+        scores = np.concatenate([1 - scores, scores], axis=1)
+    return {"results": [[[label, score] for label, score in zip(head.labels, row)]
+                        for row in scores.tolist()]}
 
 
 def answer(request: dict, meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:

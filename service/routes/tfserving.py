@@ -1,4 +1,5 @@
-"""TensorFlow Serving's REST API (v1): model status, metadata and ``:predict``, so clients and
+"""TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
+so clients and
 scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving` translates,
 the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
 """
@@ -70,24 +71,48 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 @router.post("/{name:model}:predict", summary="Predict (row or columnar format)", responses=ERRORS,
              openapi_extra=PREDICT_BODY)
 async def predict(name: ModelName, request: Request, core: CoreDep) -> dict:
-    return await _predict(request, core, name, None)
+    return await _infer(request, core, name, None)
 
 
 @router.post("/{name:model}/versions/{version:int}:predict", summary="Predict with one version",
              responses=ERRORS, openapi_extra=PREDICT_BODY)
 async def version_predict(name: ModelName, version: Version, request: Request,
                           core: CoreDep) -> dict:
-    return await _predict(request, core, name, version)
+    return await _infer(request, core, name, version)
 
 
-async def _predict(request: Request, core: inference.Core, name: str, version: int | None
-                   ) -> dict:
+CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["examples"], "properties": {
+        "signature_name": {"type": "string", "enum": ["serving_default"]},
+        "examples": {"type": "array", "minItems": 1,
+                     "description": "{\"image\": pixels or {\"b64\": \"<image file>\"}} "
+                                    "per example"}}},
+    "example": {"examples": [{"image": {"b64": "iVBORw0KGgo..."}}]}}}}}
+
+
+@router.post("/{name:model}:classify", summary="Classify: [label, score] pairs of the first "
+             "head", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
+async def classify(name: ModelName, request: Request, core: CoreDep) -> dict:
+    return await _infer(request, core, name, None, classify=True)
+
+
+@router.post("/{name:model}/versions/{version:int}:classify", summary="Classify with one "
+             "version", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
+async def version_classify(name: ModelName, version: Version, request: Request,
+                           core: CoreDep) -> dict:
+    return await _infer(request, core, name, version, classify=True)
+
+
+async def _infer(request: Request, core: inference.Core, name: str, version: int | None,
+                 classify: bool = False) -> dict:
     runner = core.registry.runner(name, version)  # 404 before the body is read
     async with uploads.admit(request, core.admission, core.settings.max_upload_bytes):
-        body = tfserving.parse(await request.body())
+        body = tfserving.parse(await request.body(), classify)
         meta = runner.model.metadata
         batch = tfserving.model_input(body, meta, core.settings.max_images_per_request)
         if isinstance(batch, list):  # encoded images: the same preprocessing as /predict
             batch = await inference.to_batch(core, batch, meta.input)
         outputs = await runner.predict(batch, request.is_disconnected)
+    if classify:
+        return tfserving.classification(meta, outputs)
     return tfserving.answer(body, meta, outputs)

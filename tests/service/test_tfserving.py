@@ -104,6 +104,23 @@ def test_a_single_output_model_answers_plain_lists(client):
                                list(native["class"]["probabilities"].values()), atol=2e-3)
 
 
+def test_classify_answers_label_score_pairs_of_the_first_head(client):
+    png = base64.b64encode(encode(DIGITS[7])).decode()
+    results = []
+    for example in ({"image": _pixels(DIGITS[3])}, {"image": {"b64": png}}):
+        r = client.post("/v1/models/digit_odd:classify", json={
+            "signature_name": "serving_default", "examples": [example]})
+        assert r.status_code == 200, r.text
+        results += r.json()["results"]
+    assert [[label for label, _ in pairs] for pairs in results] == [list("0123456789")] * 2
+    best = [max(pairs, key=lambda pair: pair[1])[0] for pairs in results]
+    assert best == ["3", "7"]
+    native = _native(client, DIGITS[3])["digit"]["probabilities"]
+    np.testing.assert_allclose([s for _, s in results[0]], list(native.values()), atol=1e-5)
+    r = client.post("/v1/models/digit_odd/versions/1:classify", json={"instances": [1]})
+    assert r.status_code == 400 and "examples" in r.json()["error"]
+
+
 @pytest.mark.parametrize("body,status,words", [
     ({"instances": [[[0.0] * 28] * 28]}, 400, "shape"),  # [28, 28] per instance, no channel
     ({"instances": [[1, 2], [3]]}, 400, "one shape"),

@@ -18,9 +18,9 @@ from fastapi.responses import RedirectResponse, Response
 
 from service import metrics
 from service.admission import Admission
+from service.core import Core
 from service.docs import install_docs
 from service.errors import install_handlers
-from service.inference import Core
 from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry
 from service.routes import health, models, predict, tfserving

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.inference import Core
+from service.core import Core
 from service.registry import ModelRegistry
 from service.settings import Settings
 

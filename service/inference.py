@@ -4,45 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from service import featuremaps, graph_decode, preprocess
-from service.admission import Admission
 from service.batching import IsGone
+from service.core import Core
 from service.errors import DecompressionBomb, LayerNotFound
 from service.model import GraphDecodeFailed
-from service.registry import ModelRegistry
 from service.schemas import (
     FeatureMapsResponse,
     ImageFeatureMaps,
     LayerActivation,
     PredictParams,
 )
-from service.settings import Settings
 from service.uploads import Upload, check
 from training.metadata import InputSpec, ModelMetadata
 
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
-
-
-@dataclass
-class Core:
-    """What every route that computes shares: the models, the limits, the budgets and the
-    decoding threads.
-
-    Decoding has its own pool of one thread per core: on Starlette's 40 shared threads,
-    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients, bench/run.py
-    --photo: 198 req/s with 40 threads, 302 with 2).
-    """
-
-    registry: ModelRegistry
-    settings: Settings
-    admission: Admission
-    decoder: ThreadPoolExecutor
 
 
 def _finish_all(images: list[tuple[str, Image.Image]], spec: InputSpec) -> np.ndarray:

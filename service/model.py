@@ -42,6 +42,7 @@ class ServedModel:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.metadata: ModelMetadata | None = None
+        self.public_metadata: ModelMetadata | None = None
         self._serve = self._maps = self._serve_png = None
 
     def load(self) -> None:
@@ -50,6 +51,9 @@ class ServedModel:
         stage = "reading metadata.json"
         try:
             self.metadata = ModelMetadata.read(self.path)
+            # as clients see it: without the training machine's dataset path
+            self.public_metadata = self.metadata.model_copy(
+                update={"dataset": self.metadata.dataset.model_copy(update={"path": None})})
             stage = "loading the SavedModel"
             with tf.device(self.device):
                 loaded = tf.saved_model.load(str(self.path))
@@ -73,14 +77,6 @@ class ServedModel:
         self.status = Status.ready
         log.info("model %s v%s ready on %s in %.2fs", self.name, self.version, self.device,
                  self.load_seconds)
-
-    @property
-    def public_metadata(self) -> ModelMetadata | None:
-        """The metadata as clients see it: without the training machine's dataset path."""
-        if self.metadata is None:
-            return None
-        return self.metadata.model_copy(
-            update={"dataset": self.metadata.dataset.model_copy(update={"path": None})})
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with tf.device(self.device):

@@ -19,7 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.admission import Admission, Reservation
+from service.admission import Reservation
+from service.core import Core
 from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType
 
 Params = TypeVar("Params", bound=BaseModel)
@@ -93,21 +94,21 @@ def check(uploads: list[Upload], max_images: int) -> list[Upload]:
     return uploads
 
 
-def admit(request: Request, admission: Admission, max_bytes: int) -> Reservation:
+def admit(request: Request, core: Core) -> Reservation:
     """What a request with a body reserves before a byte of it is read: a request slot and
     the body's bytes (``Content-Length``, else the limit). A request the process cannot take
     now waits for nothing but a future, or gets a cheap 503."""
+    limit = core.settings.max_upload_bytes
     length = request.headers.get("content-length", "")
-    nbytes = min(int(length), max_bytes) if length.isdigit() else max_bytes
-    return admission.reserve(requests=1, body_bytes=max(nbytes, 1))
+    nbytes = min(int(length), limit) if length.isdigit() else limit
+    return core.admission.reserve(requests=1, body_bytes=max(nbytes, 1))
 
 
 @asynccontextmanager
-async def received(request: Request, admission: Admission, max_bytes: int
-                   ) -> AsyncIterator[Form]:
+async def received(request: Request, core: Core) -> AsyncIterator[Form]:
     """Admit an upload request, then read and parse its body; the request slot and the body's
     bytes stay reserved until the block ends."""
-    async with admit(request, admission, max_bytes):
+    async with admit(request, core):
         yield parse_form(await request.body(), request.headers.get("content-type"))
 
 

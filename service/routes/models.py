@@ -69,7 +69,7 @@ async def get_version(name: ModelName, version: int, registry: RegistryDep) -> V
     openapi_extra=upload_body(FeatureMapsParams),
     summary="What every layer makes of an image: statistics and a picture per layer")
 async def feature_maps(name: ModelName, request: Request, core: CoreDep):
-    async with uploads.received(request, core.admission, core.settings.max_upload_bytes) as form:
+    async with uploads.received(request, core) as form:
         params = uploads.params(form, FeatureMapsParams, request)
         chosen = [s.strip() for s in params.layers.split(",") if s.strip()] if params.layers \
             else None

@@ -14,12 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import inference, uploads
+from service.core import Core
 from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse, upload_body
 
 
 async def predict(request: Request) -> Response:
-    core: inference.Core = request.app.state.core
-    async with uploads.received(request, core.admission, core.settings.max_upload_bytes) as form:
+    core: Core = request.app.state.core
+    async with uploads.received(request, core) as form:
         params = uploads.params(form, PredictParams, request)
         result = await inference.predict(core, form.files, params, is_gone=request.is_disconnected)
     request.state.model = result["model"]  # labels this request's metrics

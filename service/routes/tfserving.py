@@ -1,6 +1,5 @@
 """TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
-so clients and
-scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving` translates,
+so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving` translates,
 the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
 """
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.convertors import Convertor, register_url_convertor
 
 from service import inference, tfserving, uploads
+from service.core import Core
 from service.deps import CoreDep, RegistryDep
 
 
@@ -103,10 +103,10 @@ async def version_classify(name: ModelName, version: Version, request: Request,
     return await _infer(request, core, name, version, classify=True)
 
 
-async def _infer(request: Request, core: inference.Core, name: str, version: int | None,
+async def _infer(request: Request, core: Core, name: str, version: int | None,
                  classify: bool = False) -> dict:
     runner = core.registry.runner(name, version)  # 404 before the body is read
-    async with uploads.admit(request, core.admission, core.settings.max_upload_bytes):
+    async with uploads.admit(request, core):
         body = tfserving.parse(await request.body(), classify)
         meta = runner.model.metadata
         batch = tfserving.model_input(body, meta, core.settings.max_images_per_request)

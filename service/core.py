@@ -1,0 +1,23 @@
+"""The core every front door shares: the models, the limits, the budgets and the decoding
+threads. Routes of every API (multipart, TF Serving, ...) are thin codecs over it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from service.admission import Admission
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+
+@dataclass
+class Core:
+    """Decoding has its own pool of one thread per core: on Starlette's 40 shared threads,
+    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients, bench/run.py
+    --photo: 198 req/s with 40 threads, 302 with 2)."""
+
+    registry: ModelRegistry
+    settings: Settings
+    admission: Admission
+    decoder: ThreadPoolExecutor

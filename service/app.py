@@ -16,14 +16,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse, Response
 
-from service import metrics
+from service import __version__, metrics
 from service.admission import Admission
 from service.core import Core
 from service.docs import install_docs
 from service.errors import install_handlers
 from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry
-from service.routes import health, models, predict, tfserving
+from service.routes import health, models, oip, predict, tfserving
 from service.settings import Settings, get_settings
 
 SWITCH_INTERVAL_S = 0.002
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title="cnn-serve", version="0.1.0", description=DESCRIPTION,
+    app = FastAPI(title="cnn-serve", version=__version__, description=DESCRIPTION,
                   lifespan=_lifespan(settings), docs_url=None, redoc_url=None,
                   # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
                   # looked for global providers on every request (~3 % of the hot path)
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.add_route("/predict", predict.predict, methods=["POST"])
-    for router in (models.router, health.router, tfserving.router):
+    for router in (models.router, health.router, oip.router, tfserving.router):
         app.include_router(router)
     install_docs(app, documented=[predict.DOCUMENTED])
 

@@ -15,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from service import metrics
 from service.errors import ClientGone, ModelNotReady, Overloaded
-from service.model import GraphDecodeFailed, ServedModel
+from service.model import GraphDecodeFailed, Outputs, ServedModel, Task, pixels_task
 from service.settings import BatchPolicy
 
 log = logging.getLogger("cnn_serve")
@@ -29,12 +30,10 @@ IsGone = Callable[[], Awaitable[bool]]
 GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those who waited
 
 
-Images = np.ndarray | list[bytes]  # decoded [n, H, W, C], or PNGs the graph decodes
-
-
 @dataclass
 class _Item:
-    images: Images
+    task: Task
+    images: Any  # whatever the task's model call takes: pixels [n, H, W, C], PNGs, ...
     future: asyncio.Future
     is_gone: IsGone | None = None
     size: int = field(init=False)
@@ -47,6 +46,7 @@ class _Item:
 class Runner:
     def __init__(self, model: ServedModel, policy: BatchPolicy, timeout_s: float) -> None:
         self.model, self.policy, self.timeout_s = model, policy, timeout_s
+        self.pixels = pixels_task(model)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
@@ -75,12 +75,12 @@ class Runner:
                 item.future.set_exception(ModelNotReady("the service is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(self, images: Images, is_gone: IsGone | None = None
-                      ) -> dict[str, np.ndarray]:
-        """Queue ``images`` (an array [n, H, W, C], or n PNGs that
-        :func:`service.graph_decode.decodable` accepted) and wait for their outputs (each
-        [n, ...])."""
-        item = _Item(images, asyncio.get_running_loop().create_future(), is_gone)
+    async def predict(self, images: Any, is_gone: IsGone | None = None,
+                      task: Task | None = None) -> Outputs:
+        """Queue ``images`` for ``task`` (default: pixels [n, H, W, C] through the model's
+        serving signature) and wait for their outputs (each [n, ...])."""
+        item = _Item(task or self.pixels, images, asyncio.get_running_loop().create_future(),
+                     is_gone)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -146,23 +146,20 @@ class Runner:
         while True:
             items = await self._live(await self._next_batch())
             self._depth.set(self._queue.qsize())
-            decoded = [item for item in items if isinstance(item.images, np.ndarray)]
-            pngs = [item for item in items if not isinstance(item.images, np.ndarray)]
-            if decoded:
-                await self._run(decoded, self.model.predict, np.concatenate)
-            if pngs:
-                await self._run(pngs, self.model.predict_png,
-                                lambda parts: [png for part in parts for png in part])
+            by_task: dict[Task, list[_Item]] = {}
+            for item in items:
+                by_task.setdefault(item.task, []).append(item)
+            for task, same in by_task.items():
+                await self._run(task, same)
 
-    async def _run(self, items: list[_Item], call: Callable[[Images], dict[str, np.ndarray]],
-                   join: Callable[[list[Images]], Images]) -> None:
+    async def _run(self, task: Task, items: list[_Item]) -> None:
         """One model call for ``items``; each gets its slice of the outputs."""
-        batch = items[0].images if len(items) == 1 else join([item.images for item in items])
-        self._batch_size.observe(len(batch))
+        batch = items[0].images if len(items) == 1 else task.join([i.images for i in items])
+        self._batch_size.observe(sum(item.size for item in items))
         try:
             with self._inference.time():
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, call, batch)
+                    self._executor, task.call, batch)
         except Exception as exc:  # a failed call fails its requests, not the runner
             if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
                 log.exception("inference failed for %s v%s", self.model.name,

@@ -110,16 +110,21 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
 
 
-TF_SERVING_PREFIX = "/v1/"  # TF Serving's REST API answers errors as {"error": "..."}
+# TF Serving's REST API (/v1/) and the Open Inference Protocol (/v2) answer {"error": "..."}
+PROTOCOL_PREFIXES = ("/v1/", "/v2/")
+
+
+def protocol_error(path: str, status: int, code: str, message: str) -> tuple[int, dict]:
+    """The status and body of an error in the shape of the API that ``path`` belongs to."""
+    if path.startswith(PROTOCOL_PREFIXES) or path == "/v2":
+        return (400 if status == 422 else status), {"error": message}  # neither has a 422
+    return status, error_body(status, code, message)
 
 
 def _error(request: Request, status: int, code: str, message: str,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    """The error in the shape of the API the request spoke."""
-    if request.url.path.startswith(TF_SERVING_PREFIX):
-        status = 400 if status == 422 else status  # TF Serving has no 422
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    return error_response(status, code, message, headers)
+    status, body = protocol_error(request.url.path, status, code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

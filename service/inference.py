@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 
 from service import featuremaps, graph_decode, preprocess
-from service.batching import IsGone
+from service.batching import IsGone, Runner
 from service.core import Core
 from service.errors import DecompressionBomb, LayerNotFound
-from service.model import GraphDecodeFailed
+from service.model import GraphDecodeFailed, Outputs
 from service.schemas import (
     FeatureMapsResponse,
     ImageFeatureMaps,
@@ -91,28 +91,35 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-async def predict(core: Core, uploads: list[Upload], params: PredictParams,
-                  is_gone: IsGone | None = None) -> dict:
-    """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict.
+async def infer_files(core: Core, runner: Runner, uploads: list[Upload],
+                      is_gone: IsGone | None = None) -> tuple[Outputs, float]:
+    """Image files -> the model's outputs, and the seconds spent decoding: the one
+    preprocessing every API gives a file.
 
     PNGs already in the model's input format go to the graph as bytes
     (:mod:`service.graph_decode`); the rest are decoded by Pillow first.
     """
+    check(uploads, core.settings.max_images_per_request)
+    spec = runner.model.metadata.input
+    if all(graph_decode.decodable(u.data, spec) for u in uploads):
+        try:
+            return await runner.predict([u.data for u in uploads], is_gone,
+                                        runner.model.pngs), 0.0
+        except GraphDecodeFailed:
+            pass  # corrupt data behind a valid header: Pillow says what is wrong with it
+    decoding = time.perf_counter()
+    batch = await to_batch(core, uploads, spec)
+    decode_s = time.perf_counter() - decoding
+    return await runner.predict(batch, is_gone), decode_s
+
+
+async def predict(core: Core, uploads: list[Upload], params: PredictParams,
+                  is_gone: IsGone | None = None) -> dict:
+    """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict."""
     start = time.perf_counter()
     runner = core.registry.runner(params.model or core.settings.default_model, params.version)
     metadata = runner.model.metadata
-    check(uploads, core.settings.max_images_per_request)
-    outputs, decode_s = None, 0.0
-    if all(graph_decode.decodable(u.data, metadata.input) for u in uploads):
-        try:
-            outputs = await runner.predict([u.data for u in uploads], is_gone)
-        except GraphDecodeFailed:
-            pass  # corrupt data behind a valid header: Pillow says what is wrong with it
-    if outputs is None:
-        decoding = time.perf_counter()
-        batch = await to_batch(core, uploads, metadata.input)
-        decode_s = time.perf_counter() - decoding
-        outputs = await runner.predict(batch, is_gone)
+    outputs, decode_s = await infer_files(core, runner, uploads, is_gone)
     total_s = time.perf_counter() - start
     return {
         "model": metadata.name, "version": runner.model.version,

@@ -9,14 +9,15 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.errors import error_body
+from service.errors import protocol_error
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps(error_body(status, code, message)).encode()
+async def _send_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    status, payload = protocol_error(scope["path"], status, code, message)
+    body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -44,9 +45,11 @@ class BodyGuard:
         for key, value in scope["headers"]:
             if key == b"content-length":
                 if not value.isdigit():
-                    return await _send_error(send, 400, "bad_request", "invalid Content-Length")
+                    return await _send_error(scope, send, 400, "bad_request",
+                                             "invalid Content-Length")
                 if int(value) > self.limit:
-                    return await _send_error(send, 413, "payload_too_large", self._too_large)
+                    return await _send_error(scope, send, 413, "payload_too_large",
+                                             self._too_large)
                 counting = False  # the server delivers no more than Content-Length bytes
         body = _Body(self, receive, counting)
         started = False
@@ -58,7 +61,7 @@ class BodyGuard:
                 return await send(msg)
             if not started:
                 started = True
-                await _send_error(send, *body.failure)
+                await _send_error(scope, send, *body.failure)
 
         try:
             await self.app(scope, body.receive, guarded_send)
@@ -68,7 +71,7 @@ class BodyGuard:
         finally:
             body.stop()
         if body.failure is not None and not started:
-            await _send_error(send, *body.failure)
+            await _send_error(scope, send, *body.failure)
 
     @property
     def _too_large(self) -> str:

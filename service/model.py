@@ -2,7 +2,8 @@
 
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
 the PNG decoding graph); everything else sees ``predict(batch)`` and ``predict_png(pngs)``
--> ``{output: array}``, and ``feature_maps(batch) -> {layer: array}``.
+-> ``{output: array}`` (each a :class:`Task` for the batcher), and
+``feature_maps(batch) -> {layer: array}``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +30,24 @@ log = logging.getLogger("cnn_serve")
 
 class GraphDecodeFailed(Exception):
     """A PNG that looked decodable in the graph was not (e.g. corrupt image data)."""
+
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One way to call a model: ``call`` computes a batch of inputs, ``join`` makes one batch
+    of several requests' inputs. The batcher batches requests of the same task together (TF
+    Serving's one queue per task type) and needs to know nothing else about their inputs."""
+
+    call: Callable[[Any], Outputs]
+    join: Callable[[list[Any]], Any]
+
+
+def pixels_task(model: Any) -> Task:
+    """Pixel batches [n, H, W, C] through ``model.predict``: what every model accepts."""
+    return Task(model.predict, np.concatenate)
 
 
 class Status(str, Enum):
@@ -44,6 +67,7 @@ class ServedModel:
         self.metadata: ModelMetadata | None = None
         self.public_metadata: ModelMetadata | None = None
         self._serve = self._maps = self._serve_png = None
+        self.pngs = Task(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""

@@ -40,8 +40,7 @@ def _tensor(dims: list[int], name: str) -> dict:
 def metadata(model: ServedModel) -> dict:
     """``GET .../metadata``: the serving signature's inputs and outputs."""
     meta = model.metadata
-    outputs = {o.name: _tensor([len(o.labels) if o.kind == "multiclass" else 1], o.name)
-               for o in meta.outputs}
+    outputs = {o.name: _tensor([o.units], o.name) for o in meta.outputs}
     return {"model_spec": {"name": model.name, "signature_name": "",
                            "version": str(model.version)},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: {

@@ -50,6 +50,11 @@ class OutputSpec(BaseModel):
         description="multiclass: class names in index order; binary: [negative, positive]"
     )
 
+    @property
+    def units(self) -> int:
+        """Values per image: one per class, or one probability for a binary head."""
+        return len(self.labels) if self.kind == "multiclass" else 1
+
 
 class LayerInfo(BaseModel):
     name: str

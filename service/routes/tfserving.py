@@ -1,6 +1,6 @@
 """TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
-so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving` translates,
-the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
+so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving`
+translates, the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
 """
 
 from typing import Annotated
@@ -111,8 +111,9 @@ async def _infer(request: Request, core: Core, name: str, version: int | None,
         meta = runner.model.metadata
         batch = tfserving.model_input(body, meta, core.settings.max_images_per_request)
         if isinstance(batch, list):  # encoded images: the same preprocessing as /predict
-            batch = await inference.to_batch(core, batch, meta.input)
-        outputs = await runner.predict(batch, request.is_disconnected)
+            outputs, _ = await inference.infer_files(core, runner, batch, request.is_disconnected)
+        else:
+            outputs = await runner.predict(batch, request.is_disconnected)
     if classify:
         return tfserving.classification(meta, outputs)
     return tfserving.answer(body, meta, outputs)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -35,3 +39,21 @@ def make_client(**overrides) -> TestClient:
     """A fresh app with its own settings; use as a context manager."""
     return TestClient(create_app(Settings(device="cpu", **overrides)),
                       raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def live_url(settings):
+    """The app served by uvicorn on a free local port (for clients that need a real socket,
+    e.g. tritonclient); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

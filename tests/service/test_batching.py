@@ -170,7 +170,7 @@ def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
 
 
 def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
-    """A batch with decoded images and PNGs runs one call per kind; a PNG the graph can't
+    """A batch with decoded images and PNGs runs one call per task; a PNG the graph can't
     decode fails only the PNG requests of its batch, with the error the caller falls back on."""
     model = digit_odd_model
     pngs = [encode(draw_digit(d, canvas=(28, 28), box=(6, 4, 20))) for d in (2, 7)]
@@ -179,8 +179,9 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
     async def scenario(items):
         runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=50), timeout_s=5)
         runner.start()
-        results = await asyncio.gather(*(runner.predict(i) for i in items),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(runner.predict(i, task=model.pngs if isinstance(i, list) else None)
+              for i in items), return_exceptions=True)
         await runner.close()
         return results
 

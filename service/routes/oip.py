@@ -1,0 +1,129 @@
+"""The Open Inference Protocol (V2) over HTTP: what ``tritonclient.http``, KServe and
+Triton-speaking tools call. Thin: :mod:`service.oip` translates, the core computes. Errors
+are ``{"error": "..."}``.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic_core import to_json
+from starlette.responses import Response
+
+from service import __version__, inference, oip, uploads
+from service.core import Core
+from service.deps import CoreDep, RegistryDep
+from service.model import Status
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
+Version = Annotated[int, Path(ge=1)]
+ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)}
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+@router.get("", summary="Server metadata", response_model=oip.ServerMetadata)
+async def server_metadata() -> dict:
+    return {"name": "cnn-serve", "version": __version__, "extensions": oip.EXTENSIONS}
+
+
+@router.get("/health/live", summary="The server is up", response_model=Live)
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="The default model serves (503 until then)",
+            response_model=Ready, responses={503: {"model": Ready}})
+async def ready(registry: RegistryDep):
+    return _readiness({"ready": registry.ready})
+
+
+@router.get("/models/{name}", summary="Model metadata: inputs, outputs, versions",
+            response_model=oip.ModelMetadataResponse, responses=ERRORS)
+async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
+    versions = registry.versions(name)
+    model = registry.runner(name).model
+    return oip.model_metadata(name, sorted(versions), model.metadata)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Metadata of one version",
+            response_model=oip.ModelMetadataResponse, responses=ERRORS)
+async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+    return oip.model_metadata(name, [version], registry.runner(name, version).model.metadata)
+
+
+@router.get("/models/{name}/ready", summary="The newest version serves (503 if not)",
+            response_model=ModelReady, responses={**ERRORS, 503: {"model": ModelReady}})
+async def model_ready(name: ModelName, registry: RegistryDep):
+    return _readiness({"name": name, "ready": _serves(registry, name, None)})
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="The version serves (503 if "
+            "not)", response_model=ModelReady, responses={**ERRORS, 503: {"model": ModelReady}})
+async def version_ready(name: ModelName, version: Version, registry: RegistryDep):
+    return _readiness({"name": name, "ready": _serves(registry, name, version)})
+
+
+def _serves(registry, name: str, version: int | None) -> bool:
+    """404 for a model or version the service does not have; else whether it serves."""
+    return registry.get(name, version).status is Status.ready
+
+
+def _readiness(body: dict):
+    return body if body["ready"] else JSONResponse(body, status_code=503)
+
+
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": oip.InferenceRequest.model_json_schema(), "example": {
+        "id": "1", "inputs": [{"name": oip.BYTES_INPUT, "shape": [1], "datatype": "BYTES",
+                               "data": ["iVBORw0KGgo... (a PNG in base64)"]}]}},
+    "application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "binary tensor data extension: the JSON request "
+                       "(Inference-Header-Content-Length bytes), then the tensors' bytes"}}}}}
+
+
+@router.post("/models/{name}/infer", summary="Infer with the newest version",
+             response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
+async def infer(name: ModelName, request: Request, core: CoreDep) -> Response:
+    return await _infer(request, core, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version",
+             response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
+async def version_infer(name: ModelName, version: Version, request: Request,
+                        core: CoreDep) -> Response:
+    return await _infer(request, core, name, version)
+
+
+async def _infer(request: Request, core: Core, name: str, version: int | None) -> Response:
+    runner = core.registry.runner(name, version)  # 404 / 503 before the body is read
+    async with uploads.admit(request, core):
+        parsed = oip.parse(await request.body(), request.headers)
+        meta = runner.model.metadata
+        chosen = oip.requested_outputs(parsed, meta)
+        batch = oip.model_input(parsed, meta, core.settings.max_images_per_request)
+        if isinstance(batch, list):  # image files: the same preprocessing as /predict
+            outputs, _ = await inference.infer_files(core, runner, batch, request.is_disconnected)
+        else:
+            outputs = await runner.predict(batch, request.is_disconnected)
+    header, binary = oip.answer(parsed, runner.model, outputs, chosen)
+    if not binary:
+        return Response(to_json(header), media_type="application/json")
+    head = to_json(header)
+    return Response(b"".join([head, *binary]), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+

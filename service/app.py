@@ -76,10 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     install_handlers(app)
-    app.add_route("/predict", predict.predict, methods=["POST"])
-    for router in (models.router, health.router, oip.router, tfserving.router):
+    for router in (predict.router, models.router, health.router, oip.router, tfserving.router):
         app.include_router(router)
-    install_docs(app, documented=[predict.DOCUMENTED])
+    install_docs(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

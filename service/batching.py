@@ -57,6 +57,7 @@ class Runner:
         self._inference = metrics.INFERENCE.labels(*labels)
         self._rejected = metrics.REJECTED.labels(*labels)
         self._skipped = metrics.SKIPPED.labels(*labels)
+        self._requests = metrics.MODEL_REQUESTS.labels(*labels)
 
     def start(self) -> None:
         name = f"batcher-{self.model.name}-{self.model.version}"
@@ -87,6 +88,7 @@ class Runner:
             self._rejected.inc()
             raise Overloaded(f"model {self.model.name} v{self.model.version} has "
                              f"{self.policy.max_queue} requests queued; retry shortly") from None
+        self._requests.inc()
         return await item.future  # the depth gauge is set once per batch, by _loop
 
     async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import fastapi_offline
@@ -11,7 +10,6 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.routing import BaseRoute
 
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
@@ -19,11 +17,11 @@ SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 's
                     "worker-src 'self' blob:")
 
 
-def install_docs(app: FastAPI, documented: Sequence[BaseRoute] = ()) -> None:
-    """Offline Swagger UI and ReDoc, and an OpenAPI schema that also covers ``documented``:
-    routes served outside FastAPI's machinery (the hot path) but described by an APIRoute."""
+def install_docs(app: FastAPI) -> None:
+    """Offline Swagger UI and ReDoc, and an OpenAPI schema whose file fields Swagger UI can
+    fill in."""
     _mount_docs(app)
-    app.openapi = _openapi(app, documented)
+    app.openapi = _openapi(app)
 
 
 def _mount_docs(app: FastAPI) -> None:
@@ -63,12 +61,12 @@ def _mark_file_fields(node: object) -> None:
             _mark_file_fields(value)
 
 
-def _openapi(app: FastAPI, documented: Sequence[BaseRoute]):
+def _openapi(app: FastAPI):
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  openapi_version=app.openapi_version,
-                                 description=app.description, routes=[*documented, *app.routes])
+                                 description=app.description, routes=app.routes)
             _mark_file_fields(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -22,15 +22,19 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 MODEL = ("model", "version")
 
-# every label value comes from a bounded set: route templates, served model names, known
-# methods, the status codes the service sends. Names a client makes up never become labels.
+# every label value comes from a bounded set: route templates, the APIs, served model names
+# and versions, known methods, the status codes the service sends. Names a client makes up
+# never become labels.
 OTHER = "other"
-REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, model and status",
-                   ("route", "method", "model", "status"))
-LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and model",
-                    ("route", "model"),
+PROTOCOLS = (("/v2", "oip_v2"), ("/v1/", "tfserving_v1"), ("", "native"))
+REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, API and status",
+                   ("route", "method", "protocol", "status"))
+LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and API",
+                    ("route", "protocol"),
                     buckets=(.001, .0025, .005, .0075, .01, .015, .025, .05, .075, .1, .25, .5,
                              1, 2.5, 5, 10))
+MODEL_REQUESTS = Counter("cnn_serve_model_requests_total", "Requests queued for a model "
+                         "version, from every API", MODEL)
 INFERENCE = Histogram("cnn_serve_inference_seconds", "Model call latency", MODEL,
                       buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 BATCH_SIZE = Histogram("cnn_serve_batch_size", "Images per model call", MODEL,
@@ -48,6 +52,11 @@ ADMISSION_REFUSED = Counter("cnn_serve_admission_refused_total", "Requests refus
                             "while waiting for a budget", ("budget",))
 MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,
                     multiprocess_mode="livemin")
+
+
+def protocol(route: str) -> str:
+    """The API a route template belongs to: Open Inference Protocol, TF Serving, or ours."""
+    return next(name for prefix, name in PROTOCOLS if route.startswith(prefix))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -155,22 +155,11 @@ class _Body:
 
 
 class RequestMetrics:
-    """Counts and times every request by route template, model and status."""
+    """Counts and times every request by route template, API and status (per-model counts
+    are the runners': a ``/predict`` request names its model inside the body)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._templates: dict[object, str] | None = None
-
-    def _route(self, scope: Scope) -> str:
-        """The matched route's template: FastAPI puts its routes in the scope; plain Starlette
-        routes (the hot path) are found by their endpoint."""
-        route = scope.get("route")
-        if route is not None and hasattr(route, "path"):
-            return route.path
-        if self._templates is None:
-            self._templates = {r.endpoint: r.path for r in scope["app"].routes
-                               if hasattr(r, "endpoint") and hasattr(r, "path")}
-        return self._templates.get(scope.get("endpoint"), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,16 +176,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            path, model = self._route(scope), _model(scope)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            protocol = metrics.protocol(route)
             method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
-            metrics.REQUESTS.labels(path, method, model, str(status)).inc()
-            metrics.LATENCY.labels(path, model).observe(time.perf_counter() - start)
-
-
-def _model(scope: Scope) -> str:
-    """The model a request named, when it is one the service has (else ``other``)."""
-    name = scope.get("path_params", {}).get("name") or scope.get("state", {}).get("model")
-    if not name:
-        return ""
-    registry = getattr(scope["app"].state, "registry", None)
-    return name if registry is not None and name in registry.models else metrics.OTHER
+            metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
+            metrics.LATENCY.labels(route, protocol).observe(time.perf_counter() - start)

@@ -31,9 +31,10 @@ def test_requests_latency_batches_and_load_time_are_exported(client):
     def grew(name, by, **labels):
         assert value(after, name, **labels) - value(before, name, **labels) == by, (name, labels)
 
-    grew("cnn_serve_requests_total", 3, route="/predict", model="digit_odd", status="200")
+    grew("cnn_serve_requests_total", 3, route="/predict", protocol="native", status="200")
     grew("cnn_serve_requests_total", 1, route="/predict", status="404")
-    grew("cnn_serve_request_seconds_count", 3, route="/predict", model="digit_odd")
+    grew("cnn_serve_request_seconds_count", 4, route="/predict", protocol="native")
+    grew("cnn_serve_model_requests_total", 3, model="digit_odd", version="1")
     grew("cnn_serve_batch_size_count", 3, model="digit_odd")
     grew("cnn_serve_inference_seconds_count", 3, model="digit_odd")
     assert value(after, "cnn_serve_model_load_seconds", model="digit_odd") > 0
@@ -56,6 +57,5 @@ def test_names_and_methods_clients_make_up_do_not_grow_the_metrics(client):
         probe(i)
     assert len(client.get("/metrics").content) <= size * 1.05
     found = samples(client)
-    assert value(found, "cnn_serve_requests_total", route="/models/{name}", model="other",
-                 status="404") >= 501
+    assert value(found, "cnn_serve_requests_total", route="/models/{name}", status="404") >= 501
     assert value(found, "cnn_serve_requests_total", method="other") >= 501

@@ -117,9 +117,16 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: int = 2
-        ) -> dict:
-    env = {**os.environ, "BENCH_BODY": body_file, "BENCH_BOUNDARY": BOUNDARY}
+def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: int = 2,
+        path: str = "/predict",
+        content_type: str | None = f"multipart/form-data; boundary={BOUNDARY}",
+        header_length: int | None = None) -> dict:
+    """wrk POSTing ``body_file`` to ``path``: req/s, p50/p99 ms, non-2xx, goodput."""
+    env = {**os.environ, "BENCH_BODY": body_file, "BENCH_PATH": path}
+    if content_type:
+        env["BENCH_CONTENT_TYPE"] = content_type
+    if header_length is not None:
+        env["BENCH_HEADER_LENGTH"] = str(header_length)
     out = subprocess.run(
         ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{duration}s",
          "--timeout", f"{timeout_s}s", "--latency", "-s", str(ROOT / "bench" / "post.lua"),
@@ -137,7 +144,7 @@ def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: i
             "socket_errors": errors.group(0) if errors else ""}
 
 
-def model_only(model: str) -> dict[int, float]:
+def model_only(model: str, batches: tuple[int, ...] = (1, 8, 32, 128)) -> dict[int, float]:
     from service.model import ServedModel
 
     path = latest(model)
@@ -145,7 +152,7 @@ def model_only(model: str) -> dict[int, float]:
     served.load()
     shape = served.metadata.input.shape
     rates = {}
-    for batch in (1, 8, 32, 128):
+    for batch in batches:
         x = np.random.default_rng(0).random((batch, *shape), np.float32)
         served.predict(x)
         n, t0 = 0, time.perf_counter()

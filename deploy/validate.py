@@ -1,7 +1,11 @@
 """Validate every manifest in deploy/kubernetes against the Kubernetes schemas (strict).
 
-KServe's InferenceService has no schema in kubernetes-validate, so its predictor - a PodSpec
-plus KServe's replica fields - is validated as the PodSpec of a Pod.
+kubernetes-validate has no schemas for KServe's resources, so they are checked in two parts:
+what is a PodSpec (a ServingRuntime's containers, security context, ...; an InferenceService
+predictor's own containers) is validated as the PodSpec of a Pod, and KServe's own fields are
+checked against the field lists of its v1alpha1/v1beta1 API: known names only, a protocol that
+KServe knows, and an InferenceService's model that names a runtime defined here which
+supports its model format and protocol.
 """
 
 from __future__ import annotations
@@ -12,33 +16,73 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
+K8S_VERSION = "1.30.0"
+PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
 KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric",
                            "containerConcurrency", "timeout", "canaryTrafficPercent", "logger",
                            "batcher", "labels", "annotations", "deploymentStrategy"}
-K8S_VERSION = "1.30.0"
+MODEL_FIELDS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "args", "env",
+                "resources", "ports", "volumeMounts", "image"}
+RUNTIME_FIELDS = {"supportedModelFormats", "protocolVersions", "multiModel", "disabled",
+                  "grpcEndpoint", "grpcDataEndpoint", "httpDataEndpoint", "replicas",
+                  "storageHelper", "builtInAdapter", "annotations", "labels"}
 
 
-def as_pod(isvc: dict) -> dict:
-    spec = {k: v for k, v in isvc["spec"]["predictor"].items()
-            if k not in KSERVE_COMPONENT_FIELDS}
+class Invalid(Exception):
+    pass
+
+
+def _pod(spec: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": spec}
 
 
+def _serving_runtime(doc: dict) -> list[dict]:
+    spec = doc["spec"]
+    unknown = set(spec["protocolVersions"]) - PROTOCOLS
+    if unknown or not spec["supportedModelFormats"]:
+        raise Invalid(f"protocols {sorted(unknown)} unknown, or no supportedModelFormats")
+    return [_pod({k: v for k, v in spec.items() if k not in RUNTIME_FIELDS})]
+
+
+def _inference_service(doc: dict, runtimes: dict[str, dict]) -> list[dict]:
+    assert doc["apiVersion"] == "serving.kserve.io/v1beta1", doc["apiVersion"]
+    predictor = dict(doc["spec"]["predictor"])
+    model = predictor.pop("model", None)
+    if model is not None:
+        if set(model) - MODEL_FIELDS:
+            raise Invalid(f"unknown model fields {sorted(set(model) - MODEL_FIELDS)}")
+        runtime = runtimes.get(model.get("runtime"))
+        if runtime is None:
+            raise Invalid(f"model.runtime {model.get('runtime')!r} is not defined here")
+        formats = {f["name"] for f in runtime["supportedModelFormats"]}
+        if model["modelFormat"]["name"] not in formats:
+            raise Invalid(f"runtime does not support model format {model['modelFormat']}")
+        if model.get("protocolVersion", "v1") not in runtime["protocolVersions"]:
+            raise Invalid(f"runtime does not speak protocol {model.get('protocolVersion')}")
+    pod = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
+    return [_pod(pod)] if "containers" in pod else []
+
+
 def main(folder: Path) -> int:
+    docs = [(path, doc) for path in sorted(folder.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    runtimes = {doc["metadata"]["name"]: doc["spec"] for _, doc in docs
+                if doc["kind"] == "ServingRuntime"}
     failures = 0
-    for path in sorted(folder.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is None:
-                continue
-            if doc["kind"] == "InferenceService":
-                assert doc["apiVersion"] == "serving.kserve.io/v1beta1", doc["apiVersion"]
-                doc = as_pod(doc)
-            try:
-                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-                print(f"ok    {path.name}: {doc['kind']}")
-            except kubernetes_validate.ValidationError as exc:
-                failures += 1
-                print(f"FAIL  {path.name}: {doc['kind']}: {exc.message}")
+    for path, doc in docs:
+        try:
+            if doc["kind"] == "ServingRuntime":
+                checked = _serving_runtime(doc)
+            elif doc["kind"] == "InferenceService":
+                checked = _inference_service(doc, runtimes)
+            else:
+                checked = [doc]
+            for resource in checked:
+                kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+            print(f"ok    {path.name}: {doc['kind']}")
+        except (Invalid, KeyError, kubernetes_validate.ValidationError) as exc:
+            failures += 1
+            print(f"FAIL  {path.name}: {doc['kind']}: {getattr(exc, 'message', exc)!s}")
     return 1 if failures else 0
 
 

@@ -30,7 +30,18 @@ SWITCH_INTERVAL_S = 0.002
 GC_THRESHOLDS = (20_000, 50, 50)  # CPython's defaults: (700, 10, 10)
 DESCRIPTION = """Classify images with convolutional networks and see what every layer makes
 of them. Upload with `POST /predict`; ask for `POST /models/{name}/feature-maps` to get each
-layer's activations as pictures and statistics."""
+layer's activations as pictures and statistics. Clients of the Open Inference Protocol
+(tritonclient, KServe) and of TensorFlow Serving's REST API reach the same models under
+`/v2` and `/v1`."""
+TAGS = [
+    {"name": "inference", "description": "cnn-serve's own API: classify uploaded images"},
+    {"name": "models", "description": "cnn-serve's own API: models, versions, feature maps"},
+    {"name": "health", "description": "cnn-serve's own API: liveness and readiness"},
+    {"name": oip.router.tags[0], "description": "KServe V2 / Triton HTTP API, with the "
+     "binary tensor data extension; errors are {\"error\": \"...\"}"},
+    {"name": tfserving.router.tags[0], "description": "TensorFlow Serving's REST API; "
+     "errors are {\"error\": \"...\"}"},
+]
 
 
 def _lifespan(settings: Settings):
@@ -71,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = FastAPI(title="cnn-serve", version=__version__, description=DESCRIPTION,
                   lifespan=_lifespan(settings), docs_url=None, redoc_url=None,
+                  openapi_tags=TAGS,
                   # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
                   # looked for global providers on every request (~3 % of the hot path)
                   telemetry={"tracing": False, "metrics": False, "logs": False})

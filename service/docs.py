@@ -66,7 +66,8 @@ def _openapi(app: FastAPI):
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  openapi_version=app.openapi_version,
-                                 description=app.description, routes=app.routes)
+                                 description=app.description, routes=app.routes,
+                                 tags=app.openapi_tags)
             _mark_file_fields(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -48,3 +48,18 @@ def test_requests_of_every_api_share_a_batch_and_are_labelled_by_protocol(models
     for protocol in requests:
         assert grew("cnn_serve_requests_total", protocol=protocol, method="POST",
                     status="200") == 1, protocol
+
+
+def test_every_operation_is_documented_under_its_apis_tag(client):
+    spec = client.get("/openapi.json").json()
+    declared = [tag["name"] for tag in spec["tags"]]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            (tag,) = operation["tags"]
+            assert tag in declared, (method, path)
+            if path.startswith("/v2"):
+                assert tag == "Open Inference Protocol (v2)", path
+            elif path.startswith("/v1/"):
+                assert tag == "TensorFlow Serving REST API (v1)", path
+            else:
+                assert tag in ("inference", "models", "health"), path

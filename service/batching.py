@@ -15,9 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, TypeVar
 
 from service import metrics
 from service.errors import ClientGone, ModelNotReady, Overloaded
@@ -27,6 +25,7 @@ from service.settings import BatchPolicy
 log = logging.getLogger("cnn_serve")
 
 IsGone = Callable[[], Awaitable[bool]]
+T = TypeVar("T")
 GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those who waited
 
 
@@ -91,10 +90,10 @@ class Runner:
         self._requests.inc()
         return await item.future  # the depth gauge is set once per batch, by _loop
 
-    async def feature_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Every layer's activations; on the same inference thread, never batched."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.feature_maps, images)
+    async def call(self, method: Callable[..., T], *args: Any) -> T:
+        """``method(*args)`` of the model on its inference thread, never batched (feature
+        maps, Grad-CAM): model calls stay on one thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
 
     async def _next_batch(self) -> list[_Item]:
         first = self._carry or await self._queue.get()

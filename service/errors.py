@@ -56,6 +56,10 @@ class LayerNotFound(NotFound):
     code = "layer_not_found"
 
 
+class ExplanationUnavailable(NotFound):
+    code = "explanation_unavailable"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from service.schemas import ActivationStats, ColorScale, LayerImage
+from service.schemas import ActivationStats, ColorScale, Grid, LayerImage
 
 Scaling = Literal["per_layer", "per_channel"]
 STRIP_WIDTH = 64  # long vectors wrap into rows of this many cells
@@ -29,16 +29,18 @@ def _normalise(values: np.ndarray, low: np.ndarray | float, high: np.ndarray | f
     return np.clip((values - low) / span * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _grid(activation: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, str, ColorScale]:
+def _grid(activation: np.ndarray, scaling: Scaling
+          ) -> tuple[np.ndarray, str, ColorScale, Grid]:
     """[H, W, C] -> one picture of C tiles separated by 1-pixel gaps."""
     height, width, channels = activation.shape
+    lows, highs = activation.min(axis=(0, 1)), activation.max(axis=(0, 1))
+    ranges = [[float(a), float(b)] for a, b in zip(lows, highs)]
     if scaling == "per_channel":
-        low, high = activation.min(axis=(0, 1)), activation.max(axis=(0, 1))
-        scale = ColorScale(scaling=scaling, range=[float(low.min()), float(high.max())],
-                           channel_ranges=[[float(a), float(b)] for a, b in zip(low, high)])
+        low, high = lows, highs
     else:
-        low, high = activation.min(), activation.max()
-        scale = ColorScale(scaling=scaling, range=[float(low), float(high)])
+        low, high = lows.min(), highs.max()
+    scale = ColorScale(scaling=scaling, range=[float(lows.min()), float(highs.max())],
+                       channel_ranges=ranges)
     tiles = _normalise(activation, low, high)
     cols = math.ceil(math.sqrt(channels))
     rows = math.ceil(channels / cols)
@@ -48,7 +50,8 @@ def _grid(activation: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, str, Co
         canvas[r * (height + 1):r * (height + 1) + height,
                k * (width + 1):k * (width + 1) + width] = tiles[..., c]
     layout = f"{cols}x{rows} grid of {channels} channels, {width}x{height} each"
-    return canvas, layout, scale
+    return canvas, layout, scale, Grid(cols=cols, rows=rows, tile_width=width,
+                                       tile_height=height)
 
 
 def _strip(activation: np.ndarray) -> tuple[np.ndarray, str, ColorScale]:
@@ -66,15 +69,45 @@ def _strip(activation: np.ndarray) -> tuple[np.ndarray, str, ColorScale]:
 
 def render(activation: np.ndarray, scaling: Scaling = "per_layer") -> LayerImage:
     """One image's activation of one layer (no batch axis) as a PNG with its colour scale."""
+    grid = None
     if activation.ndim == 3:
-        pixels, layout, scale = _grid(activation, scaling)
+        pixels, layout, scale, grid = _grid(activation, scaling)
     else:
         pixels, layout, scale = _strip(activation)
+    return LayerImage(png_base64=_png(Image.fromarray(pixels, "L")), width=pixels.shape[1],
+                      height=pixels.shape[0], layout=layout, grid=grid, color_scale=scale)
+
+
+def _png(image: Image.Image) -> str:
     buf = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buf, "PNG", optimize=False, compress_level=1)
-    return LayerImage(png_base64=base64.b64encode(buf.getvalue()).decode("ascii"),
-                      width=pixels.shape[1], height=pixels.shape[0], layout=layout,
-                      color_scale=scale)
+    image.save(buf, "PNG", optimize=False, compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# a blue -> cyan -> yellow -> red ramp (like "jet"), for heatmaps over a gray or colour image
+HEAT_STOPS = np.array([[0, 0, 128], [0, 96, 255], [0, 224, 255], [255, 224, 0],
+                       [255, 64, 0], [160, 0, 0]], np.float32)
+OVERLAY_SIDE = 224  # the overlay is drawn at least this large: heatmaps are smooth
+OVERLAY_ALPHA = 0.45
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray) -> str:
+    """The model's input [H, W, C] in [0, 1] (nearest-neighbour enlarged) with ``heatmap``
+    [H, W] in [0, 1] (bilinear) blended over it in colour; a base64 PNG."""
+    height, width = heatmap.shape
+    scale = max(1, math.ceil(OVERLAY_SIDE / max(height, width)))
+    size = (width * scale, height * scale)
+    base = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8).squeeze(-1)
+                           if image.shape[-1] == 1 else
+                           (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+    base = np.asarray(base.convert("RGB").resize(size, Image.NEAREST), np.float32)
+    heat = Image.fromarray(heatmap.astype(np.float32), "F").resize(size, Image.BILINEAR)
+    position = np.clip(np.asarray(heat), 0, 1) * (len(HEAT_STOPS) - 1)
+    low = np.minimum(position.astype(int), len(HEAT_STOPS) - 2)
+    frac = (position - low)[..., None]
+    colours = HEAT_STOPS[low] * (1 - frac) + HEAT_STOPS[low + 1] * frac
+    blended = base * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA
+    return _png(Image.fromarray((blended + 0.5).astype(np.uint8), "RGB"))
 
 
 def to_npz(activations: dict[str, np.ndarray]) -> bytes:

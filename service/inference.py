@@ -12,16 +12,22 @@ from PIL import Image
 from service import featuremaps, graph_decode, preprocess
 from service.batching import IsGone, Runner
 from service.core import Core
-from service.errors import DecompressionBomb, LayerNotFound
+from service.errors import (
+    DecompressionBomb,
+    ExplanationUnavailable,
+    InvalidParameter,
+    LayerNotFound,
+)
 from service.model import GraphDecodeFailed, Outputs
 from service.schemas import (
+    ExplainParams,
     FeatureMapsResponse,
     ImageFeatureMaps,
     LayerActivation,
     PredictParams,
 )
 from service.uploads import Upload, check
-from training.metadata import InputSpec, ModelMetadata
+from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
 
@@ -153,11 +159,51 @@ async def activations(core: Core, uploads: list[Upload], name: str, version: int
             raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
     check(uploads, core.settings.max_images_per_request)
     batch = await to_batch(core, uploads, metadata.input)
-    maps = {"image": batch, **await runner.feature_maps(batch)}  # input = what preprocessing made
+    maps = {"image": batch, **await runner.call(runner.model.feature_maps, batch)}  # input = what preprocessing made
     if layers:
         maps = {k: v for k, v in maps.items() if k in layers}
     return Activations(metadata, runner.model.version, uploads, maps,
                        await runner.predict(batch))
+
+
+def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
+    """The head, class and layer ``params`` name, checked against the model (422 / 404)."""
+    heads = {o.name: o for o in metadata.outputs}
+    head = heads.get(params.output or metadata.outputs[0].name)
+    if head is None:
+        raise InvalidParameter(f"model {metadata.name!r} has no output {params.output!r}; "
+                               f"outputs: {list(heads)}")
+    classes = len(head.labels)
+    if params.class_index is not None and params.class_index >= classes:
+        raise InvalidParameter(f"output {head.name!r} has classes 0 to {classes - 1}")
+    if params.layer is not None:
+        layers = {layer.name: layer for layer in metadata.layers}
+        if params.layer not in layers:
+            raise LayerNotFound(f"model {metadata.name!r} has no layer {params.layer!r}; "
+                                f"layers: {list(layers)}")
+        if len(layers[params.layer].output_shape) != 3:
+            raise InvalidParameter(f"layer {params.layer!r} has no [h, w, k] output; Grad-CAM "
+                                   "needs a convolution, pooling or the input layer")
+    return head
+
+
+async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainParams) -> dict:
+    """Grad-CAM for one uploaded image: an :class:`~service.schemas.ExplainResponse` dict."""
+    runner = core.registry.runner(name, params.version)
+    model, metadata = runner.model, runner.model.metadata
+    if not model.explainable:
+        raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
+                                     "which Grad-CAM needs")
+    if len(check(uploads, core.settings.max_images_per_request)) != 1:
+        raise InvalidParameter("explain takes one image")
+    head = _head(metadata, params)
+    image = (await to_batch(core, uploads, metadata.input))[0]
+    result = await runner.call(model.explain, image, head, params.class_index, params.layer)
+    picture = await asyncio.get_running_loop().run_in_executor(
+        core.decoder, featuremaps.overlay, image, result.heatmap)
+    return {"model": name, "version": model.version, "output": head.name,
+            "class_index": result.class_index, "label": head.labels[result.class_index],
+            "layer": result.layer, "heatmap": result.heatmap.tolist(), "overlay": picture}
 
 
 def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> FeatureMapsResponse:

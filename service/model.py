@@ -1,7 +1,7 @@
 """One served model version: a TensorFlow SavedModel plus its metadata.json.
 
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
-the PNG decoding graph); everything else sees ``predict(batch)`` and ``predict_png(pngs)``
+the PNG decoding graph, and :mod:`service.gradcam`, which runs the Keras model); everything else sees ``predict(batch)`` and ``predict_png(pngs)``
 -> ``{output: array}`` (each a :class:`Task` for the batcher), and
 ``feature_maps(batch) -> {layer: array}``.
 """
@@ -23,7 +23,9 @@ import tensorflow as tf
 from PIL import Image
 
 from service import graph_decode
-from training.metadata import InputSpec, ModelMetadata
+from service.gradcam import Explanation, GradCam
+from training.export import KERAS_FILE
+from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 log = logging.getLogger("cnn_serve")
 
@@ -67,6 +69,7 @@ class ServedModel:
         self.metadata: ModelMetadata | None = None
         self.public_metadata: ModelMetadata | None = None
         self._serve = self._maps = self._serve_png = None
+        self._gradcam: GradCam | None = None
         self.pngs = Task(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
     def load(self) -> None:
@@ -115,6 +118,19 @@ class ServedModel:
         except tf.errors.InvalidArgumentError as exc:
             raise GraphDecodeFailed(str(exc)) from None
         return {name: value.numpy() for name, value in out.items()}
+
+    @property
+    def explainable(self) -> bool:
+        """Grad-CAM needs the Keras model that training saves beside the SavedModel."""
+        return (self.path / KERAS_FILE).is_file()
+
+    def explain(self, image: np.ndarray, output: OutputSpec, class_index: int | None,
+                layer: str | None) -> Explanation:
+        """Grad-CAM for one image; the Keras model loads on the first call (~0.1 s)."""
+        if self._gradcam is None:
+            self._gradcam = GradCam(self.path / KERAS_FILE, self.metadata)
+        with tf.device(self.device):
+            return self._gradcam(image, output, class_index, layer)
 
     def feature_maps(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._maps is None:

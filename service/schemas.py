@@ -20,6 +20,20 @@ class PredictParams(BaseModel):
     top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
 
 
+class ExplainParams(BaseModel):
+    """The form fields of ``POST /models/{name}/explain`` besides the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    output: str | None = Field(None, description="the head to explain (default: the first)",
+                               examples=["digit"])
+    class_index: int | None = Field(None, ge=0, description="default: the predicted class; "
+                                    "for a 1-unit sigmoid head 1 = positive, 0 = negative")
+    layer: str | None = Field(None, description="a layer with a [h, w, k] output (default: "
+                              "the last such layer the head depends on)")
+
+
 class FeatureMapsParams(BaseModel):
     """The form fields of ``POST /models/{name}/feature-maps`` besides the images."""
 
@@ -121,7 +135,17 @@ class ColorScale(BaseModel):
     scaling: Literal["per_layer", "per_channel"]
     range: list[float] = Field(description="[min, max] mapped to black..white (per_layer)")
     channel_ranges: list[list[float]] | None = Field(
-        None, description="per_channel: [min, max] of each channel, in channel order")
+        None, description="grids: [min, max] of each channel, in channel order")
+
+
+class Grid(BaseModel):
+    """Where each channel's tile is: channel c at column c % cols, row c // cols, tiles
+    separated by 1-pixel gaps."""
+
+    cols: int
+    rows: int
+    tile_width: int
+    tile_height: int
 
 
 class LayerImage(BaseModel):
@@ -129,6 +153,7 @@ class LayerImage(BaseModel):
     width: int
     height: int
     layout: str = Field(description="e.g. '8x4 grid of 32 channels, 26x26 each' or 'strip'")
+    grid: Grid | None = Field(None, description="[h, w, k] outputs: the tiles' geometry")
     color_scale: ColorScale
 
 
@@ -153,6 +178,19 @@ class FeatureMapsResponse(BaseModel):
     version: int
     scaling: Literal["per_layer", "per_channel"]
     images: list[ImageFeatureMaps]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    output: str
+    class_index: int
+    label: str
+    layer: str
+    heatmap: list[list[float]] = Field(description="[H, W] in [0, 1] at the model's input "
+                                       "resolution: where the class score's evidence lies")
+    overlay: str = Field(description="PNG, base64: the preprocessed input with the heatmap "
+                         "over it")
 
 
 class VersionStatus(BaseModel):

@@ -2,6 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, inference, uploads
@@ -10,6 +11,8 @@ from service.model import ServedModel
 from service.schemas import (
     UPLOAD_ERRORS,
     ErrorResponse,
+    ExplainParams,
+    ExplainResponse,
     FeatureMapsParams,
     FeatureMapsResponse,
     ModelDetail,
@@ -80,3 +83,13 @@ async def feature_maps(name: ModelName, request: Request, core: CoreDep):
                             headers={"Content-Disposition": f'attachment; filename="{name}-'
                                                             f'v{acts.version}-activations.npz"'})
         return await run_in_threadpool(inference.render_feature_maps, acts, params.scaling)
+
+
+@router.post("/{name}/explain", response_model=ExplainResponse, responses=UPLOAD_ERRORS,
+             openapi_extra=upload_body(ExplainParams),
+             summary="Grad-CAM: where in the image a head found the evidence for a class")
+async def explain(name: ModelName, request: Request, core: CoreDep) -> Response:
+    async with uploads.received(request, core) as form:
+        params = uploads.params(form, ExplainParams, request)
+        return Response(to_json(await inference.explain(core, form.files, name, params)),
+                        media_type="application/json")

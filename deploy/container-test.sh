@@ -91,10 +91,20 @@ label=$(echo "$answer" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['
 echo "   /predict answered digit=$label"
 [ "$label" = "7" ] || { echo "FAIL: expected 7, got: $answer" >&2; exit 1; }
 
+# the explorer page and its assets are in the installed package; Grad-CAM runs model.keras
+curl -fsS "http://127.0.0.1:${URL_PORT}/" | grep -q 'data-testid="draw"' \
+  && curl -fsS "http://127.0.0.1:${URL_PORT}/static/explorer/explorer.js" >/dev/null \
+  && curl -fsS "http://127.0.0.1:${URL_PORT}/static/explorer/samples/ship.png" >/dev/null \
+  || { echo "FAIL: the explorer page or its assets are missing" >&2; exit 1; }
+cam=$(curl -fsS -F "file=@${digit};type=image/png" "http://127.0.0.1:${URL_PORT}/models/digit_odd/explain" \
+  | "$PY" -c "import json,sys; b=json.load(sys.stdin); print(b['label'], b['layer'], len(b['heatmap']))")
+echo "   / serves the explorer; /models/digit_odd/explain answered: $cam"
+[ "$cam" = "7 maxpool_layer 28" ] || { echo "FAIL: explain answered: $cam" >&2; exit 1; }
+
 uid=$("${ENGINE[@]}" exec "$NAME" sh -c 'grep "^Uid:" /proc/1/status | cut -f2')
 echo "   server process uid=$uid"
 [ "$uid" != "0" ] || { echo "FAIL: the server runs as root" >&2; exit 1; }
 
 "${ENGINE[@]}" stop -t 10 "$NAME" >/dev/null
 "${ENGINE[@]}" image prune -f >/dev/null 2>&1 || true  # vfs keeps full copies of old layers
-echo "PASS: container built, served /predict correctly as uid $uid, stopped"
+echo "PASS: container built, served /predict, the explorer and Grad-CAM as uid $uid, stopped"

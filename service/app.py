@@ -14,13 +14,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from service import __version__, metrics
 from service.admission import Admission
 from service.core import Core
 from service.docs import install_docs
 from service.errors import install_handlers
+from service.explorer import install_explorer
 from service.middleware import BodyGuard, RequestMetrics
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
@@ -91,15 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (predict.router, models.router, health.router, oip.router, tfserving.router):
         app.include_router(router)
     install_docs(app)
+    install_explorer(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
         body, media_type = metrics.exposition()
         return Response(body, media_type=media_type)
-
-    @app.get("/", include_in_schema=False)
-    async def home() -> RedirectResponse:
-        return RedirectResponse("/docs")
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

@@ -25,8 +25,11 @@ def stats(activation: np.ndarray) -> ActivationStats:
 
 def _normalise(values: np.ndarray, low: np.ndarray | float, high: np.ndarray | float
                ) -> np.ndarray:
-    span = np.maximum(np.asarray(high) - np.asarray(low), 1e-12)
-    return np.clip((values - low) / span * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    """low..high -> 0..255; a constant (no range) is mid-gray, not black: the picture shows
+    that there is a value, its range label says which."""
+    span = np.asarray(high, np.float64) - np.asarray(low, np.float64)
+    scaled = (values - low) / np.maximum(span, 1e-12) * 255.0 + 0.5
+    return np.where(span > 1e-12, np.clip(scaled, 0, 255), 128).astype(np.uint8)
 
 
 def _grid(activation: np.ndarray, scaling: Scaling

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -57,3 +58,33 @@ def live_url(settings):
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server_url(live_url) -> str:
+    return f"http://{live_url}"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(server_url):
+    """A headless Chromium page that fails the test if it reaches beyond the service
+    (requests a same-origin CSP blocked count as kept in)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        foreign: dict[str, str] = {}  # attempted requests off the service -> how they ended
+        local = (server_url, "data:", "blob:")
+        page.on("request", lambda r: r.url.startswith(local) or foreign.setdefault(r.url, "sent"))
+        page.on("requestfailed", lambda r: r.url in foreign and foreign.update(
+            {r.url: r.failure or "failed"}))
+        yield page
+        browser.close()
+        leaked = {url: end for url, end in foreign.items() if end != "csp"}  # blocked by our CSP
+        assert not leaked, f"the page reached outside the service: {leaked}"

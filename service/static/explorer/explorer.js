@@ -1,0 +1,436 @@
+// cnn-serve explorer: draw or upload an image, see every head's prediction, every layer's
+// feature maps and Grad-CAM - all from this service's own API (/models, feature-maps,
+// explain), no other network. Plain browser JavaScript: no build step, no dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const DEBOUNCE_MS = 40;  // while drawing: at most one update per pause this long
+const PEN = 20;          // stroke width on the 280 px canvas (MNIST strokes are ~2/28 wide)
+const SAMPLES = [
+  { file: "digit-2.png", model: "digit_odd", label: "2" },
+  { file: "digit-5.png", model: "digit_odd", label: "5" },
+  { file: "digit-8.png", model: "digit_odd", label: "8" },
+  { file: "airplane.png", model: "cifar10", label: "airplane" },
+  { file: "cat.png", model: "cifar10", label: "cat" },
+  { file: "ship.png", model: "cifar10", label: "ship" },
+  { file: "horse.png", model: "cifar10", label: "horse" },
+];
+
+const state = {
+  models: [],        // from GET /models
+  detail: null,      // GET /models/{name}/versions/{v}: metadata and layer table
+  strokes: [],       // drawn strokes, each a list of [x, y]; Undo pops one
+  background: null,  // an uploaded/sample image under the strokes (ImageBitmap)
+  file: null,        // the uploaded bytes, sent as they are while nothing is drawn over them
+  busy: false, again: false, timer: 0,
+  lastInput: 0,      // when the pen last moved (performance.now()), for the latency shown
+  layers: [],        // the last feature-maps answer's layers
+  channel: null,     // {layer index, channel} shown enlarged
+};
+
+// ---------------------------------------------------------------- API
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = body.error && (body.error.message || body.error) || response.statusText;
+    throw new Error(`${response.status}: ${message}`);
+  }
+  return body;
+}
+
+function showError(error) {
+  $("error").hidden = !error;
+  $("error").textContent = error ? `Could not read that: ${error.message}` : "";
+}
+
+// ---------------------------------------------------------------- models
+async function loadModels() {
+  const list = await api("/models");
+  state.models = list.models.filter((m) => m.ready);
+  $("model").replaceChildren(...state.models.map((m) => new Option(m.name, m.name)));
+  $("model").value = list.default_model;
+  await selectModel();
+}
+
+async function selectModel() {
+  const model = state.models.find((m) => m.name === $("model").value);
+  const ready = model.versions.filter((v) => v.status === "ready").map((v) => v.version);
+  $("version").replaceChildren(...ready.map((v) => new Option(`v${v}`, v)));
+  $("version").value = model.default_version;
+  await selectVersion();
+}
+
+async function selectVersion() {
+  state.detail = await api(`/models/${$("model").value}/versions/${$("version").value}`);
+  const outputs = state.detail.metadata.outputs;
+  $("cam-head").replaceChildren(...outputs.map((o) => new Option(o.name, o.name)));
+  $("cam-layer").replaceChildren(new Option("default (last feature map the head uses)", ""),
+    ...state.detail.layers.filter((l) => l.output_shape.length === 3)
+      .map((l) => new Option(l.name, l.name)));
+  fillClasses();
+  state.channel = null;
+  $("channel").hidden = true;
+  renderNetwork();
+  update();
+}
+
+function fillClasses() {
+  const head = state.detail.metadata.outputs.find((o) => o.name === $("cam-head").value);
+  $("cam-class").replaceChildren(new Option("predicted", ""),
+    ...head.labels.map((label, i) => new Option(label, i)));
+}
+
+// ---------------------------------------------------------------- drawing and input
+const canvas = $("draw");
+const ctx = canvas.getContext("2d");
+
+function paint() {
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (state.background) {
+    const b = state.background, s = Math.min(canvas.width / b.width, canvas.height / b.height);
+    ctx.imageSmoothingEnabled = b.width < canvas.width / 2 ? false : true;
+    ctx.drawImage(b, (canvas.width - b.width * s) / 2, (canvas.height - b.height * s) / 2,
+                  b.width * s, b.height * s);
+  }
+  ctx.strokeStyle = "#000"; ctx.lineWidth = PEN; ctx.lineCap = ctx.lineJoin = "round";
+  for (const stroke of state.strokes) {
+    ctx.beginPath();
+    stroke.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    if (stroke.length === 1) ctx.lineTo(stroke[0][0] + 0.1, stroke[0][1]);
+    ctx.stroke();
+  }
+}
+
+function point(event) {
+  const r = canvas.getBoundingClientRect();
+  return [(event.clientX - r.left) * canvas.width / r.width,
+          (event.clientY - r.top) * canvas.height / r.height];
+}
+
+canvas.addEventListener("pointerdown", (event) => {
+  canvas.setPointerCapture(event.pointerId);
+  state.strokes.push([point(event)]);
+  state.file = null;  // the canvas (strokes over any image) is now the input
+  paint();
+  schedule();
+  state.lastInput = performance.now();
+});
+canvas.addEventListener("pointermove", (event) => {
+  if (!canvas.hasPointerCapture(event.pointerId)) return;
+  state.strokes[state.strokes.length - 1].push(point(event));
+  paint();
+  schedule();
+  state.lastInput = performance.now();
+});
+canvas.addEventListener("pointerup", () => schedule());
+
+$("clear").addEventListener("click", () => {
+  state.strokes = []; state.background = null; state.file = null;
+  paint(); update();
+});
+$("undo").addEventListener("click", () => {
+  state.strokes.pop();
+  paint(); update();
+});
+
+async function useFile(blob) {
+  try {
+    state.background = await createImageBitmap(blob);
+  } catch {
+    state.background = null;  // the service says what is wrong with it
+  }
+  state.strokes = []; state.file = blob;
+  paint(); update();
+}
+
+$("upload").addEventListener("change", () => $("upload").files[0] && useFile($("upload").files[0]));
+canvas.addEventListener("dragover", (e) => { e.preventDefault(); canvas.classList.add("dragging"); });
+canvas.addEventListener("dragleave", () => canvas.classList.remove("dragging"));
+canvas.addEventListener("drop", (e) => {
+  e.preventDefault(); canvas.classList.remove("dragging");
+  if (e.dataTransfer.files[0]) useFile(e.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (e) => {
+  const item = [...e.clipboardData.items].find((i) => i.type.startsWith("image/"));
+  if (item) useFile(item.getAsFile());
+});
+
+function renderSamples() {
+  $("samples").replaceChildren(...SAMPLES.map((s) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = `${s.label} (${s.model})`;
+    const img = new Image();
+    img.src = `/static/explorer/samples/${s.file}`;
+    img.alt = `sample: ${s.label}`;
+    button.append(img);
+    button.addEventListener("click", async () => {
+      const blob = await (await fetch(img.src)).blob();
+      if ($("model").value !== s.model && state.models.some((m) => m.name === s.model)) {
+        $("model").value = s.model;
+        state.file = blob;  // selectModel -> update sends it
+        state.background = await createImageBitmap(blob);
+        state.strokes = [];
+        paint();
+        await selectModel();
+      } else {
+        await useFile(blob);
+      }
+    });
+    return button;
+  }));
+}
+
+// ---------------------------------------------------------------- updating
+function schedule() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(update, DEBOUNCE_MS);
+}
+
+function inputBlob() {
+  if (state.file) return state.file;
+  // toDataURL, not toBlob: Chromium encodes toBlob in an idle period, up to 1 s later
+  const bytes = atob(canvas.toDataURL("image/png").split(",")[1]);
+  return new Blob([Uint8Array.from(bytes, (c) => c.charCodeAt(0))], { type: "image/png" });
+}
+
+function form(blob, fields) {
+  const data = new FormData();
+  data.append("file", blob, "input.png");
+  for (const [k, v] of Object.entries(fields)) if (v !== "") data.append(k, v);
+  return { method: "POST", body: data };
+}
+
+async function update() {
+  if (!state.detail) return;
+  if (state.busy) { state.again = true; return; }  // one request at a time; the latest wins
+  if (!state.file && !state.background && !state.strokes.length) return clearResults();
+  state.busy = true;
+  const started = performance.now();
+  try {
+    const blob = inputBlob();
+    const model = $("model").value, version = $("version").value;
+    const scaling = document.querySelector("input[name=scaling]:checked").value;
+    const answer = await api(`/models/${model}/feature-maps`,
+                             form(blob, { version, scaling }));
+    const image = answer.images[0];
+    renderPrediction(image.outputs);
+    const pictures = renderMaps(image.layers);
+    showError(null);
+    const since = state.file ? started : Math.max(started - DEBOUNCE_MS, state.lastInput);
+    Promise.all(pictures.map((img) => img.decode())).then(() => {
+      // from the pen's last movement to every layer's picture on screen
+      const ms = performance.now() - since;
+      $("timing").textContent = `(${ms.toFixed(0)} ms)`;
+      document.body.dataset.updateMs = ms.toFixed(1);  // read by the browser tests
+    }, () => {});
+    await explain(blob).catch(camError);
+  } catch (error) {
+    clearResults();
+    showError(error);
+  } finally {
+    state.busy = false;
+    if (state.again) { state.again = false; update(); }
+  }
+}
+
+function clearResults() {
+  $("prediction").textContent = "–";
+  $("heads").replaceChildren();
+  $("gradcam").hidden = true;
+  $("seen").hidden = true;
+  renderNetwork();
+  showError(null);
+}
+
+async function explain(blob) {
+  const answer = await api(`/models/${$("model").value}/explain`, form(blob || inputBlob(), {
+    version: $("version").value, output: $("cam-head").value,
+    class_index: $("cam-class").value, layer: $("cam-layer").value,
+  }));
+  $("gradcam").src = `data:image/png;base64,${answer.overlay}`;
+  $("gradcam").hidden = false;
+  $("cam-caption").textContent =
+    `${answer.output} = ${answer.label}, at layer ${answer.layer} (red: most evidence)`;
+}
+
+function camError(error) {
+  // Grad-CAM alone failed (e.g. a version without model.keras): say so where it would be
+  $("gradcam").hidden = true;
+  $("cam-caption").textContent = `No Grad-CAM: ${error.message}`;
+}
+
+for (const id of ["cam-head", "cam-class", "cam-layer"]) {
+  $(id).addEventListener("change", () => {
+    if (id === "cam-head") fillClasses();
+    if ($("prediction").textContent !== "–") explain().catch(camError);
+  });
+}
+$("model").addEventListener("change", () => selectModel().catch(showError));
+$("version").addEventListener("change", () => selectVersion().catch(showError));
+document.querySelectorAll("input[name=scaling]").forEach((r) => r.addEventListener("change", update));
+
+// ---------------------------------------------------------------- predictions
+function renderPrediction(outputs) {
+  const heads = Object.entries(outputs);
+  $("prediction").textContent = heads[0][1].label;
+  $("heads").replaceChildren(...heads.map(([name, out]) => {
+    const box = document.createElement("div");
+    box.className = "head";
+    const title = document.createElement("h3");
+    title.textContent = `${name}: ${out.label}`;
+    box.append(title);
+    const labels = state.detail.metadata.outputs.find((o) => o.name === name).labels;
+    const rows = out.kind === "binary"  // a sigmoid head: p of its positive label
+      ? [[labels[1], out.probability], [labels[0], 1 - out.probability]]
+      : Object.entries(out.probabilities);
+    for (const [label, p] of rows) box.append(bar(label, p, label === out.label));
+    return box;
+  }));
+}
+
+function bar(label, p, top) {
+  const row = document.createElement("div");
+  row.className = top ? "bar top" : "bar";
+  row.setAttribute("role", "meter");
+  row.setAttribute("aria-label", label);
+  row.setAttribute("aria-valuemin", "0");
+  row.setAttribute("aria-valuemax", "1");
+  row.setAttribute("aria-valuenow", p.toFixed(4));
+  row.innerHTML = '<span class="l"></span><span class="track"><span class="fill"></span></span><span class="p"></span>';
+  row.querySelector(".l").textContent = label;
+  row.querySelector(".fill").style.width = `${(p * 100).toFixed(1)}%`;
+  row.querySelector(".p").textContent = `${(p * 100).toFixed(1)} %`;
+  return row;
+}
+
+// ---------------------------------------------------------------- the network and its maps
+function shape(s) { return s.join("×"); }
+
+function renderNetwork() {
+  const layers = state.detail ? state.detail.layers : [];
+  $("layers").replaceChildren(...layers.map((layer, i) => {
+    const item = document.createElement("li");
+    item.setAttribute("data-testid", "layer");
+    item.id = `layer-${layer.name}`;
+    const previous = i > 0 ? layers[i - 1].name : null;
+    if (layer.inbound.length > 1) item.classList.add("merge");
+    else if (i > 0 && layer.inbound[0] !== previous) item.classList.add("branch");
+    const head = document.createElement("div");
+    head.className = "layer-head";
+    head.innerHTML = "<strong></strong><span class=t></span><span class=s></span><span class=n></span><span class=from></span>";
+    head.querySelector("strong").textContent = layer.name;
+    head.querySelector(".t").textContent = layer.type;
+    head.querySelector(".s").textContent = shape(layer.output_shape);
+    head.querySelector(".n").textContent = `${layer.params.toLocaleString("en")} params`;
+    head.querySelector(".from").textContent = layer.inbound.length ? `← ${layer.inbound.join(" + ")}` : "input";
+    const maps = document.createElement("div");
+    maps.className = "maps";
+    item.append(head, maps);
+    return item;
+  }));
+}
+
+function renderMaps(layers) {
+  // every layer's picture into its card; returns the <img> elements
+  state.layers = layers;
+  const pictures = [];
+  layers.forEach((layer, index) => {
+    const maps = document.querySelector(`#layer-${CSS.escape(layer.name)} .maps`);
+    if (!maps) return;
+    const img = new Image();
+    img.src = `data:image/png;base64,${layer.image.png_base64}`;
+    img.alt = `${layer.name}: ${layer.image.layout}`;
+    const zoom = Math.max(1, Math.min(6, Math.floor(560 / layer.image.width),
+                                      Math.floor(320 / layer.image.height)));
+    img.width = layer.image.width * zoom;
+    img.tabIndex = 0;
+    const [low, high] = layer.image.color_scale.range;
+    const range = document.createElement("div");
+    range.className = "range";
+    range.textContent = `${layer.image.layout}; values ${low.toPrecision(3)} … ${high.toPrecision(3)}`
+      + (layer.image.color_scale.scaling === "per_channel" ? " (each channel scaled alone)" : "");
+    if (layer.image.grid) {
+      img.addEventListener("click", (e) => showChannel(index, tileAt(layer.image, img, e)));
+      img.addEventListener("keydown", (e) => { if (e.key === "Enter") showChannel(index, 0); });
+    }
+    maps.replaceChildren(img, range);
+    pictures.push(img);
+    if (layer.name === "image") showSeen(layer.image);
+  });
+  if (state.channel) showChannel(state.channel.index, state.channel.channel);
+  return pictures;
+}
+
+function tileAt(image, img, event) {
+  const scale = img.clientWidth / image.width, g = image.grid;
+  const col = Math.floor(event.offsetX / scale / (g.tile_width + 1));
+  const row = Math.floor(event.offsetY / scale / (g.tile_height + 1));
+  return Math.min(row * g.cols + col, image.color_scale.channel_ranges.length - 1);
+}
+
+function tile(image, channel, draw) {
+  // draw(img, sx, sy, w, h) with the channel's tile in the layer's grid picture
+  const g = image.grid, img = new Image();
+  img.onload = () => draw(img, (channel % g.cols) * (g.tile_width + 1),
+                          Math.floor(channel / g.cols) * (g.tile_height + 1), g.tile_width, g.tile_height);
+  img.src = `data:image/png;base64,${image.png_base64}`;
+}
+
+function showChannel(index, channel) {
+  const layer = state.layers[index];
+  const count = layer.image.color_scale.channel_ranges.length;
+  channel = (channel + count) % count;
+  state.channel = { index, channel };
+  const [low, high] = layer.image.color_scale.channel_ranges[channel];
+  $("channel").hidden = false;
+  $("channel-caption").textContent =
+    `${layer.name}, channel ${channel + 1} of ${count}: values ${low.toPrecision(3)} … ${high.toPrecision(3)}`;
+  const out = $("channel-canvas").getContext("2d");
+  tile(layer.image, channel, (img, sx, sy, w, h) => {
+    out.imageSmoothingEnabled = false;
+    out.drawImage(img, sx, sy, w, h, 0, 0, 168, 168);
+  });
+}
+
+$("channel-prev").addEventListener("click", () => state.channel && showChannel(state.channel.index, state.channel.channel - 1));
+$("channel-next").addEventListener("click", () => state.channel && showChannel(state.channel.index, state.channel.channel + 1));
+$("channel-close").addEventListener("click", () => { state.channel = null; $("channel").hidden = true; });
+
+function showSeen(image) {
+  // the input as the model sees it: one gray tile, or three tiles put back together as colour
+  const g = image.grid, scale = image.color_scale;
+  const c = document.createElement("canvas");
+  c.width = g.tile_width; c.height = g.tile_height;
+  const out = c.getContext("2d");
+  const channels = scale.channel_ranges.length;
+  const grid = new Image();
+  grid.onload = () => {
+    const src = document.createElement("canvas");
+    src.width = image.width; src.height = image.height;
+    const s = src.getContext("2d");
+    s.drawImage(grid, 0, 0);
+    const pixels = out.createImageData(g.tile_width, g.tile_height);
+    for (let ch = 0; ch < Math.min(channels, 3); ch++) {
+      const x0 = (ch % g.cols) * (g.tile_width + 1), y0 = Math.floor(ch / g.cols) * (g.tile_height + 1);
+      const data = s.getImageData(x0, y0, g.tile_width, g.tile_height).data;
+      const [low, high] = scale.scaling === "per_channel" ? scale.channel_ranges[ch] : scale.range;
+      for (let i = 0; i < g.tile_width * g.tile_height; i++) {
+        const v = Math.round((low + data[i * 4] / 255 * (high - low)) * 255);
+        for (const k of channels === 1 ? [0, 1, 2] : [ch]) pixels.data[i * 4 + k] = v;
+        pixels.data[i * 4 + 3] = 255;
+      }
+    }
+    out.putImageData(pixels, 0, 0);
+    $("seen").src = c.toDataURL();
+    $("seen").hidden = false;
+  };
+  grid.src = `data:image/png;base64,${image.png_base64}`;
+}
+
+// ---------------------------------------------------------------- start
+paint();
+renderSamples();
+loadModels().catch(showError);

@@ -80,6 +80,10 @@ def test_drawing_a_seven_reads_seven_and_shows_every_layer(explorer, server_url)
                            ".src.startsWith('data:image/png')")
     assert page.get_by_test_id("gradcam").is_visible()
     assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
+    top_bar = page.evaluate("() => { const f = document.querySelector('.bar.top .fill');"
+                            " return f.getBoundingClientRect().width"
+                            " / f.parentElement.getBoundingClientRect().width; }")
+    assert top_bar > 0.5  # the 7's probability bar is drawn that long
     page.screenshot(path=ARTIFACTS / "draw-seven.png", full_page=True)
     # undo the stem: no longer a 7; clear: nothing to say
     page.click("#undo")

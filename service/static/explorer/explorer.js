@@ -344,7 +344,7 @@ function renderMaps(layers) {
     img.src = `data:image/png;base64,${layer.image.png_base64}`;
     img.alt = `${layer.name}: ${layer.image.layout}`;
     const zoom = Math.max(1, Math.min(6, Math.floor(560 / layer.image.width),
-                                      Math.floor(320 / layer.image.height)));
+                                      Math.floor(400 / layer.image.height)));
     img.width = layer.image.width * zoom;
     img.tabIndex = 0;
     const [low, high] = layer.image.color_scale.range;

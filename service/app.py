@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +15,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, metrics
+from service import __version__, logs, metrics
 from service.admission import Admission
 from service.core import Core
 from service.docs import install_docs
 from service.errors import install_handlers
 from service.explorer import install_explorer
-from service.middleware import BodyGuard, RequestMetrics
+from service.middleware import BodyGuard, RequestTelemetry
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
 from service.settings import Settings, get_settings
@@ -79,8 +78,8 @@ def _lifespan(settings: Settings):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    logs.ACCESS.disabled = not settings.access_log
     app = FastAPI(title="cnn-serve", version=__version__, description=DESCRIPTION,
                   lifespan=_lifespan(settings), docs_url=None, redoc_url=None,
                   openapi_tags=TAGS,
@@ -104,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyGuard, limit=settings.max_upload_bytes,
                        idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestTelemetry)
     return app
 
 

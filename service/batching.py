@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from service import metrics
+from service import logs, metrics
 from service.errors import ClientGone, ModelNotReady, Overloaded
 from service.model import GraphDecodeFailed, Outputs, ServedModel, Task, pixels_task
 from service.settings import BatchPolicy
@@ -35,6 +35,7 @@ class _Item:
     images: Any  # whatever the task's model call takes: pixels [n, H, W, C], PNGs, ...
     future: asyncio.Future
     is_gone: IsGone | None = None
+    batch: int = 0  # images in the model call that computed it
     size: int = field(init=False)
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -88,11 +89,14 @@ class Runner:
             raise Overloaded(f"model {self.model.name} v{self.model.version} has "
                              f"{self.policy.max_queue} requests queued; retry shortly") from None
         self._requests.inc()
-        return await item.future  # the depth gauge is set once per batch, by _loop
+        outputs = await item.future  # the depth gauge is set once per batch, by _loop
+        logs.note(model=self.model.name, version=self.model.version, batch_size=item.batch)
+        return outputs
 
     async def call(self, method: Callable[..., T], *args: Any) -> T:
         """``method(*args)`` of the model on its inference thread, never batched (feature
         maps, Grad-CAM): model calls stay on one thread."""
+        logs.note(model=self.model.name, version=self.model.version)
         return await asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
 
     async def _next_batch(self) -> list[_Item]:
@@ -156,7 +160,10 @@ class Runner:
     async def _run(self, task: Task, items: list[_Item]) -> None:
         """One model call for ``items``; each gets its slice of the outputs."""
         batch = items[0].images if len(items) == 1 else task.join([i.images for i in items])
-        self._batch_size.observe(sum(item.size for item in items))
+        total = sum(item.size for item in items)
+        self._batch_size.observe(total)
+        for item in items:
+            item.batch = total
         try:
             with self._inference.time():
                 outputs = await asyncio.get_running_loop().run_in_executor(

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=settings.log_level, access_log=False,
+                log_config=None,  # the app configures logging (JSON lines, request IDs)
                 http="service.protocol:GuardedHttpToolsProtocol",
                 timeout_keep_alive=settings.keepalive_timeout_s)
     return 0

@@ -1,4 +1,4 @@
-"""ASGI middleware: request body limits (size and pace) and request metrics."""
+"""ASGI middleware: request body limits (size and pace); request IDs, metrics and logs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import logs, metrics
 from service.errors import protocol_error
 
 DISCONNECT: Message = {"type": "http.disconnect"}
@@ -154,9 +154,11 @@ class _Body:
             self.timer = None
 
 
-class RequestMetrics:
-    """Counts and times every request by route template, API and status (per-model counts
-    are the runners': a ``/predict`` request names its model inside the body)."""
+class RequestTelemetry:
+    """Per request: an ID (the client's ``X-Request-ID`` or a new one, echoed in the answer
+    and on every log line written while serving it), metrics by route template, API and
+    status, and one access log line (per-model counts are the runners': a ``/predict``
+    request names its model inside the body)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -166,18 +168,28 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
+        offered = next((v for k, v in scope["headers"] if k == logs.REQUEST_ID_HEADER_BYTES),
+                       None)
+        record = logs.RequestRecord(logs.request_id(offered))
+        token = logs.CURRENT.set(record)
+        echoed = (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode())
 
-        async def record(msg: Message) -> None:
+        async def record_send(msg: Message) -> None:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                msg["headers"] = [*msg.get("headers", ()), echoed]
             await send(msg)
 
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, record_send)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             protocol = metrics.protocol(route)
             method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
+            seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
-            metrics.LATENCY.labels(route, protocol).observe(time.perf_counter() - start)
+            metrics.LATENCY.labels(route, protocol).observe(seconds)
+            logs.access(record, method=method, route=route, protocol=protocol, status=status,
+                        latency_ms=round(seconds * 1000, 3))
+            logs.CURRENT.reset(token)

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connection")
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per "
+                                                "line, for log collectors")
+    access_log: bool = Field(True, description="one log line per request (ID, route, model, "
+                                               "version, status, latency, batch size)")
     batching: BatchPolicy = BatchPolicy()
     batching_overrides: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}')

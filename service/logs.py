@@ -1,0 +1,101 @@
+"""Logs: one JSON object per line (or plain text), every line of a request carrying its ID.
+
+The request being served is a context variable, set by the request middleware and filled in
+by the code that learns more (the runner: model, version, batch size), so a log line written
+anywhere while serving a request names it, and the request's own line says what it did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+REQUEST_ID_HEADER_BYTES = b"x-request-id"
+VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # printable, bounded: safe to log and echo
+
+
+@dataclass
+class RequestRecord:
+    """What one request's log line reports beyond route and status."""
+
+    request_id: str
+    model: str | None = None
+    version: int | None = None
+    batch_size: int | None = None
+
+
+CURRENT: ContextVar[RequestRecord | None] = ContextVar("cnn_serve_request", default=None)
+
+
+def request_id(offered: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new one."""
+    if offered:
+        text = offered.decode("latin-1")
+        if VALID_ID.fullmatch(text):
+            return text
+    return uuid.uuid4().hex
+
+
+def note(**fields: object) -> None:
+    """Record facts about the current request (no-op outside a request)."""
+    record = CURRENT.get()
+    if record is not None:
+        for key, value in fields.items():
+            setattr(record, key, value)
+
+
+_make_record = logging.getLogRecordFactory()
+
+
+def _record_with_request(*args: object, **kwargs: object) -> logging.LogRecord:
+    """Every log record made while a request is served carries its ID."""
+    record = _make_record(*args, **kwargs)
+    current = CURRENT.get()
+    record.request_id = current.request_id if current is not None else None
+    return record
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", "request_id", ...fields}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                    timespec="milliseconds"),
+                "level": record.levelname.lower(), "logger": record.name,
+                "message": record.getMessage()}
+        if getattr(record, "request_id", None):
+            line["request_id"] = record.request_id
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure(level: str, fmt: str) -> None:
+    """Root logging: JSON lines (``fmt="json"``) or text, each with the request's ID. Replaces
+    the handler an earlier call installed, and no other."""
+    logging.setLogRecordFactory(_record_with_request)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "cnn_serve", False)]:
+        root.removeHandler(old)
+    handler = logging.StreamHandler()
+    handler.cnn_serve = True
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+ACCESS = logging.getLogger("cnn_serve.access")
+
+
+def access(record: RequestRecord, **fields: object) -> None:
+    """The request's own line: its ID, what it asked and what it got."""
+    if ACCESS.isEnabledFor(logging.INFO):
+        facts = {k: v for k, v in asdict(record).items() if v is not None and k != "request_id"}
+        ACCESS.info("request", extra={"fields": {**fields, **facts}})

@@ -19,6 +19,7 @@ from service import __version__, logs, metrics
 from service.admission import Admission
 from service.core import Core
 from service.docs import install_docs
+from service.drain import Drain
 from service.errors import install_handlers
 from service.explorer import install_explorer
 from service.middleware import BodyGuard, RequestTelemetry
@@ -67,6 +68,7 @@ def _lifespan(settings: Settings):
         # the inference thread needs the GIL for a moment after each model call; with the
         # default 5 ms switch interval a busy event loop makes it wait that long every time
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        app.state.drain.install()
         try:
             yield
         finally:
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   # looked for global providers on every request (~3 % of the hot path)
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
+    app.state.drain = Drain(settings.drain_seconds)
     install_handlers(app)
     for router in (predict.router, models.router, health.router, oip.router, tfserving.router):
         app.include_router(router)

@@ -228,7 +228,7 @@ class ModelDetail(ModelSummary):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "ready", "not_ready"]
+    status: Literal["ok", "ready", "not_ready", "draining"]
     models: dict[str, list[int]] = Field(default_factory=dict,
                                          description="ready versions per model")
 

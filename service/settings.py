@@ -58,6 +58,10 @@ class Settings(BaseSettings):
                                        "arrives (408)")
     body_timeout_s: float = Field(30.0, gt=0, description="for a whole body to arrive (408)")
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connection")
+    drain_seconds: float = Field(5.0, ge=0, le=300, description="on SIGTERM: readiness 503 "
+                                 "and still serving this long, then finish and exit")
+    shutdown_timeout_s: float = Field(10.0, gt=0, description="after the drain: longest wait "
+                                      "for requests in flight")
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "text"] = Field("json", description="json: one object per "

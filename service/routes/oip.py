@@ -47,8 +47,8 @@ async def live() -> dict:
 
 @router.get("/health/ready", summary="The default model serves (503 until then)",
             response_model=Ready, responses={503: {"model": Ready}})
-async def ready(registry: RegistryDep):
-    return _readiness({"ready": registry.ready})
+async def ready(registry: RegistryDep, request: Request):
+    return _readiness({"ready": registry.ready and not request.app.state.drain.active})
 
 
 @router.get("/models/{name}", summary="Model metadata: inputs, outputs, versions",

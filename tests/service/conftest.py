@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -88,3 +94,27 @@ def page(server_url):
         browser.close()
         leaked = {url: end for url, end in foreign.items() if end != "csp"}  # blocked by our CSP
         assert not leaked, f"the page reached outside the service: {leaked}"
+
+
+def spawn_server(log: Path, models_dir: Path, **env: str) -> tuple[subprocess.Popen, int]:
+    """The real ``cnn-serve`` process on a free port with ``CNN_SERVE_*`` overrides ``env``,
+    its output in ``log``; returns once it is ready."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    variables = {**os.environ, "CNN_SERVE_MODEL_DIR": str(models_dir),
+                 "CNN_SERVE_DEVICE": "cpu", **env}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
+                                env=variables, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1):
+                return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("cnn-serve did not become ready:\n" + log.read_text())

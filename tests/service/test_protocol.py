@@ -3,15 +3,13 @@ departing clients, spoken to over raw sockets with short limits."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
+from tests.service.conftest import spawn_server
 from tests.service.handwriting import draw_digit, encode
 
 LIMITS = {"CNN_SERVE_HEADER_TIMEOUT_S": "1", "CNN_SERVE_BODY_IDLE_TIMEOUT_S": "1",
@@ -20,33 +18,12 @@ LIMITS = {"CNN_SERVE_HEADER_TIMEOUT_S": "1", "CNN_SERVE_BODY_IDLE_TIMEOUT_S": "1
 DIGIT = encode(draw_digit(7))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
     """``cnn-serve`` on a free port; yields (port, path of its log)."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, **LIMITS, "CNN_SERVE_MODEL_DIR": str(models_dir),
-           "CNN_SERVE_DEVICE": "cpu"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, port = spawn_server(log, models_dir, **LIMITS)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready:\n" + log.read_text())
         yield port, log
     finally:
         proc.terminate()

@@ -1,0 +1,85 @@
+"""Graceful drain of the real ``cnn-serve`` process: SIGTERM while 8 keep-alive clients have
+requests in flight -> readiness 503 at once, every request that reached the service answered,
+exit within the drain + 10 s."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+
+from tests.service.conftest import spawn_server
+from tests.service.handwriting import draw_digit, encode
+
+DRAIN_S = 2.0
+CLIENTS = 8
+BOUNDARY = "drainboundary"
+BODY = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+        f"Content-Type: image/png\r\n\r\n").encode() + encode(draw_digit(7)) + \
+    f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _client(port: int, stop: threading.Event, outcomes: list) -> None:
+    """POST /predict over one keep-alive connection (reconnecting when told to close) until
+    stopped or the listener is gone. Records each answer's status, or how a sent request
+    failed. A refused connect is not a failure: that request never reached the service."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    while not stop.is_set():
+        try:
+            conn.connect() if conn.sock is None else None
+        except ConnectionRefusedError:
+            return
+        try:
+            conn.request("POST", "/predict", BODY,
+                         {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            response = conn.getresponse()
+            response.read()
+            outcomes.append(response.status)
+            if response.getheader("connection", "").lower() == "close":
+                conn.close()
+        except (OSError, http.client.HTTPException) as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+            return
+
+
+def _ready_status(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/health/ready")
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
+    proc, port = spawn_server(tmp_path / "server.log", models_dir,
+                              CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S))
+    stop, outcomes = threading.Event(), []
+    clients = [threading.Thread(target=_client, args=(port, stop, outcomes))
+               for _ in range(CLIENTS)]
+    try:
+        for client in clients:
+            client.start()
+        time.sleep(1.0)
+        assert _ready_status(port) == 200
+        served_before = len(outcomes)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert _ready_status(port) == 503  # readiness drops at once ...
+        time.sleep(DRAIN_S / 2)
+        assert len(outcomes) > served_before + CLIENTS  # ... while requests are still served
+        proc.wait(DRAIN_S + 10)
+        exited_after = time.monotonic() - signalled
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        for client in clients:
+            client.join(30)
+    failures = [o for o in outcomes if o != 200]
+    assert not failures, failures
+    assert len(outcomes) > 50
+    assert DRAIN_S <= exited_after <= DRAIN_S + 10
+    log = (tmp_path / "server.log").read_text()
+    assert "draining for 2 s" in log

@@ -179,7 +179,8 @@ class RequestTelemetry:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 msg["headers"] = [*msg.get("headers", ()), echoed]
-                if scope["app"].state.drain.active:  # clients: leave keep-alive connections
+                drain = getattr(scope["app"].state, "drain", None)
+                if drain is not None and drain.active:  # clients: leave keep-alive connections
                     msg["headers"].append((b"connection", b"close"))
             await send(msg)
 

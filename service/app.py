@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from service import __version__, logs, metrics
 from service.admission import Admission
+from service.auth import ApiKeyGuard
 from service.core import Core
 from service.docs import install_docs
 from service.drain import Drain
@@ -106,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyGuard, limit=settings.max_upload_bytes,
                        idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyGuard, keys=[k.get_secret_value() for k in settings.api_keys],
+                           public_paths=settings.public_paths, cors=bool(settings.cors_origins))
     app.add_middleware(RequestTelemetry)
     return app
 

@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings()  # fail fast, naming the variables, before forking workers
-    except ValidationError as exc:
-        print(f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{exc}",
+    except ValidationError as exc:  # without the values given: they may be secrets
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
+        print(f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{problems}",
               file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog="cnn-serve", description=__doc__,

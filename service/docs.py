@@ -61,6 +61,23 @@ def _mark_file_fields(node: object) -> None:
             _mark_file_fields(value)
 
 
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key as a bearer token"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def _declare_keys(schema: dict) -> None:
+    """Every operation needs a key (either header), except the health probes: Swagger UI's
+    Authorize button then sends it with "Try it out"."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    schema["security"] = [{"bearer": []}, {"apiKey": []}]
+    for path, operations in schema["paths"].items():
+        if path.startswith(("/health/", "/v2/health/")):
+            for operation in operations.values():
+                operation["security"] = []
+
+
 def _openapi(app: FastAPI):
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -69,6 +86,8 @@ def _openapi(app: FastAPI):
                                  description=app.description, routes=app.routes,
                                  tags=app.openapi_tags)
             _mark_file_fields(schema)
+            if app.state.settings.api_keys:
+                _declare_keys(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
                                  "and still serving this long, then finish and exit")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="after the drain: longest wait "
                                       "for requests in flight")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [], description="comma-separated, or @/path/to/file with one key per line: then every "
+                        "route but /health/* needs 'Authorization: Bearer <key>' or X-API-Key")
+    public_paths: Annotated[list[str], NoDecode] = Field(
+        [], description="comma-separated paths open without a key, e.g. "
+                        "/docs,/redoc,/openapi.json,/static/docs,/metrics")
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "text"] = Field("json", description="json: one object per "
@@ -83,12 +89,33 @@ class Settings(BaseSettings):
             raise ValueError(f"model directory {value} does not exist")
         return value.resolve()
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "public_paths", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _read_keys(cls, value: object) -> object:
+        """``k1,k2`` or ``@file`` (one key per line, ``#`` comments). Errors never quote a
+        key."""
+        if not isinstance(value, str):
+            return value
+        if value.startswith("@"):
+            try:
+                lines = Path(value[1:]).read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read the API key file {value[1:]}: "
+                                 f"{exc.strerror}") from None
+            keys = [line.strip() for line in lines if line.strip()
+                    and not line.strip().startswith("#")]
+        else:
+            keys = [key.strip() for key in value.split(",") if key.strip()]
+        if any(len(key) < 16 or any(c.isspace() for c in key) for key in keys):
+            raise ValueError("every API key must be at least 16 characters, without spaces")
+        return keys
 
     @field_validator("log_level", mode="before")
     @classmethod

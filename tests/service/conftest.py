@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,22 +49,28 @@ def make_client(**overrides) -> TestClient:
                       raise_server_exceptions=False)
 
 
-@pytest.fixture(scope="session")
-def live_url(settings):
-    """The app served by uvicorn on a free local port (for clients that need a real socket,
-    e.g. tritonclient); yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
-                                           log_level="warning"))
+@contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a free local port in a thread; yields "host:port"."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_url(settings):
+    """The app on a real socket, for clients that need one (tritonclient, browsers)."""
+    with serving(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,13 @@ const state = {
 };
 
 // ---------------------------------------------------------------- API
-async function api(path, options) {
-  const response = await fetch(path, options);
+async function api(path, options = {}) {
+  // with API keys on, the key typed into the page (kept for this tab only) goes along
+  const key = sessionStorage.getItem("cnn-serve-key");
+  const headers = key ? { "X-API-Key": key } : {};
+  const response = await fetch(path, { ...options, headers });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401) $("key-box").hidden = false;
   if (!response.ok) {
     const message = body.error && (body.error.message || body.error) || response.statusText;
     throw new Error(`${response.status}: ${message}`);
@@ -429,6 +433,11 @@ function showSeen(image) {
   };
   grid.src = `data:image/png;base64,${image.png_base64}`;
 }
+
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem("cnn-serve-key", $("api-key").value.trim());
+  loadModels().then(() => showError(null), showError);
+});
 
 // ---------------------------------------------------------------- start
 paint();

@@ -1,0 +1,76 @@
+"""API keys: with ``CNN_SERVE_API_KEYS`` set, every request needs ``Authorization: Bearer
+<key>`` or ``X-API-Key: <key>`` - except the health probes, CORS preflights and the
+``CNN_SERVE_PUBLIC_PATHS`` an operator opens (e.g. the docs or ``/metrics``). Otherwise a 401
+in the error shape of the path's API, with ``WWW-Authenticate``.
+
+Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every key
+(no early exit), so the time taken says nothing about how close a guess was. Neither keys nor
+the headers that carry them are logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import protocol_error
+
+ALWAYS_OPEN = ("/health/", "/v2/health/")  # probes must work without secrets
+CHALLENGE = (b"www-authenticate", b'Bearer realm="cnn-serve"')
+
+
+def _digest(key: str | bytes) -> bytes:
+    return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
+
+
+def offered_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.strip()
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+    return None
+
+
+class ApiKeyGuard:
+    def __init__(self, app: ASGIApp, keys: list[str], public_paths: list[str],
+                 cors: bool) -> None:
+        self.app, self.cors = app, cors
+        self.digests = [_digest(key) for key in keys]
+        self.open = ALWAYS_OPEN
+        self.public = [p.rstrip("/") or "/" for p in public_paths]
+
+    def _is_public(self, path: str) -> bool:
+        if path.startswith(self.open):
+            return True
+        return any(path == p or (p != "/" and path.startswith(p + "/")) for p in self.public)
+
+    def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        key = offered_key(headers)
+        if not key:
+            return False
+        given = _digest(key)
+        matches = [hmac.compare_digest(given, digest) for digest in self.digests]
+        return any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_public(scope["path"]) or \
+                self._authorised(scope["headers"]) or self._preflight(scope):
+            return await self.app(scope, receive, send)
+        missing = offered_key(scope["headers"]) is None
+        message = ("an API key is required: send 'Authorization: Bearer <key>' or "
+                   "'X-API-Key: <key>'" if missing else "the API key is not valid")
+        status, payload = protocol_error(scope["path"], 401, "unauthorized", message)
+        body = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            CHALLENGE]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _preflight(self, scope: Scope) -> bool:
+        """A browser's CORS preflight carries no credentials; CORS answers it."""
+        return self.cors and scope["method"] == "OPTIONS" and any(
+            name == b"access-control-request-method" for name, _ in scope["headers"])

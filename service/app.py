@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import sys
@@ -70,9 +71,14 @@ def _lifespan(settings: Settings):
         # default 5 ms switch interval a busy event loop makes it wait that long every time
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         app.state.drain.install()
+        poller = (asyncio.get_running_loop().create_task(
+            registry.poll(settings.model_poll_seconds), name="model-poller")
+            if settings.model_poll_seconds > 0 else None)
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             await registry.close()
             decoder.shutdown(wait=False, cancel_futures=True)
 

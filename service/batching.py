@@ -51,6 +51,7 @@ class Runner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
         self._task: asyncio.Task | None = None
+        self._busy = self._closed = False
         labels = (model.name, str(model.version))
         self._depth = metrics.QUEUE_DEPTH.labels(*labels)
         self._batch_size = metrics.BATCH_SIZE.labels(*labels)
@@ -63,8 +64,26 @@ class Runner:
         name = f"batcher-{self.model.name}-{self.model.version}"
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=name)
 
+    async def drain_and_close(self, timeout_s: float, quiet_s: float = 0.5) -> None:
+        """For a version that is no longer served: once nothing has been queued or computed
+        for ``quiet_s`` (requests that chose this version before it was retired may still be
+        decoding), or after ``timeout_s``, close."""
+        loop = asyncio.get_running_loop()
+        deadline, quiet_since = loop.time() + timeout_s, None
+        while loop.time() < deadline:
+            if self._queue.empty() and self._carry is None and not self._busy:
+                quiet_since = quiet_since or loop.time()
+                if loop.time() - quiet_since >= quiet_s:
+                    break
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.05)
+        await self.close()
+        log.info("model %s v%s unloaded", self.model.name, self.model.version)
+
     async def close(self) -> None:
         """Stop batching; requests still queued get a 503 rather than waiting forever."""
+        self._closed = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -80,6 +99,9 @@ class Runner:
                       task: Task | None = None) -> Outputs:
         """Queue ``images`` for ``task`` (default: pixels [n, H, W, C] through the model's
         serving signature) and wait for their outputs (each [n, ...])."""
+        if self._closed:
+            raise ModelNotReady(f"model {self.model.name} v{self.model.version} is no longer "
+                                "served", headers={"Retry-After": "1"})
         item = _Item(task or self.pixels, images, asyncio.get_running_loop().create_future(),
                      is_gone)
         try:
@@ -102,6 +124,7 @@ class Runner:
     async def _next_batch(self) -> list[_Item]:
         first = self._carry or await self._queue.get()
         self._carry = None
+        self._busy = True  # requests in hand: not drained, whatever the queue says
         items, total = [first], first.size
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.max_delay_ms / 1000
@@ -149,13 +172,16 @@ class Runner:
 
     async def _loop(self) -> None:
         while True:
-            items = await self._live(await self._next_batch())
-            self._depth.set(self._queue.qsize())
-            by_task: dict[Task, list[_Item]] = {}
-            for item in items:
-                by_task.setdefault(item.task, []).append(item)
-            for task, same in by_task.items():
-                await self._run(task, same)
+            try:
+                items = await self._live(await self._next_batch())
+                self._depth.set(self._queue.qsize())
+                by_task: dict[Task, list[_Item]] = {}
+                for item in items:
+                    by_task.setdefault(item.task, []).append(item)
+                for task, same in by_task.items():
+                    await self._run(task, same)
+            finally:
+                self._busy = False
 
     async def _run(self, task: Task, items: list[_Item]) -> None:
         """One model call for ``items``; each gets its slice of the outputs."""

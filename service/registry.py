@@ -1,4 +1,5 @@
-"""Finds ``<model_dir>/<name>/<version>/``, loads each onto the device, owns their runners."""
+"""Finds ``<model_dir>/<name>/<version>/``, keeps what is served in step with it (polling),
+loads each version onto the device and owns their runners."""
 
 from __future__ import annotations
 
@@ -60,33 +61,110 @@ def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
     return sorted(found, key=lambda t: (t[0], t[1]))
 
 
+def signature(path: Path) -> tuple[int, int, float]:
+    """(files, bytes, newest mtime) of a version directory: a failed version is retried once
+    this changes (e.g. a copy that was still in progress has finished)."""
+    files = size = 0
+    newest = 0.0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime)
+    return files, size, newest
+
+
+Version = int | str  # a version number, or a label the settings give one
+
+
 class ModelRegistry:
+    """What is served: every version the repository holds and the version policy keeps.
+
+    :meth:`sync` makes it so - at start, every ``model_poll_seconds`` and on request: new
+    versions load off the event loop and serve once ready; a version that is gone stops
+    taking requests at once, finishes those it has, then unloads; a failed one is reported
+    (and retried when its files change) without disturbing the others.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         configure_threads(settings.inference_threads)
         self.device = pick_device(settings.device)
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.runners: dict[tuple[str, int], Runner] = {}
+        self._signatures: dict[tuple[str, int], tuple[int, int, float]] = {}
+        self._retiring: set[asyncio.Task] = set()
+        self._lock = asyncio.Lock()
 
     async def load_all(self) -> None:
-        """Load every version off the event loop; failures are logged and reported, not fatal."""
-        for name, version, path in discover(self.settings.model_dir):
-            model = ServedModel(name, version, path, self.device)
-            self.models.setdefault(name, {})[version] = model
-            await asyncio.to_thread(model.load)
-            labels = (name, str(version))
-            metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
-            if model.status is Status.ready:
-                metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
-                runner = Runner(model, self.settings.batch_policy(name),
-                                self.settings.queue_timeout_s)
-                runner.start()
-                self.runners[(name, version)] = runner
+        await self.sync()
         if not self.models:
             log.warning("no models found under %s", self.settings.model_dir)
 
+    async def poll(self, every_s: float) -> None:
+        """Sync with the repository every ``every_s`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("scanning %s failed", self.settings.model_dir)
+
+    async def sync(self) -> None:
+        async with self._lock:
+            found = {(name, version): path
+                     for name, version, path in discover(self.settings.model_dir)}
+            by_model: dict[str, list[int]] = {}
+            for name, version in found:
+                by_model.setdefault(name, []).append(version)
+            wanted = {(name, version) for name, versions in by_model.items()
+                      for version in self.settings.versions_to_serve(name, versions)}
+            served = {(name, version) for name, versions in self.models.items()
+                      for version in versions}
+            for name, version in sorted(served - wanted):
+                self._retire(name, version)
+            for name, version in sorted(wanted):
+                model = self.models.get(name, {}).get(version)
+                if model is None or (model.status is Status.failed and
+                                     signature(found[name, version]) !=
+                                     self._signatures.get((name, version))):
+                    await self._load(name, version, found[name, version])
+
+    async def _load(self, name: str, version: int, path: Path) -> None:
+        model = ServedModel(name, version, path, self.device)
+        self.models.setdefault(name, {})[version] = model  # reported as loading meanwhile
+        self._signatures[(name, version)] = signature(path)
+        await asyncio.to_thread(model.load)
+        labels = (name, str(version))
+        metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
+        if model.status is Status.ready:
+            metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
+            runner = Runner(model, self.settings.batch_policy(name),
+                            self.settings.queue_timeout_s)
+            runner.start()
+            self.runners[(name, version)] = runner
+
+    def _retire(self, name: str, version: int) -> None:
+        """Stop routing to a version now; unload it once its requests are done."""
+        del self.models[name][version]
+        if not self.models[name]:
+            del self.models[name]
+        self._signatures.pop((name, version), None)
+        metrics.MODEL_READY.labels(name, str(version)).set(0)
+        runner = self.runners.pop((name, version), None)
+        log.info("model %s v%s is no longer served%s", name, version,
+                 "; finishing its requests" if runner else "")
+        if runner is not None:
+            task = asyncio.get_running_loop().create_task(
+                runner.drain_and_close(self.settings.queue_timeout_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
-        await asyncio.gather(*(runner.close() for runner in self.runners.values()))
+        await asyncio.gather(*(runner.close() for runner in self.runners.values()),
+                             *self._retiring)
         self.runners.clear()
 
     @property
@@ -107,15 +185,27 @@ class ModelRegistry:
         ready = [v for v, m in versions.items() if m.status is Status.ready]
         return max(ready or versions)
 
-    def get(self, name: str, version: int | None = None) -> ServedModel:
-        versions = self.versions(name)
-        version = self.latest_version(name) if version is None else version
-        if version not in versions:
-            raise VersionNotFound(f"model {name!r} has no version {version} "
-                                  f"(versions: {sorted(versions)})")
-        return versions[version]
+    def resolve(self, name: str, version: Version | None) -> int:
+        """A version number, label or nothing (the newest ready) -> the version number."""
+        if version is None:
+            return self.latest_version(name)
+        if isinstance(version, int) or version.isdigit():
+            return int(version)
+        labels = self.settings.version_labels.get(name, {})
+        if version not in labels:
+            raise VersionNotFound(f"model {name!r} has no version label {version!r} "
+                                  f"(labels: {sorted(labels) or 'none'})")
+        return labels[version]
 
-    def runner(self, name: str, version: int | None = None) -> Runner:
+    def get(self, name: str, version: Version | None = None) -> ServedModel:
+        versions = self.versions(name)
+        number = self.resolve(name, version)
+        if number not in versions:
+            raise VersionNotFound(f"model {name!r} has no version {number} "
+                                  f"(versions: {sorted(versions)})")
+        return versions[number]
+
+    def runner(self, name: str, version: Version | None = None) -> Runner:
         model = self.get(name, version)
         if model.status is Status.failed:  # retrying will not help: no Retry-After
             raise ModelFailed(f"model {name!r} v{model.version} {model.error}")

@@ -6,7 +6,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -18,6 +26,42 @@ class BatchPolicy(BaseModel):
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_delay_ms: float = Field(0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(512, ge=1)
+
+
+class LatestVersions(BaseModel):
+    num_versions: int = Field(1, ge=1)
+
+
+class SpecificVersions(BaseModel):
+    versions: list[int] = Field(min_length=1)
+
+
+class VersionPolicy(BaseModel):
+    """Which versions of a model to serve, as TF Serving's ``model_version_policy``:
+    ``{"latest": {"num_versions": N}}``, ``{"specific": {"versions": [...]}}`` or
+    ``{"all": {}}`` (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latest: LatestVersions | None = None
+    specific: SpecificVersions | None = None
+    all: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        if sum(kind is not None for kind in (self.latest, self.specific, self.all)) > 1:
+            raise ValueError("a version policy is one of latest, specific or all")
+        return self
+
+    def select(self, versions: list[int]) -> set[int]:
+        if self.latest is not None:
+            return set(sorted(versions)[-self.latest.num_versions:])
+        if self.specific is not None:
+            return set(versions) & set(self.specific.versions)
+        return set(versions)
+
+
+LABEL = r"^[a-z][a-z0-9_-]{0,63}$"
 
 
 class Settings(BaseSettings):
@@ -77,6 +121,14 @@ class Settings(BaseSettings):
     batching: BatchPolicy = BatchPolicy()
     batching_overrides: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}')
+    model_poll_seconds: float = Field(5.0, ge=0, description="how often the model directory "
+                                      "is read for new or removed versions; 0 = only at start")
+    version_policy: dict[str, VersionPolicy] = Field(
+        default_factory=dict, description='per model, JSON: {"digit_odd": {"latest": '
+                                          '{"num_versions": 2}}}; default: every version')
+    version_labels: dict[str, dict[Annotated[str, StringConstraints(pattern=LABEL)], int]] = Field(
+        default_factory=dict, description='per model, JSON: {"digit_odd": {"stable": 1, '
+                                          '"canary": 2}}; requests may name a label as version')
     inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; "
                                                         "0 = half the cores")
     decode_threads: int = Field(0, ge=0, description="threads that decode and normalise "
@@ -134,6 +186,9 @@ class Settings(BaseSettings):
 
     def batch_policy(self, model: str) -> BatchPolicy:
         return self.batching_overrides.get(model, self.batching)
+
+    def versions_to_serve(self, model: str, versions: list[int]) -> set[int]:
+        return self.version_policy.get(model, VersionPolicy()).select(versions)
 
 
 @lru_cache

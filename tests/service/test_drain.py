@@ -1,6 +1,7 @@
 """Graceful drain of the real ``cnn-serve`` process: SIGTERM while 8 keep-alive clients have
-requests in flight -> readiness 503 at once, every request that reached the service answered,
-exit within the drain + 10 s."""
+requests in flight -> readiness 503 at once, every request answered (each client is told
+``Connection: close`` and leaves, as a load balancer would move it), new connections still
+served during the drain, exit within the drain + 10 s."""
 
 from __future__ import annotations
 
@@ -20,27 +21,33 @@ BODY = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filenam
     f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def _client(port: int, stop: threading.Event, outcomes: list) -> None:
-    """POST /predict over one keep-alive connection (reconnecting when told to close) until
-    stopped or the listener is gone. Records each answer's status, or how a sent request
-    failed. A refused connect is not a failure: that request never reached the service."""
+def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: list) -> None:
+    """POST /predict over one keep-alive connection until told ``Connection: close`` (the
+    drain), recording each answer's status or how a request failed."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
-        try:
-            conn.connect() if conn.sock is None else None
-        except ConnectionRefusedError:
-            return
         try:
             conn.request("POST", "/predict", BODY,
                          {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
             response = conn.getresponse()
             response.read()
             outcomes.append(response.status)
-            if response.getheader("connection", "").lower() == "close":
-                conn.close()
         except (OSError, http.client.HTTPException) as exc:
             outcomes.append(f"{type(exc).__name__}: {exc}")
             return
+        if response.getheader("connection", "").lower() == "close":
+            told_to_leave.append(True)
+            conn.close()
+            return
+
+
+def _predict_on_a_new_connection(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/predict", BODY,
+                 {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
 
 
 def _ready_status(port: int) -> int:
@@ -54,21 +61,21 @@ def _ready_status(port: int) -> int:
 def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
     proc, port = spawn_server(tmp_path / "server.log", models_dir,
                               CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S))
-    stop, outcomes = threading.Event(), []
-    clients = [threading.Thread(target=_client, args=(port, stop, outcomes))
+    stop, outcomes, left = threading.Event(), [], []
+    clients = [threading.Thread(target=_client, args=(port, stop, outcomes, left))
                for _ in range(CLIENTS)]
     try:
         for client in clients:
             client.start()
         time.sleep(1.0)
-        assert _ready_status(port) == 200
-        served_before = len(outcomes)
+        assert _ready_status(port) == 200 and not left
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert _ready_status(port) == 503  # readiness drops at once ...
-        time.sleep(DRAIN_S / 2)
-        assert len(outcomes) > served_before + CLIENTS  # ... while requests are still served
+        assert _predict_on_a_new_connection(port) == 200  # ... while it still serves
+        for client in clients:
+            client.join(10)
         proc.wait(DRAIN_S + 10)
         exited_after = time.monotonic() - signalled
     finally:
@@ -79,7 +86,7 @@ def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
             client.join(30)
     failures = [o for o in outcomes if o != 200]
     assert not failures, failures
-    assert len(outcomes) > 50
+    assert len(outcomes) > 50 and len(left) == CLIENTS  # every client answered, then told
     assert DRAIN_S <= exited_after <= DRAIN_S + 10
     log = (tmp_path / "server.log").read_text()
     assert "draining for 2 s" in log

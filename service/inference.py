@@ -148,7 +148,7 @@ class Activations:
     outputs: dict[str, np.ndarray]
 
 
-async def activations(core: Core, uploads: list[Upload], name: str, version: int | None,
+async def activations(core: Core, uploads: list[Upload], name: str, version: str | None,
                       layers: list[str] | None) -> Activations:
     runner = core.registry.runner(name, version)
     metadata = runner.model.metadata

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
+
+VERSION_OR_LABEL = r"^([1-9][0-9]{0,9}|[a-z][a-z0-9_-]{0,63})$"
+VersionRef = Annotated[str, StringConstraints(pattern=VERSION_OR_LABEL)]
+VERSION_FIELD = Field(None, description="a version number or label (e.g. stable); default: the "
+                                        "newest ready version", examples=["1"])
 
 
 class PredictParams(BaseModel):
@@ -16,7 +21,7 @@ class PredictParams(BaseModel):
 
     model: str | None = Field(None, description="model name (default: the service's)",
                               examples=["digit_odd"])
-    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    version: VersionRef | None = VERSION_FIELD
     top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
 
 
@@ -25,7 +30,7 @@ class ExplainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    version: VersionRef | None = VERSION_FIELD
     output: str | None = Field(None, description="the head to explain (default: the first)",
                                examples=["digit"])
     class_index: int | None = Field(None, ge=0, description="default: the predicted class; "
@@ -39,7 +44,7 @@ class FeatureMapsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(None, ge=1, description="default: the newest ready version")
+    version: VersionRef | None = VERSION_FIELD
     layers: str | None = Field(None, description="comma-separated layer names; default: every "
                                                  "layer")
     scaling: Literal["per_layer", "per_channel"] = "per_layer"
@@ -47,7 +52,8 @@ class FeatureMapsParams(BaseModel):
 
 
 def _form_field(schema: dict) -> dict:
-    """A parameter as a form field: sent as text or left out, never null."""
+    """A parameter as a form field: sent as text or left out, never null; an empty field
+    counts as left out (HTML forms and Swagger UI send them)."""
     schema = dict(schema)
     options = [o for o in schema.pop("anyOf", []) if o.get("type") != "null"]
     if len(options) == 1:
@@ -56,6 +62,8 @@ def _form_field(schema: dict) -> dict:
         schema["anyOf"] = options
     if schema.get("default", 0) is None:
         del schema["default"]
+    if "pattern" in schema:
+        schema["pattern"] = f"^$|{schema['pattern']}"
     return schema
 
 
@@ -204,6 +212,7 @@ class VersionStatus(BaseModel):
 class ModelSummary(BaseModel):
     name: str
     default_version: int
+    labels: dict[str, int] = Field(default_factory=dict, description="version labels")
     ready: bool
     versions: list[VersionStatus]
     input: InputSpec | None = None

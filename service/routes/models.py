@@ -10,6 +10,7 @@ from service.deps import CoreDep, RegistryDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
     UPLOAD_ERRORS,
+    VERSION_OR_LABEL,
     ErrorResponse,
     ExplainParams,
     ExplainResponse,
@@ -25,6 +26,7 @@ from service.schemas import (
 
 router = APIRouter(prefix="/models", tags=["models"])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
+VersionPath = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
 
 
 def _status(m: ServedModel) -> VersionStatus:
@@ -37,6 +39,7 @@ def _summary(registry, name: str, schema: type[ModelSummary] = ModelSummary, **e
     versions = registry.versions(name)
     default = registry.get(name)
     return schema(name=name, default_version=default.version,
+                  labels=registry.settings.version_labels.get(name, {}),
                   ready=any(m.status.value == "ready" for m in versions.values()),
                   versions=[_status(versions[v]) for v in sorted(versions)],
                   input=default.metadata.input if default.metadata else None,
@@ -58,7 +61,8 @@ async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
 @router.get("/{name}/versions/{version}", response_model=VersionDetail,
             responses={404: {"model": ErrorResponse}},
             summary="One version: metadata and layer table (parameters include biases)")
-async def get_version(name: ModelName, version: int, registry: RegistryDep) -> VersionDetail:
+async def get_version(name: ModelName, version: VersionPath, registry: RegistryDep
+                      ) -> VersionDetail:
     m = registry.get(name, version)
     meta = m.public_metadata
     return VersionDetail(**_status(m).model_dump(), name=name, metadata=meta,
@@ -93,3 +97,11 @@ async def explain(name: ModelName, request: Request, core: CoreDep) -> Response:
         params = uploads.params(form, ExplainParams, request)
         return Response(to_json(await inference.explain(core, form.files, name, params)),
                         media_type="application/json")
+
+
+@router.post("/{name}/reload", response_model=ModelDetail,
+             responses={404: {"model": ErrorResponse}},
+             summary="Read the model directory now: load new versions, retire removed ones")
+async def reload(name: ModelName, registry: RegistryDep) -> ModelDetail:
+    await registry.sync()
+    return await get_model(name, registry)

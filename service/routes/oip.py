@@ -15,10 +15,11 @@ from service import __version__, inference, oip, uploads
 from service.core import Core
 from service.deps import CoreDep, RegistryDep
 from service.model import Status
+from service.schemas import VERSION_OR_LABEL
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
-Version = Annotated[int, Path(ge=1)]
+Version = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
 ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)}
 
 
@@ -62,7 +63,8 @@ async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
 @router.get("/models/{name}/versions/{version}", summary="Metadata of one version",
             response_model=oip.ModelMetadataResponse, responses=ERRORS)
 async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
-    return oip.model_metadata(name, [version], registry.runner(name, version).model.metadata)
+    model = registry.runner(name, version).model
+    return oip.model_metadata(name, [model.version], model.metadata)
 
 
 @router.get("/models/{name}/ready", summary="The newest version serves (503 if not)",
@@ -77,7 +79,7 @@ async def version_ready(name: ModelName, version: Version, registry: RegistryDep
     return _readiness({"name": name, "ready": _serves(registry, name, version)})
 
 
-def _serves(registry, name: str, version: int | None) -> bool:
+def _serves(registry, name: str, version: str | None) -> bool:
     """404 for a model or version the service does not have; else whether it serves."""
     return registry.get(name, version).status is Status.ready
 
@@ -109,7 +111,7 @@ async def version_infer(name: ModelName, version: Version, request: Request,
     return await _infer(request, core, name, version)
 
 
-async def _infer(request: Request, core: Core, name: str, version: int | None) -> Response:
+async def _infer(request: Request, core: Core, name: str, version: str | None) -> Response:
     runner = core.registry.runner(name, version)  # 404 / 503 before the body is read
     async with uploads.admit(request, core):
         parsed = oip.parse(await request.body(), request.headers)

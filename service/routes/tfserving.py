@@ -11,6 +11,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from service import inference, tfserving, uploads
 from service.core import Core
 from service.deps import CoreDep, RegistryDep
+from service.settings import LABEL
 
 
 class ModelNameConvertor(Convertor[str]):
@@ -30,6 +31,7 @@ register_url_convertor("model", ModelNameConvertor())
 router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API (v1)"])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 Version = Annotated[int, Path(ge=1)]
+Label = Annotated[str, Path(pattern=LABEL, description="a version label, e.g. stable")]
 ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 503)}
 
 
@@ -46,6 +48,12 @@ async def version_status(name: ModelName, version: Version, registry: RegistryDe
     return {"model_version_status": [tfserving.version_status(registry.get(name, version))]}
 
 
+@router.get("/{name:model}/labels/{label:model}", summary="Status of the labelled version",
+            responses=ERRORS)
+async def label_status(name: ModelName, label: Label, registry: RegistryDep) -> dict:
+    return {"model_version_status": [tfserving.version_status(registry.get(name, label))]}
+
+
 @router.get("/{name:model}/metadata", summary="Signature of the newest version", responses=ERRORS)
 async def metadata(name: ModelName, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name).model)
@@ -55,6 +63,12 @@ async def metadata(name: ModelName, registry: RegistryDep) -> dict:
             responses=ERRORS)
 async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name, version).model)
+
+
+@router.get("/{name:model}/labels/{label:model}/metadata", responses=ERRORS,
+            summary="Signature of the labelled version")
+async def label_metadata(name: ModelName, label: Label, registry: RegistryDep) -> dict:
+    return tfserving.metadata(registry.runner(name, label).model)
 
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -81,6 +95,12 @@ async def version_predict(name: ModelName, version: Version, request: Request,
     return await _infer(request, core, name, version)
 
 
+@router.post("/{name:model}/labels/{label:model}:predict", responses=ERRORS,
+             summary="Predict with the labelled version", openapi_extra=PREDICT_BODY)
+async def label_predict(name: ModelName, label: Label, request: Request, core: CoreDep) -> dict:
+    return await _infer(request, core, name, label)
+
+
 CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["examples"], "properties": {
         "signature_name": {"type": "string", "enum": ["serving_default"]},
@@ -103,7 +123,14 @@ async def version_classify(name: ModelName, version: Version, request: Request,
     return await _infer(request, core, name, version, classify=True)
 
 
-async def _infer(request: Request, core: Core, name: str, version: int | None,
+@router.post("/{name:model}/labels/{label:model}:classify", responses=ERRORS,
+             summary="Classify with the labelled version", openapi_extra=CLASSIFY_BODY)
+async def label_classify(name: ModelName, label: Label, request: Request,
+                         core: CoreDep) -> dict:
+    return await _infer(request, core, name, label, classify=True)
+
+
+async def _infer(request: Request, core: Core, name: str, version: int | str | None,
                  classify: bool = False) -> dict:
     runner = core.registry.runner(name, version)  # 404 before the body is read
     async with uploads.admit(request, core):

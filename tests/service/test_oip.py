@@ -228,7 +228,9 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     for path in ("/v2/models/nope/infer", "/v2/models/digit_odd/versions/9/infer"):
         r = client.post(path, json={"inputs": []})
         assert r.status_code == 404 and "error" in r.json()
-    not_a_version = client.get("/v2/models/digit_odd/versions/x")
+    no_label = client.get("/v2/models/digit_odd/versions/x")  # a label nobody set
+    assert no_label.status_code == 404 and "label" in no_label.json()["error"]
+    not_a_version = client.get("/v2/models/digit_odd/versions/X!")
     assert not_a_version.status_code == 400 and "version" in not_a_version.json()["error"]
     assert client.get("/v2/models/nope/ready").json() == {"error": "no model named 'nope' "
                                                           "(served: cifar10, digit_odd)"}

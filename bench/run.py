@@ -84,8 +84,8 @@ def start(kind: str, model: str, port: int, root: Path = ROOT, **env_extra: str
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root), **env_extra}
     if kind == "cnn-serve":  # as the `cnn-serve` command runs it
         cmd = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
-        env.update(CNN_SERVE_DEFAULT_MODEL=model, CNN_SERVE_LOG_LEVEL="warning",
-                   CNN_SERVE_MODEL_DIR=str(ROOT / "models"))
+        env.update(CNN_SERVE_DEFAULT_MODEL=model, CNN_SERVE_MODEL_DIR=str(ROOT / "models"))
+        env.setdefault("CNN_SERVE_LOG_LEVEL", "warning")  # info: with the access log
     else:
         app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app"}[kind]
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",

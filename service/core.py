@@ -1,5 +1,6 @@
 """The core every front door shares: the models, the limits, the budgets and the decoding
-threads. Routes of every API (multipart, TF Serving, ...) are thin codecs over it."""
+threads. Routes of every API (multipart, Open Inference Protocol, TF Serving) are thin
+codecs over it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Validate every manifest in deploy/kubernetes against the Kubernetes schemas (strict).
 
-kubernetes-validate has no schemas for KServe's resources, so they are checked in two parts:
+kubernetes-validate has no schemas for KServe's resources or Kubeflow's TFJob, so they are
+checked in two parts:
 what is a PodSpec (a ServingRuntime's containers, security context, ...; an InferenceService
 predictor's own containers) is validated as the PodSpec of a Pod, and KServe's own fields are
 checked against the field lists of its v1alpha1/v1beta1 API: known names only, a protocol that
@@ -63,6 +64,26 @@ def _inference_service(doc: dict, runtimes: dict[str, dict]) -> list[dict]:
     return [_pod(pod)] if "containers" in pod else []
 
 
+TFJOB_REPLICA_FIELDS = {"replicas", "restartPolicy", "template"}
+TFJOB_REPLICA_TYPES = {"Chief", "Worker", "PS", "Evaluator", "Master"}
+
+
+def _tfjob(doc: dict) -> list[dict]:
+    """Kubeflow's TFJob: known replica types and fields; each replica's template a PodSpec."""
+    assert doc["apiVersion"] == "kubeflow.org/v1", doc["apiVersion"]
+    specs = doc["spec"]["tfReplicaSpecs"]
+    if set(specs) - TFJOB_REPLICA_TYPES:
+        raise Invalid(f"unknown replica types {sorted(set(specs) - TFJOB_REPLICA_TYPES)}")
+    pods = []
+    for kind, replica in specs.items():
+        if set(replica) - TFJOB_REPLICA_FIELDS:
+            raise Invalid(f"{kind}: unknown fields {sorted(set(replica) - TFJOB_REPLICA_FIELDS)}")
+        if not any(c["name"] == "tensorflow" for c in replica["template"]["spec"]["containers"]):
+            raise Invalid(f"{kind}: the training container must be named 'tensorflow'")
+        pods.append(_pod(replica["template"]["spec"]))
+    return pods
+
+
 def main(folder: Path) -> int:
     docs = [(path, doc) for path in sorted(folder.glob("*.yaml"))
             for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
@@ -75,6 +96,8 @@ def main(folder: Path) -> int:
                 checked = _serving_runtime(doc)
             elif doc["kind"] == "InferenceService":
                 checked = _inference_service(doc, runtimes)
+            elif doc["kind"] == "TFJob":
+                checked = _tfjob(doc)
             else:
                 checked = [doc]
             for resource in checked:

@@ -54,6 +54,24 @@ def digit_odd() -> keras.Model:
     return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd")
 
 
+def digit_odd_plus() -> keras.Model:
+    """digit_odd's two heads on a stronger trunk, and the odd/even head reads what the trunk
+    learned (its features and the digit probabilities) instead of raw pixels."""
+    image = _image(MNIST_INPUT)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2d_1")(image)
+    x = layers.MaxPooling2D(2, name="maxpool_1")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2d_2")(x)
+    x = layers.MaxPooling2D(2, name="maxpool_2")(x)
+    x = layers.Conv2D(32, 3, activation="relu", name="conv2d_3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    features = layers.Dense(64, activation="relu", name="features_dense")(x)
+    digit = layers.Dense(10, activation="softmax", name="digit_dense")(features)
+    both = layers.Concatenate(name="features_and_digit")([features, digit])
+    odd = layers.Dense(1, activation="sigmoid", name="odd_dense")(both)
+    return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd_plus")
+
+
 def cifar10() -> keras.Model:
     image = _image(InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"))
     x = layers.Conv2D(32, 3, activation="relu", name="conv2d_1")(image)
@@ -108,6 +126,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("digit_odd", "MNIST digit (softmax) and odd/even (sigmoid) from one input; "
                      "the digit head reads conv features concatenated with the raw pixels",
                      "mnist", MNIST_INPUT, (DIGIT, ODD), digit_odd),
+        Architecture("digit_odd_plus", "digit_odd's heads on Conv16-Pool-Conv32-Pool-Conv32-"
+                     "Dense64; the odd/even head reads the learned features and the digit "
+                     "probabilities", "mnist", MNIST_INPUT, (DIGIT, ODD), digit_odd_plus,
+                     augment_by_default=True),
         Architecture("cifar10", "Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10 on CIFAR-10",
                      "cifar10", InputSpec(shape=[32, 32, 3], color_mode="rgb",
                                           preprocessing="resize"),

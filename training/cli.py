@@ -13,14 +13,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import argparse
 import functools
+import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from training import datasets
+from training import datasets, distribute
 from training.architectures import ARCHITECTURES, TRANSFERS, build_transfer, get_architecture
 from training.export import KERAS_FILE, export, layer_table, next_version
 from training.metadata import DatasetInfo, InputSpec, ModelMetadata, TrainingConfig
@@ -57,6 +59,7 @@ def _latest_keras(models: Path, base: str) -> Path:
 
 
 def train(args: argparse.Namespace) -> int:
+    cluster = distribute.from_environment()  # before any TensorFlow op (collectives)
     transfer = TRANSFERS.get(args.name)
     if transfer:
         base_path = _latest_keras(Path(args.base_dir or args.out), transfer.base)
@@ -70,6 +73,9 @@ def train(args: argparse.Namespace) -> int:
     else:
         arch = get_architecture(args.name)
         outputs, build, description = arch.outputs, arch.build, arch.description
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise SystemExit("cnn-train: --tensorboard needs the tensorboard package "
+                         "(pip install tensorboard)")
     augment = arch.augment_by_default if args.augment is None else args.augment
     try:
         data = datasets.load(arch.dataset, args.data)
@@ -81,7 +87,7 @@ def train(args: argparse.Namespace) -> int:
                       tensorboard=args.tensorboard, finetune_epochs=args.finetune_epochs)
     print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
           f"on {hardware()}", flush=True)
-    result = fit(build, outputs, arch.input, data, cfg)
+    result = fit(build, outputs, arch.input, data, cfg, cluster)
 
     def metadata(version: int, layers, created_at: str) -> ModelMetadata:
         return ModelMetadata(
@@ -96,7 +102,7 @@ def train(args: argparse.Namespace) -> int:
                                 train_examples=result.train_examples,
                                 validation_examples=result.validation_examples),
             training=TrainingConfig(epochs=cfg.epochs, epochs_run=result.epochs_run,
-                                    batch_size=cfg.batch_size,
+                                    batch_size=cfg.batch_size, workers=cluster.workers,
                                     validation_split=cfg.validation_split, seed=cfg.seed,
                                     augment=cfg.augment,
                                     finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
@@ -109,9 +115,14 @@ def train(args: argparse.Namespace) -> int:
             created_at=created_at,
         )
 
-    path = export(result.model, Path(args.out), metadata)
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in
                                      result.validation_metrics.items()))
+    if not cluster.chief:  # every worker saves (collectives); only the chief's export stays
+        with tempfile.TemporaryDirectory() as scratch:
+            export(result.model, Path(scratch), metadata)
+        print("exported nothing: the chief exports")
+        return 0
+    path = export(result.model, Path(args.out), metadata)
     print(f"exported {path} ({result.epochs_run} epochs, {result.duration_s:.0f} s)")
     return 0
 

@@ -77,7 +77,9 @@ class DatasetInfo(BaseModel):
 class TrainingConfig(BaseModel):
     epochs: int
     epochs_run: int
-    batch_size: int
+    batch_size: int = Field(description="per worker")
+    workers: int = Field(1, description="training processes (TF_CONFIG); global batch = "
+                                        "batch_size x workers")
     validation_split: float
     seed: int
     augment: bool

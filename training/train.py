@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.datasets import Dataset, split
+from training.distribute import Cluster, evaluate, fit_multi_worker, from_environment
 from training.metadata import InputSpec, OutputSpec
 
 
@@ -55,11 +56,6 @@ def hardware() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
-def _strategy() -> tf.distribute.Strategy:
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-
-
 def _augmenter(spec: InputSpec, seed: int) -> keras.Sequential:
     """Label-preserving distortions: flips and shifts for photos; for digits (where a flip
     changes the class) shifts of up to 1-2 pixels on the black background."""
@@ -101,18 +97,30 @@ def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float
 
 
 def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
-        cfg: TrainConfig) -> TrainResult:
-    """Train ``build()`` on ``data`` and report metrics on the held-out validation split."""
+        cfg: TrainConfig, cluster: Cluster | None = None) -> TrainResult:
+    """Train ``build()`` on ``data`` and report metrics on the held-out validation split;
+    on several workers (``TF_CONFIG``) with :func:`training.distribute.fit_multi_worker`."""
+    cluster = cluster or from_environment()
     keras.utils.set_random_seed(cfg.seed)
     train_idx, val_idx = split(len(data.images), cfg.validation_split, cfg.seed)
+    global_batch = cfg.batch_size * cluster.workers
     train_ds = pipeline(data.images[train_idx], targets(outputs, data.labels[train_idx]), spec,
-                        cfg.batch_size, shuffle_seed=cfg.seed,
+                        global_batch, shuffle_seed=cfg.seed,
                         augment=_augmenter(spec, cfg.seed) if cfg.augment else None)
     val_ds = pipeline(data.images[val_idx], targets(outputs, data.labels[val_idx]), spec,
                       cfg.batch_size)
-    with _strategy().scope():
+    with cluster.strategy.scope():
         model = build()
         compile_model(model, outputs, cfg.learning_rate)
+    if cluster.workers > 1:
+        start = time.perf_counter()
+        losses = fit_multi_worker(model, outputs, train_ds, len(train_idx), global_batch,
+                                  cfg.epochs, cfg.learning_rate, cluster)
+        return TrainResult(model=model, validation_metrics=evaluate(model, outputs, val_ds),
+                           epochs_run=cfg.epochs,
+                           duration_s=round(time.perf_counter() - start, 1),
+                           train_examples=len(train_idx), validation_examples=len(val_idx),
+                           history={"loss": losses})
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True, verbose=1),

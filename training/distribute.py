@@ -1,0 +1,110 @@
+"""Multi-worker training on TensorFlow's own engine: ``TF_CONFIG`` ->
+``tf.distribute.MultiWorkerMirroredStrategy``.
+
+Keras 3's ``Model.fit`` does not run under that strategy (keras-team/keras#20585: it hands
+``PerReplica`` values to ops that want tensors), so several workers train with a small custom
+loop: each step runs on every worker (``strategy.run``), losses are averaged over the global
+batch and the gradients all-reduced, so every worker holds the same weights. The dataset is
+sharded per worker (``AutoShardPolicy.DATA``); the global batch is the per-worker batch times
+the workers. Only the chief writes the export; the others write theirs to a temporary
+directory and delete it (saving may take part in collective ops, so every worker saves).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from training.metadata import OutputSpec
+
+
+@dataclass
+class Cluster:
+    strategy: tf.distribute.Strategy
+    workers: int
+    chief: bool
+
+
+def from_environment() -> Cluster:
+    """The cluster ``TF_CONFIG`` describes, or this machine alone. Call before any other
+    TensorFlow op: collective ops can only be configured at program start."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster = config.get("cluster", {})
+    workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    if workers > 1:
+        task = config.get("task", {})
+        chief = task.get("type") == "chief" or (
+            "chief" not in cluster and task.get("type") == "worker" and task.get("index") == 0)
+        return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), workers, chief)
+    gpus = tf.config.list_logical_devices("GPU")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return Cluster(strategy, 1, True)
+
+
+def shard_per_worker(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
+                     train_ds: tf.data.Dataset, train_examples: int, global_batch: int,
+                     epochs: int, learning_rate: float, cluster: Cluster) -> list[float]:
+    """Train ``model`` (built in ``cluster.strategy.scope()``) on ``train_ds`` (batched to
+    ``global_batch``); the mean training loss per epoch."""
+    strategy = cluster.strategy
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(learning_rate)
+        losses = {o.name: keras.losses.BinaryCrossentropy(reduction=None) if o.kind == "binary"
+                  else keras.losses.SparseCategoricalCrossentropy(reduction=None)
+                  for o in outputs}
+    batches = iter(strategy.experimental_distribute_dataset(shard_per_worker(train_ds.repeat())))
+
+    @tf.function
+    def step(batch):
+        def on_replica(x, y):
+            with tf.GradientTape() as tape:
+                predicted = model(x, training=True)
+                per_example = tf.add_n([tf.reshape(loss(y[name], predicted[name]), [-1])
+                                        for name, loss in losses.items()])
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=batch),
+                               axis=None)
+
+    steps = math.ceil(train_examples / global_batch)
+    history = []
+    for epoch in range(epochs):
+        start, total = time.perf_counter(), 0.0
+        for _ in range(steps):
+            total += float(step(next(batches)))
+        history.append(total / steps)
+        print(f"epoch {epoch + 1}/{epochs} - {steps} steps of {global_batch} - "
+              f"{time.perf_counter() - start:.1f} s - loss {history[-1]:.4f}", flush=True)
+    return history
+
+
+def evaluate(model: keras.Model, outputs: tuple[OutputSpec, ...], val_ds: tf.data.Dataset
+             ) -> dict[str, float]:
+    """Accuracy per output on the validation split, computed by this worker alone (every
+    worker holds the same weights)."""
+    right = {o.name: 0 for o in outputs}
+    seen = 0
+    for x, y in val_ds:
+        predicted = model(x, training=False)
+        for o in outputs:
+            p, truth = predicted[o.name].numpy(), y[o.name].numpy()
+            guess = (p[:, 0] >= 0.5).astype(int) if o.kind == "binary" else p.argmax(axis=1)
+            right[o.name] += int((guess == truth.reshape(-1)).sum())
+        seen += len(x)
+    return {f"{name}_accuracy" if len(outputs) > 1 else "accuracy": round(count / seen, 5)
+            for name, count in right.items()}

@@ -12,6 +12,12 @@ EXPECTED = {
                            "flatten_layer": (5408,), "pixels_flatten_layer": (784,),
                            "concat_layer": (6192,), "digit_dense": (10,), "odd_dense": (1,)},
                   {"digit": (10,), "odd": (1,)}),
+    # the odd head reads the learned features and the digit probabilities (64 + 10)
+    "digit_odd_plus": (66_037, {"conv2d_1": (28, 28, 16), "maxpool_1": (14, 14, 16),
+                                "conv2d_2": (14, 14, 32), "maxpool_2": (7, 7, 32),
+                                "conv2d_3": (5, 5, 32), "flatten": (800,),
+                                "features_dense": (64,), "features_and_digit": (74,),
+                                "odd_dense": (1,)}, {"digit": (10,), "odd": (1,)}),
     "cifar10": (122_570, {"conv2d_1": (30, 30, 32), "maxpool_1": (15, 15, 32),
                           "conv2d_2": (13, 13, 64), "maxpool_2": (6, 6, 64),
                           "conv2d_3": (4, 4, 64), "flatten": (1024,), "dense_1": (64,),

@@ -232,6 +232,6 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     assert no_label.status_code == 404 and "label" in no_label.json()["error"]
     not_a_version = client.get("/v2/models/digit_odd/versions/X!")
     assert not_a_version.status_code == 400 and "version" in not_a_version.json()["error"]
-    assert client.get("/v2/models/nope/ready").json() == {"error": "no model named 'nope' "
-                                                          "(served: cifar10, digit_odd)"}
+    missing = client.get("/v2/models/nope/ready").json()["error"]
+    assert missing.startswith("no model named 'nope' (served: cifar10, digit_odd")
     assert client.get("/v2/nothing").json() == {"error": "Not Found"}

@@ -36,6 +36,9 @@ class Architecture:
     outputs: tuple[OutputSpec, ...]
     build: Callable[[], keras.Model]
     augment_by_default: bool = False
+    # "plateau": Adam, LR halved on plateau, early stopping; "cosine": SGD with momentum and
+    # a cosine-decaying LR over all --epochs (no early stopping), as residual networks train
+    schedule: str = "plateau"
 
 
 def _image(spec: InputSpec) -> keras.KerasTensor:
@@ -70,6 +73,41 @@ def digit_odd_plus() -> keras.Model:
     both = layers.Concatenate(name="features_and_digit")([features, digit])
     odd = layers.Dense(1, activation="sigmoid", name="odd_dense")(both)
     return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd_plus")
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    """conv-BN-ReLU-conv-BN plus the shortcut (a strided 1x1 conv when the shape changes),
+    then ReLU: He et al.'s basic block."""
+    regularizer = keras.regularizers.L2(1e-4)
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_regularizer=regularizer, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                      kernel_regularizer=regularizer, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                                 kernel_regularizer=regularizer, name=f"{name}_shortcut")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def cifar10_resnet() -> keras.Model:
+    """ResNet-20 for 32x32 images: a 3x3 conv, three stages of three residual blocks (16, 32,
+    64 filters; the last two stages halve the resolution), global average pooling, softmax."""
+    image = _image(InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"))
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False,
+                      kernel_regularizer=keras.regularizers.L2(1e-4), name="stem_conv")(image)
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for block in range(1, 4):
+            stride = 2 if stage > 1 and block == 1 else 1
+            x = _residual_block(x, filters, stride, name=f"stage{stage}_block{block}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    return keras.Model(image, {"class": out}, name="cifar10_resnet")
 
 
 def cifar10() -> keras.Model:
@@ -134,6 +172,11 @@ ARCHITECTURES: dict[str, Architecture] = {
                      "cifar10", InputSpec(shape=[32, 32, 3], color_mode="rgb",
                                           preprocessing="resize"),
                      (CIFAR_CLASS,), cifar10, augment_by_default=True),
+        Architecture("cifar10_resnet", "ResNet-20 (batch norm, 3x3 residual blocks of 16/32/"
+                     "64 filters, global average pooling) on CIFAR-10", "cifar10",
+                     InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"),
+                     (CIFAR_CLASS,), cifar10_resnet, augment_by_default=True,
+                     schedule="cosine"),
         Architecture("simple_cnn", "Conv32-Pool-Dense10 on MNIST", "mnist", MNIST_INPUT,
                      (DIGIT,), simple_cnn),
         Architecture("mnist_cnn", "SAME-padded Conv32-Pool-Conv64-Pool-Dense1024-Dropout-Dense10",

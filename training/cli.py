@@ -40,10 +40,10 @@ def summary(name: str, as_json: bool) -> int:
         print(json.dumps({"name": name, "layers": [row.model_dump() for row in table],
                           "total_params": total}, indent=2))
         return 0
-    print(f"{'layer':<22}{'type':<20}{'output shape':<18}{'params':>10}  inbound")
+    print(f"{'layer':<24}{'type':<24}{'output shape':<18}{'params':>10}  inbound")
     for row in table:
         shape = "x".join(str(d) for d in row.output_shape)
-        print(f"{row.name:<22}{row.type:<20}{shape:<18}{row.params:>10,}  {', '.join(row.inbound)}")
+        print(f"{row.name:<24}{row.type:<24}{shape:<18}{row.params:>10,}  {', '.join(row.inbound)}")
     print(f"total params: {total:,}")
     return 0
 
@@ -83,8 +83,10 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"cnn-train: {exc}") from exc
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                       validation_split=args.val_split, seed=args.seed, augment=augment,
-                      learning_rate=args.lr, patience=args.patience,
-                      tensorboard=args.tensorboard, finetune_epochs=args.finetune_epochs)
+                      learning_rate=args.lr or (0.1 if arch.schedule == "cosine" else 1e-3),
+                      patience=args.patience, tensorboard=args.tensorboard,
+                      finetune_epochs=args.finetune_epochs, schedule=arch.schedule,
+                      resume=args.resume)
     print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
           f"on {hardware()}", flush=True)
     result = fit(build, outputs, arch.input, data, cfg, cluster)
@@ -106,7 +108,8 @@ def train(args: argparse.Namespace) -> int:
                                     validation_split=cfg.validation_split, seed=cfg.seed,
                                     augment=cfg.augment,
                                     finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
-                                    optimizer="adam",
+                                    optimizer="sgd+cosine" if cfg.schedule == "cosine"
+                                    else "adam",
                                     learning_rate=cfg.learning_rate,
                                     duration_s=result.duration_s, hardware=hardware(),
                                     base_model=transfer.base if transfer else None,
@@ -138,7 +141,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default: 1e-3 for Adam; 0.1 for the cosine "
+                        "schedule's SGD)")
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip/shift augmentation (default: on for colour datasets)")
@@ -146,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
                    help="after augmented training, epochs re-fitting heads that read raw "
                         "pixels (digit_odd's odd head) on undistorted images")
     p.add_argument("--tensorboard", metavar="DIR", default=None)
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="checkpoint every epoch into DIR; started again with the same DIR, an "
+                        "interrupted run continues where it stopped")
     p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
     p.add_argument("--base-dir", type=Path, default=None,
                    help="where the base model of a transfer model lives (default: --out)")

@@ -55,12 +55,12 @@ def shard_per_worker(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
                      train_ds: tf.data.Dataset, train_examples: int, global_batch: int,
-                     epochs: int, learning_rate: float, cluster: Cluster) -> list[float]:
-    """Train ``model`` (built in ``cluster.strategy.scope()``) on ``train_ds`` (batched to
-    ``global_batch``); the mean training loss per epoch."""
+                     epochs: int, optimizer: keras.optimizers.Optimizer, cluster: Cluster
+                     ) -> list[float]:
+    """Train ``model`` with ``optimizer`` (both made in ``cluster.strategy.scope()``) on
+    ``train_ds`` (batched to ``global_batch``); the mean training loss per epoch."""
     strategy = cluster.strategy
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(learning_rate)
         losses = {o.name: keras.losses.BinaryCrossentropy(reduction=None) if o.kind == "binary"
                   else keras.losses.SparseCategoricalCrossentropy(reduction=None)
                   for o in outputs}

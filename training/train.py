@@ -28,6 +28,8 @@ class TrainConfig:
     finetune_epochs: int = 5
     tensorboard: str | None = None
     verbose: int = 2
+    schedule: str = "plateau"  # or "cosine": see Architecture.schedule
+    resume: str | None = None  # checkpoint directory: an interrupted run continues from it
 
 
 @dataclass
@@ -87,13 +89,37 @@ def pipeline(images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
     return ds.batch(batch_size).map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
-def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float) -> None:
+def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=optimizer or keras.optimizers.Adam(lr),
         loss={o.name: "binary_crossentropy" if o.kind == "binary"
               else "sparse_categorical_crossentropy" for o in outputs},
         metrics={o.name: ["accuracy"] for o in outputs},
     )
+
+
+def _optimizer_and_callbacks(cfg: TrainConfig, steps_per_epoch: int
+                             ) -> tuple[keras.optimizers.Optimizer, list]:
+    """The schedule's optimizer and callbacks, plus checkpoints (--resume) and TensorBoard."""
+    if cfg.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate,
+                                                      cfg.epochs * steps_per_epoch)
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+        callbacks = []
+    else:
+        optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                          restore_best_weights=True, verbose=1),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                              patience=max(1, cfg.patience // 3), verbose=1),
+        ]
+    if cfg.resume:  # model, optimizer and epoch saved after every epoch, restored at start
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.resume))
+    if cfg.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard))
+    return optimizer, callbacks
 
 
 def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
@@ -109,26 +135,20 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
                         augment=_augmenter(spec, cfg.seed) if cfg.augment else None)
     val_ds = pipeline(data.images[val_idx], targets(outputs, data.labels[val_idx]), spec,
                       cfg.batch_size)
+    steps = -(-len(train_idx) // global_batch)
     with cluster.strategy.scope():
         model = build()
-        compile_model(model, outputs, cfg.learning_rate)
+        optimizer, callbacks = _optimizer_and_callbacks(cfg, steps)
+        compile_model(model, outputs, cfg.learning_rate, optimizer)
     if cluster.workers > 1:
         start = time.perf_counter()
         losses = fit_multi_worker(model, outputs, train_ds, len(train_idx), global_batch,
-                                  cfg.epochs, cfg.learning_rate, cluster)
+                                  cfg.epochs, optimizer, cluster)
         return TrainResult(model=model, validation_metrics=evaluate(model, outputs, val_ds),
                            epochs_run=cfg.epochs,
                            duration_s=round(time.perf_counter() - start, 1),
                            train_examples=len(train_idx), validation_examples=len(val_idx),
                            history={"loss": losses})
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                      restore_best_weights=True, verbose=1),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(1, cfg.patience // 3), verbose=1),
-    ]
-    if cfg.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard))
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                         callbacks=callbacks, verbose=cfg.verbose)

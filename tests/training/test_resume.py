@@ -1,0 +1,59 @@
+"""An interrupted training run continues from its last checkpoint (``--resume``), and the
+residual network's cosine schedule trains."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from training import train
+from training.architectures import get_architecture
+from training.datasets import Dataset
+
+
+def _tiny_digits() -> Dataset:
+    labels = np.arange(200) % 10
+    images = np.zeros((200, 28, 28, 1), np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
+    return Dataset("mnist", images, labels, [str(d) for d in range(10)], "npz", None, "test")
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted after the second epoch")
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    arch = get_architecture("simple_cnn")
+    cfg = train.TrainConfig(epochs=4, batch_size=20, resume=str(tmp_path / "ckpt"), verbose=0,
+                            patience=10)
+    original = train._optimizer_and_callbacks
+
+    def interrupted(cfg, steps):
+        optimizer, callbacks = original(cfg, steps)
+        return optimizer, [*callbacks, Interrupt()]  # after the checkpoint of each epoch
+
+    monkeypatch.setattr(train, "_optimizer_and_callbacks", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train.fit(arch.build, arch.outputs, arch.input, _tiny_digits(), cfg)
+    assert any((tmp_path / "ckpt").rglob("*")), "no checkpoint written"
+    monkeypatch.undo()
+    result = train.fit(arch.build, arch.outputs, arch.input, _tiny_digits(), cfg)
+    assert result.epochs_run == 2  # epochs 3 and 4: the first two were not run again
+    assert not any((tmp_path / "ckpt").rglob("*.weights.h5"))  # a finished run cleans up
+
+
+def test_cosine_schedule_trains_the_resnet_a_step():
+    arch = get_architecture("cifar10_resnet")
+    assert arch.schedule == "cosine"
+    rng = np.random.default_rng(0)
+    data = Dataset("cifar10", rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+                   np.arange(40) % 10, [str(c) for c in range(10)], "npz", None, "test")
+    cfg = train.TrainConfig(epochs=1, batch_size=20, schedule="cosine", learning_rate=0.1,
+                            verbose=0)
+    result = train.fit(arch.build, arch.outputs, arch.input, data, cfg)
+    assert isinstance(result.model.optimizer, keras.optimizers.SGD)
+    assert set(result.validation_metrics) >= {"accuracy", "loss"}

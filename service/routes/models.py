@@ -1,7 +1,8 @@
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
@@ -99,9 +100,20 @@ async def explain(name: ModelName, request: Request, core: CoreDep) -> Response:
                         media_type="application/json")
 
 
+RELOAD_WAIT_S = 30.0
+
+
 @router.post("/{name}/reload", response_model=ModelDetail,
-             responses={404: {"model": ErrorResponse}},
+             responses={202: {"model": ModelDetail, "description": "still loading"},
+                        404: {"model": ErrorResponse}},
              summary="Read the model directory now: load new versions, retire removed ones")
-async def reload(name: ModelName, registry: RegistryDep) -> ModelDetail:
-    await registry.sync()
+async def reload(name: ModelName, registry: RegistryDep):
+    """Waits for the loads up to RELOAD_WAIT_S; after that answers 202 with the versions as
+    they are (loading), and the loads carry on."""
+    sync = asyncio.ensure_future(registry.sync())
+    try:
+        await asyncio.wait_for(asyncio.shield(sync), RELOAD_WAIT_S)
+    except TimeoutError:
+        detail = await get_model(name, registry)
+        return JSONResponse(detail.model_dump(mode="json"), status_code=202)
     return await get_model(name, registry)

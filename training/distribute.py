@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -55,12 +57,21 @@ def shard_per_worker(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
                      train_ds: tf.data.Dataset, train_examples: int, global_batch: int,
-                     epochs: int, optimizer: keras.optimizers.Optimizer, cluster: Cluster
-                     ) -> list[float]:
+                     epochs: int, optimizer: keras.optimizers.Optimizer, cluster: Cluster,
+                     checkpoints: str | None = None) -> list[float]:
     """Train ``model`` with ``optimizer`` (both made in ``cluster.strategy.scope()``) on
-    ``train_ds`` (batched to ``global_batch``); the mean training loss per epoch."""
+    ``train_ds`` (batched to ``global_batch``); the mean training loss per epoch of this run.
+
+    With ``checkpoints`` (a directory every worker can read): model, optimizer and epoch are
+    saved after every epoch - by the chief there, by the others to a scratch directory they
+    delete (saving takes part in collectives) - and a run started with the same directory
+    continues after the last saved epoch (so does one given more ``epochs`` later).
+    """
     strategy = cluster.strategy
     with strategy.scope():
+        if not optimizer.built:  # its variables must exist before a restore
+            optimizer.build(model.trainable_variables)
+        done = tf.Variable(0, dtype=tf.int64, trainable=False)
         losses = {o.name: keras.losses.BinaryCrossentropy(reduction=None) if o.kind == "binary"
                   else keras.losses.SparseCategoricalCrossentropy(reduction=None)
                   for o in outputs}
@@ -81,15 +92,31 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=batch),
                                axis=None)
 
+    manager = None
+    if checkpoints:
+        state = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=done)
+        latest = tf.train.latest_checkpoint(checkpoints)
+        if latest:
+            state.restore(latest)
+            print(f"resuming after epoch {int(done.numpy())} from {latest}", flush=True)
+        where = checkpoints if cluster.chief else tempfile.mkdtemp(prefix="cnn-train-worker-")
+        manager = tf.train.CheckpointManager(state, where, max_to_keep=1)
     steps = math.ceil(train_examples / global_batch)
     history = []
-    for epoch in range(epochs):
-        start, total = time.perf_counter(), 0.0
-        for _ in range(steps):
-            total += float(step(next(batches)))
-        history.append(total / steps)
-        print(f"epoch {epoch + 1}/{epochs} - {steps} steps of {global_batch} - "
-              f"{time.perf_counter() - start:.1f} s - loss {history[-1]:.4f}", flush=True)
+    try:
+        for epoch in range(int(done.numpy()), epochs):
+            start, total = time.perf_counter(), 0.0
+            for _ in range(steps):
+                total += float(step(next(batches)))
+            history.append(total / steps)
+            done.assign(epoch + 1)
+            if manager is not None:
+                manager.save()
+            print(f"epoch {epoch + 1}/{epochs} - {steps} steps of {global_batch} - "
+                  f"{time.perf_counter() - start:.1f} s - loss {history[-1]:.4f}", flush=True)
+    finally:
+        if manager is not None and not cluster.chief:
+            shutil.rmtree(manager.directory, ignore_errors=True)
     return history
 
 

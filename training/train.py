@@ -143,7 +143,7 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
     if cluster.workers > 1:
         start = time.perf_counter()
         losses = fit_multi_worker(model, outputs, train_ds, len(train_idx), global_batch,
-                                  cfg.epochs, optimizer, cluster)
+                                  cfg.epochs, optimizer, cluster, cfg.resume)
         return TrainResult(model=model, validation_metrics=evaluate(model, outputs, val_ds),
                            epochs_run=cfg.epochs,
                            duration_s=round(time.perf_counter() - start, 1),

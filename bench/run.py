@@ -199,8 +199,9 @@ def bench_model(model: str, concurrency: list[int], duration: int, fmt: str, pho
             proc.terminate()
             proc.wait(10)
     os.unlink(body.name)
-    print(f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, {platform.machine()}, {os.cpu_count()} "
-          f"cores, wrk {duration}s per run, one uvicorn worker)")
+    print(f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, "
+          f"{platform.machine()}, {os.cpu_count()} cores, wrk {duration}s per run, one uvicorn "
+          f"worker)")
     print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for kind, r in results.items():
         for c, run in r["runs"].items():

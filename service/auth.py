@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import protocol_error
+from service.errors import send_error
 
 ALWAYS_OPEN = ("/health/", "/v2/health/")  # probes must work without secrets
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cnn-serve"')
@@ -63,12 +62,7 @@ class ApiKeyGuard:
         missing = offered_key(scope["headers"]) is None
         message = ("an API key is required: send 'Authorization: Bearer <key>' or "
                    "'X-API-Key: <key>'" if missing else "the API key is not valid")
-        status, payload = protocol_error(scope["path"], 401, "unauthorized", message)
-        body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            CHALLENGE]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, 401, "unauthorized", message, (CHALLENGE,))
 
     def _preflight(self, scope: Scope) -> bool:
         """A browser's CORS preflight carries no credentials; CORS answers it."""

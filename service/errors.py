@@ -6,6 +6,7 @@ may surface as a 500.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -123,6 +124,17 @@ def protocol_error(path: str, status: int, code: str, message: str) -> tuple[int
     if path.startswith(PROTOCOL_PREFIXES) or path == "/v2":
         return (400 if status == 422 else status), {"error": message}  # neither has a 422
     return status, error_body(status, code, message)
+
+
+async def send_error(scope: dict, send, status: int, code: str, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """The same error answered from ASGI middleware, before or instead of the app."""
+    status, payload = protocol_error(scope["path"], status, code, message)
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _error(request: Request, status: int, code: str, message: str,

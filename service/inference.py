@@ -119,6 +119,15 @@ async def infer_files(core: Core, runner: Runner, uploads: list[Upload],
     return await runner.predict(batch, is_gone), decode_s
 
 
+async def infer(core: Core, runner: Runner, model_input: np.ndarray | list[Upload],
+                is_gone: IsGone | None = None) -> Outputs:
+    """A protocol's decoded input -> the model's outputs: pixels go to the batcher as they
+    are, image files through :func:`infer_files`."""
+    if isinstance(model_input, list):
+        return (await infer_files(core, runner, model_input, is_gone))[0]
+    return await runner.predict(model_input, is_gone)
+
+
 async def predict(core: Core, uploads: list[Upload], params: PredictParams,
                   is_gone: IsGone | None = None) -> dict:
     """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict."""
@@ -159,7 +168,8 @@ async def activations(core: Core, uploads: list[Upload], name: str, version: str
             raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
     check(uploads, core.settings.max_images_per_request)
     batch = await to_batch(core, uploads, metadata.input)
-    maps = {"image": batch, **await runner.call(runner.model.feature_maps, batch)}  # input = what preprocessing made
+    # "image": the input as preprocessing made it
+    maps = {"image": batch, **await runner.call(runner.model.feature_maps, batch)}
     if layers:
         maps = {k: v for k, v in maps.items() if k in layers}
     return Activations(metadata, runner.model.version, uploads, maps,

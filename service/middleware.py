@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
-from service.errors import protocol_error
+from service.errors import send_error
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
+CLOSE = ((b"connection", b"close"),)  # the rest of the body is never read
+
+
 async def _send_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    status, payload = protocol_error(scope["path"], status, code, message)
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(scope, send, status, code, message, CLOSE)
 
 
 class BodyGuard:

@@ -1,9 +1,9 @@
 """One served model version: a TensorFlow SavedModel plus its metadata.json.
 
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
-the PNG decoding graph, and :mod:`service.gradcam`, which runs the Keras model); everything else sees ``predict(batch)`` and ``predict_png(pngs)``
--> ``{output: array}`` (each a :class:`Task` for the batcher), and
-``feature_maps(batch) -> {layer: array}``.
+the PNG decoding graph, and :mod:`service.gradcam`, which runs the Keras model); everything
+else sees ``predict(batch)`` and ``predict_png(pngs)`` -> ``{output: array}`` (each a
+:class:`Task` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
 """
 
 from __future__ import annotations

@@ -117,15 +117,12 @@ async def _infer(request: Request, core: Core, name: str, version: str | None) -
         parsed = oip.parse(await request.body(), request.headers)
         meta = runner.model.metadata
         chosen = oip.requested_outputs(parsed, meta)
-        batch = oip.model_input(parsed, meta, core.settings.max_images_per_request)
-        if isinstance(batch, list):  # image files: the same preprocessing as /predict
-            outputs, _ = await inference.infer_files(core, runner, batch, request.is_disconnected)
-        else:
-            outputs = await runner.predict(batch, request.is_disconnected)
+        model_input = oip.model_input(parsed, meta, core.settings.max_images_per_request)
+        outputs = await inference.infer(core, runner, model_input, request.is_disconnected)
     header, binary = oip.answer(parsed, runner.model, outputs, chosen)
-    if not binary:
-        return Response(to_json(header), media_type="application/json")
     head = to_json(header)
+    if not binary:
+        return Response(head, media_type="application/json")
     return Response(b"".join([head, *binary]), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(head))})
 

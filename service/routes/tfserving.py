@@ -1,6 +1,7 @@
 """TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
 so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving`
-translates, the core (registry, budgets, preprocessing, batcher) computes. Errors are ``{"error": ...}``.
+translates, the core (registry, budgets, preprocessing, batcher) computes. Errors are
+``{"error": ...}``.
 """
 
 from typing import Annotated
@@ -136,11 +137,8 @@ async def _infer(request: Request, core: Core, name: str, version: int | str | N
     async with uploads.admit(request, core):
         body = tfserving.parse(await request.body(), classify)
         meta = runner.model.metadata
-        batch = tfserving.model_input(body, meta, core.settings.max_images_per_request)
-        if isinstance(batch, list):  # encoded images: the same preprocessing as /predict
-            outputs, _ = await inference.infer_files(core, runner, batch, request.is_disconnected)
-        else:
-            outputs = await runner.predict(batch, request.is_disconnected)
+        model_input = tfserving.model_input(body, meta, core.settings.max_images_per_request)
+        outputs = await inference.infer(core, runner, model_input, request.is_disconnected)
     if classify:
         return tfserving.classification(meta, outputs)
     return tfserving.answer(body, meta, outputs)

@@ -58,6 +58,25 @@ def _latest_keras(models: Path, base: str) -> Path:
     return path
 
 
+def _warm_start(build, version_dir: Path):
+    """``build`` with the weights of an exported version of the same architecture: a further
+    learning-rate cycle (a warm restart) or fine-tuning, starting where that version ended."""
+    path = Path(version_dir) / KERAS_FILE
+    if not path.is_file():
+        raise SystemExit(f"cnn-train: --init-from {version_dir}: no {KERAS_FILE} there")
+    trained = keras.models.load_model(path, compile=False)
+
+    def warm():
+        model = build()
+        try:
+            model.set_weights(trained.get_weights())
+        except ValueError as exc:
+            raise SystemExit(f"cnn-train: --init-from {version_dir}: not this architecture "
+                             f"({exc})") from exc
+        return model
+    return warm
+
+
 def train(args: argparse.Namespace) -> int:
     cluster = distribute.from_environment()  # before any TensorFlow op (collectives)
     transfer = TRANSFERS.get(args.name)
@@ -73,6 +92,8 @@ def train(args: argparse.Namespace) -> int:
     else:
         arch = get_architecture(args.name)
         outputs, build, description = arch.outputs, arch.build, arch.description
+    if args.init_from:
+        build = _warm_start(build, args.init_from)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise SystemExit("cnn-train: --tensorboard needs the tensorboard package "
                          "(pip install tensorboard)")
@@ -89,6 +110,10 @@ def train(args: argparse.Namespace) -> int:
                       resume=args.resume)
     print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
           f"on {hardware()}", flush=True)
+    initialized_from = None
+    if args.init_from:  # "name/version" of the starting point, as the repository names it
+        start = ModelMetadata.read(Path(args.init_from))
+        initialized_from = f"{start.name}/{start.version}"
     result = fit(build, outputs, arch.input, data, cfg, cluster)
 
     def metadata(version: int, layers, created_at: str) -> ModelMetadata:
@@ -113,7 +138,8 @@ def train(args: argparse.Namespace) -> int:
                                     learning_rate=cfg.learning_rate,
                                     duration_s=result.duration_s, hardware=hardware(),
                                     base_model=transfer.base if transfer else None,
-                                    frozen_up_to=transfer.up_to if transfer else None),
+                                    frozen_up_to=transfer.up_to if transfer else None,
+                                    initialized_from=initialized_from),
             tensorflow_version=tf.__version__, keras_version=keras.__version__,
             created_at=created_at,
         )
@@ -154,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="checkpoint every epoch into DIR; started again with the same DIR, an "
                         "interrupted run continues where it stopped")
+    p.add_argument("--init-from", metavar="VERSION_DIR", type=Path, default=None,
+                   help="start from the weights of an exported version of the same "
+                        "architecture (e.g. models/cifar10_resnet/1): a further LR cycle")
     p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
     p.add_argument("--base-dir", type=Path, default=None,
                    help="where the base model of a transfer model lives (default: --out)")

@@ -90,6 +90,8 @@ class TrainingConfig(BaseModel):
     hardware: str
     base_model: str | None = None
     frozen_up_to: str | None = None
+    initialized_from: str | None = Field(None, description="name/version whose weights "
+                                                           "training started from (--init-from)")
 
 
 class ModelMetadata(BaseModel):

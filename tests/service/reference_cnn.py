@@ -1,7 +1,8 @@
 """A from-scratch NumPy CNN (im2col convolution) to check the served activations against.
 
 It reads the weights out of the SavedModel's variables and the layer wiring from the
-metadata's layer table; activations and padding come from the architecture's Keras config.
+metadata's layer table; activations, padding, strides and batch-norm epsilon come from the
+architecture's Keras config.
 """
 
 from __future__ import annotations
@@ -30,12 +31,25 @@ def im2col(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
     return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, oh, ow, kh * kw * c)
 
 
-def conv2d(x, kernel, bias, padding="valid"):
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME: the output is ceil(size / stride); the extra row goes at the end."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d(x, kernel, bias=None, padding="valid", stride=1):
     kh, kw, c, f = kernel.shape
     if padding == "same":
-        x = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    cols = im2col(x, kh, kw)
-    return cols @ kernel.reshape(kh * kw * c, f) + bias
+        x = np.pad(x, ((0, 0), same_padding(x.shape[1], kh, stride),
+                       same_padding(x.shape[2], kw, stride), (0, 0)))
+    cols = im2col(x, kh, kw)[:, ::stride, ::stride]  # stride s: every s-th stride-1 window
+    y = cols @ kernel.reshape(kh * kw * c, f)
+    return y if bias is None else y + bias
+
+
+def batch_norm(x, gamma, beta, mean, variance, epsilon):
+    """Inference: the moving statistics, not the batch's."""
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
 
 
 def maxpool2d(x, size=2, padding="valid"):
@@ -59,9 +73,19 @@ def forward(layers, configs: dict[str, dict], weights: dict[str, np.ndarray],
         if layer.type == "InputLayer":
             out[layer.name] = image
         elif layer.type == "Conv2D":
-            y = conv2d(inputs[0], weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"],
-                       cfg["padding"])
+            y = conv2d(inputs[0], weights[f"{layer.name}/kernel"],
+                       weights.get(f"{layer.name}/bias"), cfg["padding"], cfg["strides"][0])
             out[layer.name] = ACTIVATIONS[cfg["activation"]](y)
+        elif layer.type == "BatchNormalization":
+            stats = (weights[f"{layer.name}/{k}"]
+                     for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+            out[layer.name] = batch_norm(inputs[0], *stats, cfg["epsilon"])
+        elif layer.type == "ReLU":
+            out[layer.name] = ACTIVATIONS["relu"](inputs[0])
+        elif layer.type == "Add":
+            out[layer.name] = np.sum(inputs, axis=0)
+        elif layer.type == "GlobalAveragePooling2D":
+            out[layer.name] = inputs[0].mean(axis=(1, 2))
         elif layer.type == "MaxPooling2D":
             out[layer.name] = maxpool2d(inputs[0], cfg["pool_size"][0], cfg["padding"])
         elif layer.type == "Flatten":

@@ -62,6 +62,13 @@ CASES = [  # model, image, fields, head, layer the service must choose, class, b
     ("cifar10", "photo", {}, "class", "conv2d_3", None, False),
     ("cifar10", "photo", {"layer": "conv2d_1", "class_index": 4}, "class", "conv2d_1", 4,
      False),
+    # the stronger models: digit_odd_plus's odd head reads learned features, so its default
+    # layer is the last conv, not the pixels; the ResNet's is its last residual block's output
+    ("digit_odd_plus", "seven", {}, "digit", "conv2d_3", None, False),
+    ("digit_odd_plus", "seven", {"output": "odd"}, "odd", "conv2d_3", None, True),
+    ("cifar10_resnet", "photo", {}, "class", "stage3_block3_out", None, False),
+    ("cifar10_resnet", "photo", {"layer": "stage2_block1_add", "class_index": 2}, "class",
+     "stage2_block1_add", 2, False),
 ]
 
 
@@ -72,16 +79,17 @@ def test_heatmap_equals_the_keras_io_steps(client, models_dir, case):
     r = _explain(client, model, data, **fields)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["model"], body["version"], body["output"], body["layer"]) == (model, 1, head,
-                                                                              layer)
+    newest = client.get(f"/models/{model}").json()["default_version"]
+    assert (body["model"], body["version"], body["output"], body["layer"]) == (model, newest,
+                                                                              head, layer)
     spec = client.app.state.registry.get(model).metadata
     labels = next(o.labels for o in spec.outputs if o.name == head)
     assert body["label"] == labels[body["class_index"]]
     if class_index is not None:
         assert body["class_index"] == class_index
     image = to_model_input(decode(data, 10**8), spec.input)
-    want = keras_io_gradcam(models_dir / model / "1", image, head, layer, body["class_index"],
-                            binary)
+    want = keras_io_gradcam(models_dir / model / str(newest), image, head, layer,
+                            body["class_index"], binary)
     heatmap = np.array(body["heatmap"])
     assert heatmap.shape == tuple(spec.input.shape[:2])
     np.testing.assert_allclose(heatmap, want, atol=1e-4)

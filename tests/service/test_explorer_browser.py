@@ -106,6 +106,22 @@ def test_uploading_a_cifar10_image_reads_its_class(explorer, server_url):
     page.screenshot(path=ARTIFACTS / "upload-ship.png", full_page=True)
 
 
+def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explorer,
+                                                                           server_url):
+    page = explorer
+    page.select_option("#model", "cifar10_resnet")
+    cat, digit = page.locator("#samples button[title^=cat]"), page.locator("#samples button").first
+    cat.click()  # a photo: the ResNet takes photos, so it stays
+    _all_layers_drawn(page, _layer_count(page, server_url, "cifar10_resnet"))
+    assert page.input_value("#model") == "cifar10_resnet"
+    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
+                           ".includes('stage3_block3_out')")  # the last residual block
+    digit.click()  # a digit: no colour model takes it; the default digit model does
+    _wait_for_label(page, "2")
+    assert page.input_value("#model") == "digit_odd"
+    _all_layers_drawn(page, _layer_count(page, server_url, "digit_odd"))
+
+
 def test_channels_grad_cam_choices_and_scaling(explorer):
     page = explorer
     page.locator("#samples button").first.click()  # the digit 2 sample

@@ -8,7 +8,10 @@ from tests.service.conftest import make_client
 def test_list_models(client):
     body = client.get("/models").json()
     names = {m["name"]: m for m in body["models"]}
-    assert {"digit_odd", "cifar10"} <= set(names)
+    # the stronger models are served beside the reference ones, which stay the default
+    assert set(names) == {"digit_odd", "cifar10", "digit_odd_plus", "cifar10_resnet"}
+    assert all(m["ready"] for m in names.values())
+    assert names["digit_odd_plus"]["outputs"] == names["digit_odd"]["outputs"]
     assert body["default_model"] == "digit_odd" and "CPU" in body["device"]
     digit = names["digit_odd"]
     assert digit["ready"] and digit["versions"][0]["status"] == "ready"

@@ -16,9 +16,16 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.preprocess import decode, to_model_input
+from tests.conftest import MODELS as COMMITTED
 from tests.service.handwriting import draw_digit, encode
 
-MODELS = ("digit_odd", "cifar10")
+DIGIT_MODELS = ("digit_odd", "digit_odd_plus")  # the same input and heads
+MODELS = (*DIGIT_MODELS, "cifar10", "cifar10_resnet")
+
+
+def _versions(model: str) -> list[str]:
+    """The committed versions of ``model``, oldest first."""
+    return sorted((p.name for p in (COMMITTED / model).iterdir() if p.name.isdigit()), key=int)
 
 
 def _photo(seed: int) -> Image.Image:
@@ -30,7 +37,7 @@ def _photo(seed: int) -> Image.Image:
 
 def _files(model: str) -> list[bytes]:
     """Two PNGs (one the graph decodes, one Pillow must) and a JPEG for ``model``."""
-    if model == "digit_odd":
+    if model in DIGIT_MODELS:
         images = [draw_digit(7, canvas=(28, 28), box=(6, 4, 20)), draw_digit(2), draw_digit(5)]
     else:
         images = [_photo(1).resize((32, 32)), _photo(2), _photo(3)]
@@ -40,9 +47,10 @@ def _files(model: str) -> list[bytes]:
     return [*files, jpeg.getvalue()]
 
 
-def _expected(client, model: str, files: list[bytes]) -> dict[str, np.ndarray]:
+def _expected(client, model: str, files: list[bytes], version: str = ""
+              ) -> dict[str, np.ndarray]:
     """``/predict``'s probabilities for ``files``, as arrays [n, units] per output."""
-    r = client.post("/predict", data={"model": model},
+    r = client.post("/predict", data={"model": model, **({"version": version} if version else {})},
                     files=[("file", (f"f{i}", data)) for i, data in enumerate(files)])
     assert r.status_code == 200, r.text
     rows = [p["outputs"] for p in r.json()["predictions"]]
@@ -76,15 +84,15 @@ def test_server_health_and_metadata(triton_client):
 def test_model_metadata_and_readiness(triton_client, model):
     assert triton_client.is_model_ready(model)
     assert triton_client.is_model_ready(model, "1")
-    shape = [-1, 28, 28, 1] if model == "digit_odd" else [-1, 32, 32, 3]
-    for meta in (triton_client.get_model_metadata(model),
-                 triton_client.get_model_metadata(model, "1")):
-        assert meta["name"] == model and meta["versions"] == ["1"]
+    shape = [-1, 28, 28, 1] if model in DIGIT_MODELS else [-1, 32, 32, 3]
+    for meta, versions in ((triton_client.get_model_metadata(model), _versions(model)),
+                           (triton_client.get_model_metadata(model, "1"), ["1"])):
+        assert meta["name"] == model and meta["versions"] == versions
         assert meta["platform"] == "tensorflow_savedmodel"
         assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": shape},
                                   {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
     outputs = {o["name"]: o["shape"] for o in meta["outputs"]}
-    assert outputs == ({"digit": [-1, 10], "odd": [-1, 1]} if model == "digit_odd"
+    assert outputs == ({"digit": [-1, 10], "odd": [-1, 1]} if model in DIGIT_MODELS
                        else {"class": [-1, 10]})
     with pytest.raises(InferenceServerException, match="no model"):
         triton_client.get_model_metadata("nope")
@@ -96,7 +104,7 @@ def test_model_metadata_and_readiness(triton_client, model):
 @pytest.mark.parametrize("version", ["", "1"], ids=["newest", "v1"])
 def test_infer_equals_predict(triton_client, client, model, binary, version):
     files = _files(model)
-    expected = _expected(client, model, files)
+    expected = _expected(client, model, files, version)
     pixels = triton.InferInput("image", [len(files), *_pixels(model, files, client).shape[1:]],
                                "FP32")
     pixels.set_data_from_numpy(_pixels(model, files, client), binary_data=binary)
@@ -108,7 +116,7 @@ def test_infer_equals_predict(triton_client, client, model, binary, version):
         result = triton_client.infer(model, [tensor], model_version=version, outputs=outputs,
                                      request_id="req-7")
         assert result.get_response()["id"] == "req-7"
-        assert result.get_response()["model_version"] == "1"
+        assert result.get_response()["model_version"] == (version or _versions(model)[-1])
         for name, want in expected.items():
             np.testing.assert_allclose(result.as_numpy(name), want, atol=1e-5)
 
@@ -233,5 +241,6 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     not_a_version = client.get("/v2/models/digit_odd/versions/X!")
     assert not_a_version.status_code == 400 and "version" in not_a_version.json()["error"]
     missing = client.get("/v2/models/nope/ready").json()["error"]
-    assert missing.startswith("no model named 'nope' (served: cifar10, digit_odd")
+    assert missing.startswith("no model named 'nope' (served: cifar10, cifar10_resnet, digit_odd, "
+                               "digit_odd_plus)")
     assert client.get("/v2/nothing").json() == {"error": "Not Found"}

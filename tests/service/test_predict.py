@@ -31,6 +31,17 @@ def test_pen_on_paper_png(client, digit):
     assert digit_of(body) == str(digit)
 
 
+def test_the_stronger_digit_model_reads_every_pen_digit_and_its_parity(client):
+    """digit_odd_plus answers in digit_odd's shape, named by ?model=, and gets them right."""
+    files = [(f"{d}.png", encode(draw_digit(d)), "image/png") for d in DIGITS]
+    body = predict(client, *files, model="digit_odd_plus")
+    assert body["model"] == "digit_odd_plus"
+    assert [digit_of(body, d) for d in DIGITS] == [str(d) for d in DIGITS]
+    odd = client.get("/models/digit_odd_plus").json()["outputs"][1]["labels"]
+    assert [p["outputs"]["odd"]["label"] for p in body["predictions"]] == [
+        odd[d % 2] for d in DIGITS]
+
+
 @pytest.mark.parametrize("digit", DIGITS)
 def test_large_off_centre_jpeg_photo_with_uneven_light(client, digit):
     page = draw_digit(digit, canvas=(1200, 900), box=(820, 560, 260), pen=0.05, gradient=60,

@@ -9,15 +9,20 @@ import pytest
 import tensorflow as tf
 
 from training.architectures import get_architecture
+from training.datasets import load, split
 from training.export import KERAS_FILE, feature_map_model
 from training.metadata import ModelMetadata
 
 TARGETS = {"digit_odd": {"digit_accuracy": 0.985, "odd_accuracy": 0.895},
            "digit_odd_plus": {"digit_accuracy": 0.994, "odd_accuracy": 0.993},
-           "cifar10": {"accuracy": 0.73}}
+           "cifar10": {"accuracy": 0.73},
+           # v1 (40 epochs): 86.8 %; the 88 % of issue 14 waits for v2 (a second LR cycle)
+           "cifar10_resnet": {"accuracy": 0.865}}
 
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+DATASETS = MODELS.parents[1] / "shared" / "datasets"  # training data: here, not in CI
+DATA = {"mnist": DATASETS / "mnist", "cifar10": DATASETS / "cifar10" / "train-images.zip"}
 
 
 def versions(name: str) -> list[Path]:
@@ -79,3 +84,38 @@ def test_feature_maps_equal_the_layers_own_outputs(model):
     outputs = loaded.signatures["serving_default"](image=tf.constant(x))
     for out in meta.outputs:
         assert np.all((outputs[out.name].numpy() >= 0) & (outputs[out.name].numpy() <= 1))
+
+
+def _accuracies(path: Path, meta: ModelMetadata) -> dict[str, float]:
+    """The SavedModel's serving signature on the validation split training carved out."""
+    data = load(meta.dataset.name, DATA[meta.dataset.name])
+    _, val = split(len(data.images), meta.training.validation_split, meta.training.seed)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    batches = [serve(image=tf.constant(data.images[val[i:i + 500]], tf.float32) / 255)
+               for i in range(0, len(val), 500)]
+    labels = data.labels[val]
+    accuracies = {}
+    for out in meta.outputs:
+        p = np.concatenate([b[out.name].numpy() for b in batches])
+        hit = (p[:, 0] > 0.5) == (labels % 2 == 1) if out.kind == "binary" \
+            else p.argmax(-1) == labels
+        key = "accuracy" if len(meta.outputs) == 1 else f"{out.name}_accuracy"
+        accuracies[key] = float(hit.mean())
+    return accuracies
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_the_claimed_metrics_hold_on_the_held_out_split(name):
+    """Recomputed from the shipped SavedModel, not read from its metadata: the best version's
+    validation accuracy is what the metadata says and meets the target."""
+    best = max(versions(name), key=lambda p: sum(ModelMetadata.read(p).validation_metrics[m]
+                                                 for m in TARGETS[name]))
+    meta = ModelMetadata.read(best)
+    if not DATA[meta.dataset.name].exists():
+        pytest.skip(f"needs {DATA[meta.dataset.name]}")
+    measured = _accuracies(best, meta)
+    print(name, measured)
+    for metric, target in TARGETS[name].items():
+        assert measured[metric] == pytest.approx(meta.validation_metrics[metric], abs=0.002)
+        assert measured[metric] >= target

@@ -1,5 +1,6 @@
-"""An interrupted training run continues from its last checkpoint (``--resume``), and the
-residual network's cosine schedule trains."""
+"""An interrupted training run continues from its last checkpoint (``--resume``), a new run
+starts from an exported version (``--init-from``), and the residual network's cosine schedule
+trains."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 from training import train
 from training.architectures import get_architecture
+from training.cli import main
 from training.datasets import Dataset
+from training.metadata import ModelMetadata
 
 
 def _tiny_digits() -> Dataset:
@@ -57,3 +60,29 @@ def test_cosine_schedule_trains_the_resnet_a_step():
     result = train.fit(arch.build, arch.outputs, arch.input, data, cfg)
     assert isinstance(result.model.optimizer, keras.optimizers.SGD)
     assert set(result.validation_metrics) >= {"accuracy", "loss"}
+
+
+def _weights(version_dir) -> list[np.ndarray]:
+    return keras.models.load_model(version_dir / "model.keras", compile=False).get_weights()
+
+
+def test_init_from_starts_where_an_exported_version_ended(tmp_path):
+    """--init-from: a further run begins with that version's weights (a learning rate too
+    small to move them keeps them), records where it started, and refuses another
+    architecture's version."""
+    data = _tiny_digits()
+    np.savez(tmp_path / "mnist.npz", x_train=data.images[..., 0], y_train=data.labels)
+    common = ["--data", str(tmp_path / "mnist.npz"), "--epochs", "1", "--batch-size", "20",
+              "--out", str(tmp_path / "models")]
+    models = tmp_path / "models" / "simple_cnn"
+    assert main(["simple_cnn", *common]) == 0
+    assert main(["simple_cnn", *common, "--lr", "1e-12", "--init-from", str(models / "1")]) == 0
+    assert main(["simple_cnn", *common, "--lr", "1e-12"]) == 0  # the same, from scratch
+    first, warm, cold = (_weights(models / v) for v in ("1", "2", "3"))
+    for a, b in zip(first, warm, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, c, atol=1e-6) for a, c in zip(first, cold, strict=True))
+    assert ModelMetadata.read(models / "2").training.initialized_from == "simple_cnn/1"
+    assert ModelMetadata.read(models / "3").training.initialized_from is None
+    with pytest.raises(SystemExit, match="not this architecture"):
+        main(["mnist_cnn", *common, "--init-from", str(models / "1")])

@@ -6,18 +6,20 @@
 const $ = (id) => document.getElementById(id);
 const DEBOUNCE_MS = 40;  // while drawing: at most one update per pause this long
 const PEN = 20;          // stroke width on the 280 px canvas (MNIST strokes are ~2/28 wide)
+// channels: the input a sample suits; picking one keeps the model when it takes such images
 const SAMPLES = [
-  { file: "digit-2.png", model: "digit_odd", label: "2" },
-  { file: "digit-5.png", model: "digit_odd", label: "5" },
-  { file: "digit-8.png", model: "digit_odd", label: "8" },
-  { file: "airplane.png", model: "cifar10", label: "airplane" },
-  { file: "cat.png", model: "cifar10", label: "cat" },
-  { file: "ship.png", model: "cifar10", label: "ship" },
-  { file: "horse.png", model: "cifar10", label: "horse" },
+  { file: "digit-2.png", source: "MNIST", channels: 1, label: "2" },
+  { file: "digit-5.png", source: "MNIST", channels: 1, label: "5" },
+  { file: "digit-8.png", source: "MNIST", channels: 1, label: "8" },
+  { file: "airplane.png", source: "CIFAR-10", channels: 3, label: "airplane" },
+  { file: "cat.png", source: "CIFAR-10", channels: 3, label: "cat" },
+  { file: "ship.png", source: "CIFAR-10", channels: 3, label: "ship" },
+  { file: "horse.png", source: "CIFAR-10", channels: 3, label: "horse" },
 ];
 
 const state = {
   models: [],        // from GET /models
+  defaultModel: "",  // its default_model
   detail: null,      // GET /models/{name}/versions/{v}: metadata and layer table
   strokes: [],       // drawn strokes, each a list of [x, y]; Undo pops one
   background: null,  // an uploaded/sample image under the strokes (ImageBitmap)
@@ -52,6 +54,7 @@ function showError(error) {
 async function loadModels() {
   const list = await api("/models");
   state.models = list.models.filter((m) => m.ready);
+  state.defaultModel = list.default_model;
   $("model").replaceChildren(...state.models.map((m) => new Option(m.name, m.name)));
   $("model").value = list.default_model;
   await selectModel();
@@ -161,19 +164,29 @@ document.addEventListener("paste", (e) => {
   if (item) useFile(item.getAsFile());
 });
 
+/** The selected model if it takes images with `channels`, else the default model or the first
+ * that does (a CIFAR-10 photo moves a digit model to a colour one, not between colour ones). */
+function modelFor(channels) {
+  const fits = (name) => state.models.find((m) => m.name === name)?.input.shape[2] === channels;
+  if (fits($("model").value)) return $("model").value;
+  if (fits(state.defaultModel)) return state.defaultModel;
+  return state.models.find((m) => m.input.shape[2] === channels)?.name;
+}
+
 function renderSamples() {
   $("samples").replaceChildren(...SAMPLES.map((s) => {
     const button = document.createElement("button");
     button.type = "button";
-    button.title = `${s.label} (${s.model})`;
+    button.title = `${s.label} (${s.source})`;
     const img = new Image();
     img.src = `/static/explorer/samples/${s.file}`;
     img.alt = `sample: ${s.label}`;
     button.append(img);
     button.addEventListener("click", async () => {
       const blob = await (await fetch(img.src)).blob();
-      if ($("model").value !== s.model && state.models.some((m) => m.name === s.model)) {
-        $("model").value = s.model;
+      const target = modelFor(s.channels);
+      if (target && target !== $("model").value) {
+        $("model").value = target;
         state.file = blob;  // selectModel -> update sends it
         state.background = await createImageBitmap(blob);
         state.strokes = [];

@@ -59,11 +59,12 @@ def _latest_keras(models: Path, base: str) -> Path:
 
 
 def _warm_start(build, version_dir: Path):
-    """``build`` with the weights of an exported version of the same architecture: a further
-    learning-rate cycle (a warm restart) or fine-tuning, starting where that version ended."""
+    """``build`` with the weights of an exported version of the same architecture (a further
+    learning-rate cycle, or fine-tuning), and that version as "name/version" for metadata."""
     path = Path(version_dir) / KERAS_FILE
     if not path.is_file():
         raise SystemExit(f"cnn-train: --init-from {version_dir}: no {KERAS_FILE} there")
+    start = ModelMetadata.read(Path(version_dir))
     trained = keras.models.load_model(path, compile=False)
 
     def warm():
@@ -74,7 +75,7 @@ def _warm_start(build, version_dir: Path):
             raise SystemExit(f"cnn-train: --init-from {version_dir}: not this architecture "
                              f"({exc})") from exc
         return model
-    return warm
+    return warm, f"{start.name}/{start.version}"
 
 
 def train(args: argparse.Namespace) -> int:
@@ -92,8 +93,9 @@ def train(args: argparse.Namespace) -> int:
     else:
         arch = get_architecture(args.name)
         outputs, build, description = arch.outputs, arch.build, arch.description
+    initialized_from = None
     if args.init_from:
-        build = _warm_start(build, args.init_from)
+        build, initialized_from = _warm_start(build, args.init_from)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise SystemExit("cnn-train: --tensorboard needs the tensorboard package "
                          "(pip install tensorboard)")
@@ -110,10 +112,6 @@ def train(args: argparse.Namespace) -> int:
                       resume=args.resume)
     print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
           f"on {hardware()}", flush=True)
-    initialized_from = None
-    if args.init_from:  # "name/version" of the starting point, as the repository names it
-        start = ModelMetadata.read(Path(args.init_from))
-        initialized_from = f"{start.name}/{start.version}"
     result = fit(build, outputs, arch.input, data, cfg, cluster)
 
     def metadata(version: int, layers, created_at: str) -> ModelMetadata:

@@ -3,6 +3,8 @@
     cnn-train summary NAME [--json]
     cnn-train NAME --data PATH [--epochs N --batch-size N --val-split F --seed N
                                 --augment/--no-augment --tensorboard DIR --out models/]
+    cnn-train NAME --data PATH ... --bundle DIR     (any Keras backend, e.g. JAX on a GPU)
+    cnn-train export DIR [--data PATH] [--out models/]   (needs TensorFlow)
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ import tempfile
 from pathlib import Path
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 from training import datasets, distribute
 from training.architectures import ARCHITECTURES, TRANSFERS, build_transfer, get_architecture
-from training.export import KERAS_FILE, export, layer_table, next_version
+from training.export import KERAS_FILE, export, layer_table, next_version, write_bundle
 from training.metadata import DatasetInfo, InputSpec, ModelMetadata, TrainingConfig
-from training.train import TrainConfig, fit, hardware
+from training.train import (
+    TrainConfig,
+    compile_model,
+    fit,
+    hardware,
+    on_tensorflow,
+    pipeline,
+    targets,
+    validation_metrics,
+)
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 NAMES = sorted([*ARCHITECTURES, *TRANSFERS])
@@ -78,8 +89,19 @@ def _warm_start(build, version_dir: Path):
     return warm, f"{start.name}/{start.version}"
 
 
+def _tensorflow_version() -> str:
+    return importlib.import_module("tensorflow").__version__ if on_tensorflow() else "none"
+
+
 def train(args: argparse.Namespace) -> int:
-    cluster = distribute.from_environment()  # before any TensorFlow op (collectives)
+    try:
+        cluster = distribute.from_environment()  # before any TensorFlow op (collectives)
+    except ValueError as exc:
+        raise SystemExit(f"cnn-train: {exc}") from exc
+    if args.bundle is None and not on_tensorflow():
+        raise SystemExit(f"cnn-train: Keras on {keras.backend.backend()} writes no SavedModel: "
+                         f"train with --bundle DIR, then run `cnn-train export DIR` where "
+                         f"TensorFlow is installed")
     transfer = TRANSFERS.get(args.name)
     if transfer:
         base_path = _latest_keras(Path(args.base_dir or args.out), transfer.base)
@@ -120,7 +142,7 @@ def train(args: argparse.Namespace) -> int:
             description=description, input=InputSpec(**arch.input.model_dump()),
             outputs=list(outputs), layers=layers,
             total_params=result.model.count_params(),
-            trainable_params=sum(int(tf.size(w)) for w in result.model.trainable_weights),
+            trainable_params=sum(int(np.prod(w.shape)) for w in result.model.trainable_weights),
             validation_metrics=result.validation_metrics,
             dataset=DatasetInfo(name=data.name, format=data.format, path=data.path,
                                 provenance=data.provenance,
@@ -135,15 +157,21 @@ def train(args: argparse.Namespace) -> int:
                                     else "adam",
                                     learning_rate=cfg.learning_rate,
                                     duration_s=result.duration_s, hardware=hardware(),
+                                    backend=keras.backend.backend(),
                                     base_model=transfer.base if transfer else None,
                                     frozen_up_to=transfer.up_to if transfer else None,
                                     initialized_from=initialized_from),
-            tensorflow_version=tf.__version__, keras_version=keras.__version__,
+            tensorflow_version=_tensorflow_version(), keras_version=keras.__version__,
             created_at=created_at,
         )
 
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in
                                      result.validation_metrics.items()))
+    if args.bundle:
+        path = write_bundle(result.model, args.bundle, metadata)
+        print(f"wrote {path}; make it a version where TensorFlow is: "
+              f"cnn-train export {path} --data <this dataset>")
+        return 0
     if not cluster.chief:  # every worker saves (collectives); only the chief's export stays
         with tempfile.TemporaryDirectory() as scratch:
             export(result.model, Path(scratch), metadata)
@@ -182,13 +210,64 @@ def parser() -> argparse.ArgumentParser:
                    help="start from the weights of an exported version of the same "
                         "architecture (e.g. models/cifar10_resnet/1): a further LR cycle")
     p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
+    p.add_argument("--bundle", metavar="DIR", type=Path, default=None,
+                   help="write model.keras + metadata.json to DIR instead of a version (on any "
+                        "Keras backend); `cnn-train export DIR` exports it later")
     p.add_argument("--base-dir", type=Path, default=None,
                    help="where the base model of a transfer model lives (default: --out)")
     return p
 
 
+def export_bundle(bundle: Path, data_path: Path | None, out: Path) -> int:
+    """Make a ``--bundle`` the next version under ``out``: with ``data_path`` (the dataset it
+    was trained on) its validation split is evaluated again here, and those metrics recorded."""
+    if not on_tensorflow():
+        raise SystemExit("cnn-train export: writing a SavedModel needs the TensorFlow backend")
+    try:
+        meta = ModelMetadata.read(bundle)
+        model = keras.models.load_model(bundle / KERAS_FILE, compile=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cnn-train export: {bundle}: not a training bundle ({exc})") from exc
+    update: dict = {}
+    if data_path is not None:
+        try:
+            data = datasets.load(meta.dataset.name, data_path)
+        except datasets.DatasetError as exc:
+            raise SystemExit(f"cnn-train export: {exc}") from exc
+        trained_on = meta.dataset.train_examples + meta.dataset.validation_examples
+        if len(data.images) != trained_on:
+            raise SystemExit(f"cnn-train export: {data_path} has {len(data.images)} examples; "
+                             f"{bundle} was trained on {trained_on}")
+        _, val_idx = datasets.split(trained_on, meta.training.validation_split, meta.training.seed)
+        outputs = tuple(meta.outputs)
+        compile_model(model, outputs, meta.training.learning_rate)
+        metrics = validation_metrics(model, pipeline(
+            data.images[val_idx], targets(outputs, data.labels[val_idx]), meta.input,
+            meta.training.batch_size))
+        print(f"validation here: {metrics} (in training: {meta.validation_metrics})")
+        update = {"validation_metrics": metrics, "dataset": meta.dataset.model_copy(
+            update={"path": str(data_path), "format": data.format})}
+
+    def metadata(version: int, layers, created_at: str) -> ModelMetadata:
+        return meta.model_copy(update={
+            "version": version, "layers": layers, "created_at": created_at,
+            "tensorflow_version": _tensorflow_version(), "keras_version": keras.__version__,
+            **update})
+
+    print(f"exported {export(model, out, metadata)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        ep = argparse.ArgumentParser(prog="cnn-train export")
+        ep.add_argument("bundle", type=Path, help="a directory written by --bundle")
+        ep.add_argument("--data", type=Path, default=None,
+                        help="the dataset it was trained on: evaluate its validation split here")
+        ep.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
+        a = ep.parse_args(argv[1:])
+        return export_bundle(a.bundle, a.data, a.out)
     if argv[:1] == ["summary"]:
         sp = argparse.ArgumentParser(prog="cnn-train summary")
         sp.add_argument("name", choices=sorted(ARCHITECTURES))

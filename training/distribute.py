@@ -12,6 +12,7 @@ directory and delete it (saving may take part in collective ops, so every worker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,18 +20,38 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
-import tensorflow as tf
 
 from training.metadata import OutputSpec
+
+if TYPE_CHECKING:  # imported where used: one process on another Keras backend needs no TF
+    import tensorflow as tf
 
 
 @dataclass
 class Cluster:
-    strategy: tf.distribute.Strategy
+    """The processes training together; ``strategy`` is None off TensorFlow (one process)."""
+
+    strategy: tf.distribute.Strategy | None
     workers: int
     chief: bool
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+
+def single_process() -> Cluster:
+    """This process alone: on TensorFlow over all local GPUs (``MirroredStrategy``), on another
+    backend wherever Keras places it."""
+    if keras.backend.backend() != "tensorflow":
+        return Cluster(None, 1, True)
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    return Cluster(strategy, 1, True)
 
 
 def from_environment() -> Cluster:
@@ -39,17 +60,23 @@ def from_environment() -> Cluster:
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     cluster = config.get("cluster", {})
     workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    if workers > 1:
-        task = config.get("task", {})
-        chief = task.get("type") == "chief" or (
-            "chief" not in cluster and task.get("type") == "worker" and task.get("index") == 0)
-        return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), workers, chief)
-    gpus = tf.config.list_logical_devices("GPU")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    return Cluster(strategy, 1, True)
+    if workers <= 1:
+        return single_process()
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"TF_CONFIG names {workers} workers: multi-worker training runs on "
+                         f"TensorFlow (KERAS_BACKEND=tensorflow), not on "
+                         f"{keras.backend.backend()}")
+    import tensorflow as tf
+
+    task = config.get("task", {})
+    chief = task.get("type") == "chief" or (
+        "chief" not in cluster and task.get("type") == "worker" and task.get("index") == 0)
+    return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), workers, chief)
 
 
 def shard_per_worker(ds: tf.data.Dataset) -> tf.data.Dataset:
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
@@ -67,6 +94,8 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
     delete (saving takes part in collectives) - and a run started with the same directory
     continues after the last saved epoch (so does one given more ``epochs`` later).
     """
+    import tensorflow as tf
+
     strategy = cluster.strategy
     with strategy.scope():
         if not optimizer.built:  # its variables must exist before a restore

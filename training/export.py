@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from training.metadata import LayerInfo, ModelMetadata
 
@@ -61,7 +60,9 @@ def feature_map_model(model: keras.Model) -> keras.Model:
 
 
 def save_model(model: keras.Model, target: Path) -> None:
-    """Write the SavedModel with its two signatures into ``target``."""
+    """Write the SavedModel with its two signatures into ``target`` (needs TensorFlow)."""
+    import tensorflow as tf
+
     spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32, name="image")
     maps = feature_map_model(model)
     archive = keras.export.ExportArchive()
@@ -69,6 +70,21 @@ def save_model(model: keras.Model, target: Path) -> None:
     archive.add_endpoint("serving_default", lambda image: model(image, training=False), [spec])
     archive.add_endpoint("feature_maps", lambda image: maps(image, training=False), [spec])
     archive.write_out(str(target), verbose=False)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+def write_bundle(model: keras.Model, directory: Path, build_metadata) -> Path:
+    """``model.keras`` + ``metadata.json`` (version 0): a model trained where TensorFlow is
+    missing (Keras on JAX on a GPU machine), waiting for ``cnn-train export`` to make it a
+    version. Any Keras backend writes and reads the ``.keras`` format."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / KERAS_FILE)
+    build_metadata(0, layer_table(model), _now()).write(directory)
+    return directory
 
 
 def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
@@ -84,8 +100,7 @@ def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
     try:
         save_model(model, staging)
         model.save(staging / KERAS_FILE)
-        created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-        metadata: ModelMetadata = build_metadata(version, layer_table(model), created)
+        metadata: ModelMetadata = build_metadata(version, layer_table(model), _now())
         metadata.write(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; a model repository is shared
         final = root / str(version)

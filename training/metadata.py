@@ -88,6 +88,7 @@ class TrainingConfig(BaseModel):
     learning_rate: float
     duration_s: float
     hardware: str
+    backend: str = Field("tensorflow", description="the Keras backend that trained it")
     base_model: str | None = None
     frozen_up_to: str | None = None
     initialized_from: str | None = Field(None, description="name/version whose weights "

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from training.datasets import Dataset, split
-from training.distribute import Cluster, evaluate, fit_multi_worker, from_environment
 from training.metadata import InputSpec, OutputSpec
+
+if TYPE_CHECKING:  # TensorFlow is imported where it is used: Keras on JAX trains without it
+    import tensorflow as tf
+
+    from training.distribute import Cluster
 
 
 @dataclass
@@ -51,11 +56,27 @@ def targets(outputs: tuple[OutputSpec, ...], labels: np.ndarray) -> dict[str, np
     }
 
 
+def on_tensorflow() -> bool:
+    return keras.backend.backend() == "tensorflow"
+
+
 def hardware() -> str:
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})"
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    """Where training ran (the accelerators, else the CPU) and, unless TensorFlow, on which
+    Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [g.name for g in tf.config.list_logical_devices("GPU")]
+    elif backend == "jax":
+        import jax
+
+        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    else:
+        gpus = []
+    where = (f"{len(gpus)} GPU ({', '.join(gpus)})" if gpus
+             else f"CPU ({os.cpu_count()} cores, {platform.machine()})")
+    return where if backend == "tensorflow" else f"{where}, Keras on {backend}"
 
 
 def _augmenter(spec: InputSpec, seed: int) -> keras.Sequential:
@@ -69,10 +90,48 @@ def _augmenter(spec: InputSpec, seed: int) -> keras.Sequential:
     return keras.Sequential(steps, name="augment")
 
 
+class ArrayBatches(keras.utils.PyDataset):
+    """:func:`pipeline` for backends without tf.data (Keras on JAX on a GPU machine): the same
+    conversion, a batch at a time by a few threads. Augmentation runs in the model instead
+    (:func:`with_augmentation`), on the accelerator."""
+
+    def __init__(self, images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
+                 batch_size: int, shuffle_seed: int | None):
+        super().__init__(workers=4, max_queue_size=16)
+        self.images, self.target, self.spec = images, target, spec
+        self.batch_size = batch_size
+        self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        self.order = np.arange(len(images))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        x = self.images[rows].astype(np.float32) / 255.0
+        if x.shape[1:3] != (self.spec.height, self.spec.width):
+            x = keras.ops.convert_to_numpy(keras.ops.image.resize(
+                x, (self.spec.height, self.spec.width), antialias=True))
+        return x, {k: v[rows] for k, v in self.target.items()}
+
+    def on_epoch_end(self) -> None:
+        if self.rng is not None:
+            self.order = self.rng.permutation(len(self.images))
+
+
 def pipeline(images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
              batch_size: int, *, shuffle_seed: int | None = None,
-             augment: keras.Sequential | None = None) -> tf.data.Dataset:
-    """uint8 images -> float32 in [0, 1] at the model's input size, batched."""
+             augment: keras.Sequential | None = None) -> tf.data.Dataset | ArrayBatches:
+    """uint8 images -> float32 in [0, 1] at the model's input size, batched: a tf.data
+    pipeline on TensorFlow (what multi-worker training shards), :class:`ArrayBatches` else
+    (where ``augment`` belongs in the model: :func:`with_augmentation`)."""
+    if not on_tensorflow():
+        if augment is not None:
+            raise ValueError("off TensorFlow, augmentation runs in the model: with_augmentation")
+        return ArrayBatches(images, target, spec, batch_size, shuffle_seed)
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((images, target))
     if shuffle_seed is not None:
         ds = ds.shuffle(min(len(images), 20_000), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -87,6 +146,13 @@ def pipeline(images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
         return x, y
 
     return ds.batch(batch_size).map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def with_augmentation(model: keras.Model, augment: keras.Sequential) -> keras.Model:
+    """``model`` behind ``augment`` (active in training only), sharing its layers: on
+    backends without tf.data the distortions then run in the compiled training step."""
+    image = keras.Input(shape=model.input.shape[1:], name="image")
+    return keras.Model(image, model(augment(image)), name=f"{model.name}_augmented")
 
 
 def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float,
@@ -126,21 +192,28 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
         cfg: TrainConfig, cluster: Cluster | None = None) -> TrainResult:
     """Train ``build()`` on ``data`` and report metrics on the held-out validation split;
     on several workers (``TF_CONFIG``) with :func:`training.distribute.fit_multi_worker`."""
-    cluster = cluster or from_environment()
+    if cluster is None:
+        from training.distribute import single_process
+
+        cluster = single_process()
     keras.utils.set_random_seed(cfg.seed)
     train_idx, val_idx = split(len(data.images), cfg.validation_split, cfg.seed)
     global_batch = cfg.batch_size * cluster.workers
+    augment = _augmenter(spec, cfg.seed) if cfg.augment else None
+    in_model = augment is not None and not on_tensorflow()
     train_ds = pipeline(data.images[train_idx], targets(outputs, data.labels[train_idx]), spec,
-                        global_batch, shuffle_seed=cfg.seed,
-                        augment=_augmenter(spec, cfg.seed) if cfg.augment else None)
+                        global_batch, shuffle_seed=cfg.seed, augment=None if in_model else augment)
     val_ds = pipeline(data.images[val_idx], targets(outputs, data.labels[val_idx]), spec,
                       cfg.batch_size)
     steps = -(-len(train_idx) // global_batch)
-    with cluster.strategy.scope():
+    with cluster.scope():
         model = build()
+        trainer = with_augmentation(model, augment) if in_model else model
         optimizer, callbacks = _optimizer_and_callbacks(cfg, steps)
-        compile_model(model, outputs, cfg.learning_rate, optimizer)
+        compile_model(trainer, outputs, cfg.learning_rate, optimizer)
     if cluster.workers > 1:
+        from training.distribute import evaluate, fit_multi_worker
+
         start = time.perf_counter()
         losses = fit_multi_worker(model, outputs, train_ds, len(train_idx), global_batch,
                                   cfg.epochs, optimizer, cluster, cfg.resume)
@@ -150,21 +223,26 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
                            train_examples=len(train_idx), validation_examples=len(val_idx),
                            history={"loss": losses})
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                        callbacks=callbacks, verbose=cfg.verbose)
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                          callbacks=callbacks, verbose=cfg.verbose)
     if cfg.augment and cfg.finetune_epochs:
         history = _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, history)
     duration = time.perf_counter() - start
-    metrics = model.evaluate(val_ds, return_dict=True, verbose=0)
     return TrainResult(
         model=model,
-        validation_metrics={k: round(float(v), 5) for k, v in metrics.items()},
+        validation_metrics=validation_metrics(trainer, val_ds),
         epochs_run=len(history.history["loss"]),
         duration_s=round(duration, 1),
         train_examples=len(train_idx),
         validation_examples=len(val_idx),
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
     )
+
+
+def validation_metrics(model: keras.Model, val_ds) -> dict[str, float]:
+    """Loss and accuracy per output on the validation batches (the model compiled)."""
+    metrics = model.evaluate(val_ds, return_dict=True, verbose=0)
+    return {k: round(float(v), 5) for k, v in metrics.items()}
 
 
 def pixel_heads(model: keras.Model) -> list[keras.Layer]:

@@ -3,7 +3,7 @@
     cnn-train summary NAME [--json]
     cnn-train NAME --data PATH [--epochs N --batch-size N --val-split F --seed N
                                 --augment/--no-augment --tensorboard DIR --out models/]
-    cnn-train NAME --data PATH ... --bundle DIR     (any Keras backend, e.g. JAX on a GPU)
+    cnn-train NAME --data PATH ... [--average-weights] [--bundle DIR (any Keras backend)]
     cnn-train export DIR [--data PATH] [--out models/]   (needs TensorFlow)
 """
 
@@ -89,6 +89,12 @@ def _warm_start(build, version_dir: Path):
     return warm, f"{start.name}/{start.version}"
 
 
+def optimizer_name(cfg: TrainConfig) -> str:
+    if cfg.average_weights:
+        return "sgd+swa"
+    return "sgd+cosine" if cfg.schedule == "cosine" else "adam"
+
+
 def _tensorflow_version() -> str:
     return importlib.import_module("tensorflow").__version__ if on_tensorflow() else "none"
 
@@ -118,6 +124,9 @@ def train(args: argparse.Namespace) -> int:
     initialized_from = None
     if args.init_from:
         build, initialized_from = _warm_start(build, args.init_from)
+    if args.average_weights and args.resume:
+        raise SystemExit("cnn-train: --average-weights keeps its running mean in memory; it "
+                         "does not combine with --resume")
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise SystemExit("cnn-train: --tensorboard needs the tensorboard package "
                          "(pip install tensorboard)")
@@ -131,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
                       learning_rate=args.lr or (0.1 if arch.schedule == "cosine" else 1e-3),
                       patience=args.patience, tensorboard=args.tensorboard,
                       finetune_epochs=args.finetune_epochs, schedule=arch.schedule,
-                      resume=args.resume)
+                      resume=args.resume, average_weights=args.average_weights)
     print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
           f"on {hardware()}", flush=True)
     result = fit(build, outputs, arch.input, data, cfg, cluster)
@@ -153,8 +162,7 @@ def train(args: argparse.Namespace) -> int:
                                     validation_split=cfg.validation_split, seed=cfg.seed,
                                     augment=cfg.augment,
                                     finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
-                                    optimizer="sgd+cosine" if cfg.schedule == "cosine"
-                                    else "adam",
+                                    optimizer=optimizer_name(cfg),
                                     learning_rate=cfg.learning_rate,
                                     duration_s=result.duration_s, hardware=hardware(),
                                     backend=keras.backend.backend(),
@@ -209,6 +217,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="VERSION_DIR", type=Path, default=None,
                    help="start from the weights of an exported version of the same "
                         "architecture (e.g. models/cifar10_resnet/1): a further LR cycle")
+    p.add_argument("--average-weights", action="store_true",
+                   help="stochastic weight averaging: SGD at a constant --lr; the export is "
+                        "the mean of the weights at every epoch's end, batch-norm statistics "
+                        "recomputed (after a schedule: with --init-from)")
     p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
     p.add_argument("--bundle", metavar="DIR", type=Path, default=None,
                    help="write model.keras + metadata.json to DIR instead of a version (on any "

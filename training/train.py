@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from training.averaging import WeightAveraging, recompute_batch_norm
 from training.datasets import Dataset, split
 from training.metadata import InputSpec, OutputSpec
 
@@ -35,6 +36,7 @@ class TrainConfig:
     verbose: int = 2
     schedule: str = "plateau"  # or "cosine": see Architecture.schedule
     resume: str | None = None  # checkpoint directory: an interrupted run continues from it
+    average_weights: bool = False  # SWA: constant SGD rate, mean of epoch-end weights exported
 
 
 @dataclass
@@ -168,7 +170,10 @@ def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float
 def _optimizer_and_callbacks(cfg: TrainConfig, steps_per_epoch: int
                              ) -> tuple[keras.optimizers.Optimizer, list]:
     """The schedule's optimizer and callbacks, plus checkpoints (--resume) and TensorBoard."""
-    if cfg.schedule == "cosine":
+    if cfg.average_weights:  # the averaging needs the walk to keep moving: no decay
+        optimizer = keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, nesterov=True)
+        callbacks = []
+    elif cfg.schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate,
                                                       cfg.epochs * steps_per_epoch)
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
@@ -211,6 +216,9 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
         trainer = with_augmentation(model, augment) if in_model else model
         optimizer, callbacks = _optimizer_and_callbacks(cfg, steps)
         compile_model(trainer, outputs, cfg.learning_rate, optimizer)
+    averaging = WeightAveraging(model) if cfg.average_weights else None
+    if averaging is not None:
+        callbacks.append(averaging)
     if cluster.workers > 1:
         from training.distribute import evaluate, fit_multi_worker
 
@@ -225,6 +233,10 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
     start = time.perf_counter()
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                           callbacks=callbacks, verbose=cfg.verbose)
+    if averaging is not None:
+        averaging.apply()
+        recompute_batch_norm(model, ArrayBatches(data.images[train_idx], {}, spec,
+                                                 cfg.batch_size, shuffle_seed=cfg.seed))
     if cfg.augment and cfg.finetune_epochs:
         history = _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, history)
     duration = time.perf_counter() - start

@@ -11,15 +11,8 @@ from training import train
 from training.architectures import get_architecture
 from training.averaging import recompute_batch_norm
 from training.cli import main
-from training.datasets import Dataset
 
-
-def _tiny_digits() -> Dataset:
-    labels = np.arange(120) % 10
-    images = np.zeros((120, 28, 28, 1), np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    return Dataset("mnist", images, labels, [str(d) for d in range(10)], "npz", None, "test")
+from .digits import bar_digits
 
 
 class Recorder(keras.callbacks.Callback):
@@ -44,7 +37,7 @@ def test_the_trained_model_is_the_mean_of_its_epoch_end_weights(monkeypatch):
     monkeypatch.setattr(train, "_optimizer_and_callbacks", recorded)
     cfg = train.TrainConfig(epochs=3, batch_size=20, learning_rate=0.05, average_weights=True,
                             verbose=0)
-    result = train.fit(arch.build, arch.outputs, arch.input, _tiny_digits(), cfg)
+    result = train.fit(arch.build, arch.outputs, arch.input, bar_digits(120), cfg)
     assert len(recorder.seen) == 3
     assert not np.allclose(recorder.seen[0][0], recorder.seen[-1][0])  # the weights moved
     for got, *per_epoch in zip(result.model.get_weights(), *recorder.seen, strict=True):

@@ -19,16 +19,9 @@ from PIL import Image
 from training.cli import main
 from training.metadata import ModelMetadata
 
+from .digits import bar_digits_npz
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _digits_npz(path: Path, n: int = 200) -> Path:
-    labels = np.arange(n) % 10
-    images = np.zeros((n, 28, 28), np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    np.savez(path, x_train=images, y_train=labels)
-    return path
 
 
 def _served(version_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -37,7 +30,7 @@ def _served(version_dir: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_a_bundle_becomes_the_next_version_with_its_metrics_recomputed(tmp_path):
-    data = _digits_npz(tmp_path / "mnist.npz")
+    data = bar_digits_npz(tmp_path / "mnist.npz")
     bundle, models = tmp_path / "bundle", tmp_path / "models"
     assert main(["simple_cnn", "--data", str(data), "--epochs", "2", "--batch-size", "20",
                  "--bundle", str(bundle), "--out", str(models)]) == 0
@@ -60,9 +53,9 @@ def test_a_bundle_becomes_the_next_version_with_its_metrics_recomputed(tmp_path)
 
 def test_export_refuses_a_dataset_it_was_not_trained_on(tmp_path):
     bundle = tmp_path / "bundle"
-    assert main(["simple_cnn", "--data", str(_digits_npz(tmp_path / "a.npz")), "--epochs", "1",
+    assert main(["simple_cnn", "--data", str(bar_digits_npz(tmp_path / "a.npz")), "--epochs", "1",
                  "--bundle", str(bundle)]) == 0
-    other = _digits_npz(tmp_path / "b.npz", n=150)
+    other = bar_digits_npz(tmp_path / "b.npz", n=150)
     with pytest.raises(SystemExit, match="150 examples.*trained on 200"):
         main(["export", str(bundle), "--data", str(other), "--out", str(tmp_path / "models")])
     with pytest.raises(SystemExit, match="not a training bundle"):

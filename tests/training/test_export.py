@@ -11,18 +11,12 @@ from training.cli import main
 from training.export import feature_map_model
 from training.metadata import ModelMetadata
 
+from .digits import bar_digits_npz
+
 
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    labels = np.arange(120) % 10
-    images = np.zeros((120, 28, 28), np.uint8)
-    for i, label in enumerate(labels):  # a learnable pattern: a bright bar whose row is the label
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    images = np.clip(images + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
-    path = tmp_path_factory.mktemp("data") / "mnist.npz"
-    np.savez(path, x_train=images, y_train=labels)
-    return path
+    return bar_digits_npz(tmp_path_factory.mktemp("data") / "mnist.npz", 120, noise_seed=1)
 
 
 @pytest.fixture(scope="module")

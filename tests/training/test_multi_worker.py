@@ -16,6 +16,8 @@ import tensorflow as tf
 
 from training.metadata import ModelMetadata
 
+from .digits import bar_digits_npz
+
 
 def _ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
@@ -25,14 +27,6 @@ def _ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
-
-
-def _tiny_mnist(path) -> None:
-    labels = np.arange(240) % 10
-    images = np.zeros((240, 28, 28), np.uint8)
-    for i, label in enumerate(labels):  # learnable: a bright bar whose row is the label
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    np.savez(path, x_train=images, y_train=labels)
 
 
 def _train_on_two_workers(data, outs, *extra: str) -> list[str]:
@@ -58,7 +52,7 @@ def _epochs(log: str) -> list[str]:
 
 def test_two_workers_train_one_model_and_only_the_chief_exports(tmp_path):
     data = tmp_path / "mnist.npz"
-    _tiny_mnist(data)
+    bar_digits_npz(data, 240)
     outs = [tmp_path / f"out{i}" for i in range(2)]
     logs = _train_on_two_workers(data, outs, "--epochs", "3")
     # the same number of steps of the global batch (2 x 16) on both, the same losses
@@ -80,7 +74,7 @@ def test_two_workers_train_one_model_and_only_the_chief_exports(tmp_path):
 
 def test_only_the_chief_checkpoints_and_a_rerun_continues(tmp_path):
     data = tmp_path / "mnist.npz"
-    _tiny_mnist(data)
+    bar_digits_npz(data, 240)
     outs = [tmp_path / f"out{i}" for i in range(2)]
     checkpoints = tmp_path / "ckpt"
     first = _train_on_two_workers(data, outs, "--epochs", "1", "--resume", str(checkpoints))

@@ -14,13 +14,7 @@ from training.cli import main
 from training.datasets import Dataset
 from training.metadata import ModelMetadata
 
-
-def _tiny_digits() -> Dataset:
-    labels = np.arange(200) % 10
-    images = np.zeros((200, 28, 28, 1), np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
-    return Dataset("mnist", images, labels, [str(d) for d in range(10)], "npz", None, "test")
+from .digits import bar_digits, bar_digits_npz
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -41,10 +35,10 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "_optimizer_and_callbacks", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
-        train.fit(arch.build, arch.outputs, arch.input, _tiny_digits(), cfg)
+        train.fit(arch.build, arch.outputs, arch.input, bar_digits(), cfg)
     assert any((tmp_path / "ckpt").rglob("*")), "no checkpoint written"
     monkeypatch.undo()
-    result = train.fit(arch.build, arch.outputs, arch.input, _tiny_digits(), cfg)
+    result = train.fit(arch.build, arch.outputs, arch.input, bar_digits(), cfg)
     assert result.epochs_run == 2  # epochs 3 and 4: the first two were not run again
     assert not any((tmp_path / "ckpt").rglob("*.weights.h5"))  # a finished run cleans up
 
@@ -70,8 +64,7 @@ def test_init_from_starts_where_an_exported_version_ended(tmp_path):
     """--init-from: a further run begins with that version's weights (a learning rate too
     small to move them keeps them), records where it started, and refuses another
     architecture's version."""
-    data = _tiny_digits()
-    np.savez(tmp_path / "mnist.npz", x_train=data.images[..., 0], y_train=data.labels)
+    bar_digits_npz(tmp_path / "mnist.npz")
     common = ["--data", str(tmp_path / "mnist.npz"), "--epochs", "1", "--batch-size", "20",
               "--out", str(tmp_path / "models")]
     models = tmp_path / "models" / "simple_cnn"

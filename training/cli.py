@@ -89,7 +89,7 @@ def _warm_start(build, version_dir: Path):
     return warm, f"{start.name}/{start.version}"
 
 
-def optimizer_name(cfg: TrainConfig) -> str:
+def _optimizer_name(cfg: TrainConfig) -> str:
     if cfg.average_weights:
         return "sgd+swa"
     return "sgd+cosine" if cfg.schedule == "cosine" else "adam"
@@ -162,7 +162,7 @@ def train(args: argparse.Namespace) -> int:
                                     validation_split=cfg.validation_split, seed=cfg.seed,
                                     augment=cfg.augment,
                                     finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
-                                    optimizer=optimizer_name(cfg),
+                                    optimizer=_optimizer_name(cfg),
                                     learning_rate=cfg.learning_rate,
                                     duration_s=result.duration_s, hardware=hardware(),
                                     backend=keras.backend.backend(),

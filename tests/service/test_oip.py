@@ -16,7 +16,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.preprocess import decode, to_model_input
-from tests.conftest import MODELS as COMMITTED
+from tests.conftest import committed_versions
 from tests.service.handwriting import draw_digit, encode
 
 DIGIT_MODELS = ("digit_odd", "digit_odd_plus")  # the same input and heads
@@ -24,8 +24,7 @@ MODELS = (*DIGIT_MODELS, "cifar10", "cifar10_resnet")
 
 
 def _versions(model: str) -> list[str]:
-    """The committed versions of ``model``, oldest first."""
-    return sorted((p.name for p in (COMMITTED / model).iterdir() if p.name.isdigit()), key=int)
+    return [p.name for p in committed_versions(model)]
 
 
 def _photo(seed: int) -> Image.Image:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import MODELS
+from tests.conftest import committed_versions as versions
 from training.architectures import get_architecture
 from training.datasets import load, split
 from training.export import KERAS_FILE, feature_map_model
@@ -19,14 +21,8 @@ TARGETS = {"digit_odd": {"digit_accuracy": 0.985, "odd_accuracy": 0.895},
            "cifar10_resnet": {"accuracy": 0.88}}
 
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 DATASETS = MODELS.parents[1] / "shared" / "datasets"  # training data: here, not in CI
 DATA = {"mnist": DATASETS / "mnist", "cifar10": DATASETS / "cifar10" / "train-images.zip"}
-
-
-def versions(name: str) -> list[Path]:
-    root = MODELS / name
-    return sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 ALL_VERSIONS = [(name, path) for name in TARGETS for path in versions(name)]

@@ -100,17 +100,34 @@ class Admission:
     """The budgets of one process, and the one deadline for waiting on them."""
 
     def __init__(self, *, max_requests: int, max_waiting: int, body_bytes: int,
-                 decode_pixels: int, timeout_s: float) -> None:
+                 decode_pixels: int, timeout_s: float, heavy_waiting: int,
+                 feature_map_bytes: int) -> None:
         self.requests = Budget("requests", max_requests, max_waiting)
         self.body_bytes = Budget("body_bytes", body_bytes, max_waiting)
         self.decode_pixels = Budget("decode_pixels", decode_pixels, max_waiting)
+        # the heavy-work thread (Grad-CAM, feature maps): one job at a time, a few waiting
+        self.heavy = Budget("heavy", 1, heavy_waiting)
+        self.feature_map_bytes = Budget("feature_map_bytes", feature_map_bytes, max_waiting)
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_settings(cls, settings) -> Admission:
+        return cls(max_requests=settings.max_concurrent_requests,
+                   max_waiting=settings.max_waiting_requests,
+                   body_bytes=settings.body_bytes_budget,
+                   decode_pixels=settings.decode_pixels_budget,
+                   timeout_s=settings.queue_timeout_s, heavy_waiting=settings.max_heavy_waiting,
+                   feature_map_bytes=settings.feature_map_bytes_budget)
 
     def reserve(self, **amounts: int) -> Reservation:
         """Hold ``amounts`` of the named budgets (e.g. ``requests=1, body_bytes=n``) for an
         ``async with`` block; waiting for all of them together takes at most ``timeout_s``
         (then 503 with ``Retry-After``)."""
-        return Reservation(self, [(getattr(self, name), n) for name, n in amounts.items()])
+        return self.hold([(getattr(self, name), n) for name, n in amounts.items()])
+
+    def hold(self, amounts: list[tuple[Budget, int]]) -> Reservation:
+        """Like :meth:`reserve` for budgets of any owner (e.g. a model version's), in order."""
+        return Reservation(self, amounts)
 
 
 class Reservation:
@@ -134,13 +151,14 @@ class Reservation:
                 await budget.acquire(amount, deadline)
                 self.held += 1
         except BaseException:
-            self._release()
+            self.release()
             raise
 
     async def __aexit__(self, *exc_info) -> None:
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give everything back (at most once); on the event loop's thread."""
         for budget, amount in self.amounts[:self.held]:
             budget.release(amount)
         self.held = 0

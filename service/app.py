@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, logs, metrics
+from service import __version__, logs, memory, metrics
 from service.admission import Admission
 from service.auth import ApiKeyGuard
 from service.core import Core
@@ -24,6 +24,7 @@ from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_handlers
 from service.explorer import install_explorer
+from service.gradcam import TracedCache
 from service.middleware import BodyGuard, RequestTelemetry
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
@@ -54,11 +55,10 @@ def _lifespan(settings: Settings):
         app.state.registry = registry
         decoder = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 1,
                                      thread_name_prefix="decode")
-        app.state.core = Core(registry, settings, Admission(
-            max_requests=settings.max_concurrent_requests,
-            max_waiting=settings.max_waiting_requests, body_bytes=settings.body_bytes_budget,
-            decode_pixels=settings.decode_pixels_budget, timeout_s=settings.queue_timeout_s),
-            decoder)
+        heavy = ThreadPoolExecutor(1, thread_name_prefix="heavy")
+        app.state.core = Core(registry, settings, Admission.from_settings(settings), decoder,
+                              heavy, TracedCache(settings.gradcam_cache_entries,
+                                                 settings.gradcam_cache_bytes))
         await registry.load_all()
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)
@@ -70,6 +70,7 @@ def _lifespan(settings: Settings):
         # the inference thread needs the GIL for a moment after each model call; with the
         # default 5 ms switch interval a busy event loop makes it wait that long every time
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        memory.tune_allocator()  # large answers' arrays go back to the OS when freed
         app.state.drain.install()
         poller = (asyncio.get_running_loop().create_task(
             registry.poll(settings.model_poll_seconds), name="model-poller")
@@ -81,6 +82,7 @@ def _lifespan(settings: Settings):
                 poller.cancel()
             await registry.close()
             decoder.shutdown(wait=False, cancel_futures=True)
+            heavy.shutdown(wait=False, cancel_futures=True)
 
     return lifespan
 

@@ -15,9 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from service import logs, metrics
+from service.admission import Budget
 from service.errors import ClientGone, ModelNotReady, Overloaded
 from service.model import GraphDecodeFailed, Outputs, ServedModel, Task, pixels_task
 from service.settings import BatchPolicy
@@ -25,7 +26,6 @@ from service.settings import BatchPolicy
 log = logging.getLogger("cnn_serve")
 
 IsGone = Callable[[], Awaitable[bool]]
-T = TypeVar("T")
 GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those who waited
 
 
@@ -44,8 +44,11 @@ class _Item:
 
 
 class Runner:
-    def __init__(self, model: ServedModel, policy: BatchPolicy, timeout_s: float) -> None:
+    def __init__(self, model: ServedModel, policy: BatchPolicy, timeout_s: float,
+                 heavy_limit: int) -> None:
         self.model, self.policy, self.timeout_s = model, policy, timeout_s
+        # explain and feature-map requests of this version, computing or waiting; never more
+        self.heavy = Budget("heavy_per_version", heavy_limit, 0)
         self.pixels = pixels_task(model)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
@@ -114,12 +117,6 @@ class Runner:
         outputs = await item.future  # the depth gauge is set once per batch, by _loop
         logs.note(model=self.model.name, version=self.model.version, batch_size=item.batch)
         return outputs
-
-    async def call(self, method: Callable[..., T], *args: Any) -> T:
-        """``method(*args)`` of the model on its inference thread, never batched (feature
-        maps, Grad-CAM): model calls stay on one thread."""
-        logs.note(model=self.model.name, version=self.model.version)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
 
     async def _next_batch(self) -> list[_Item]:
         first = self._carry or await self._queue.get()

@@ -18,6 +18,20 @@ from starlette.requests import ClientDisconnect
 log = logging.getLogger("cnn_serve")
 
 
+ECHO_CHARS = 64  # of a client's input quoted back in an error message
+
+
+def shorten(text: str) -> str:
+    """A client's text for an error message, cut to a short prefix: a 60 KB model name must
+    not come back as a 60 KB error."""
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text):,} chars)"
+
+
+def clip(value: object) -> str:
+    """``repr`` of a client's input, shortened."""
+    return shorten(repr(value))
+
+
 class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
@@ -170,5 +184,6 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; see the server log")
+        log.exception("unhandled error on %s %s", request.method, request.url.path[:200])
+        return error_response(500, "internal_error", "internal error; see the server log",
+                              {"Connection": "close"})

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from service import featuremaps, graph_decode, preprocess
+from service import featuremaps, graph_decode, logs, memory, preprocess
+from service.admission import Reservation
 from service.batching import IsGone, Runner
 from service.core import Core
 from service.errors import (
@@ -17,10 +21,14 @@ from service.errors import (
     ExplanationUnavailable,
     InvalidParameter,
     LayerNotFound,
+    PayloadTooLarge,
+    clip,
+    shorten,
 )
-from service.model import GraphDecodeFailed, Outputs
+from service.model import FEATURE_MAP_CHUNK, GraphDecodeFailed, Outputs
 from service.schemas import (
     ExplainParams,
+    FeatureMapsParams,
     FeatureMapsResponse,
     ImageFeatureMaps,
     LayerActivation,
@@ -30,6 +38,7 @@ from service.uploads import Upload, check
 from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
+T = TypeVar("T")
 
 
 def _finish_all(images: list[tuple[str, Image.Image]], spec: InputSpec) -> np.ndarray:
@@ -50,7 +59,7 @@ async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.nda
     settings = core.settings
     images = []
     for i, upload in enumerate(uploads):
-        name = upload.filename or f"file {i + 1}"
+        name = shorten(upload.filename or f"file {i + 1}")
         opened = preprocess.open_image(upload.data, settings.max_image_pixels, name)
         images.append((name, preprocess.draft(opened, spec)))
     pixels = sum(image.width * image.height for _, image in images)
@@ -146,6 +155,64 @@ async def predict(core: Core, uploads: list[Upload], params: PredictParams,
     }
 
 
+async def heavy(core: Core, runner: Runner, method: Callable[..., T], *args) -> T:
+    """``method(*args)`` on the heavy-work thread (Grad-CAM, feature maps), never on the
+    version's inference thread: within the version's bound (more: 503 at once) and the
+    process's (one at a time, a few waiting up to the queue deadline, then 503). The bounds
+    are held until the thread is done, even when the request gives up first."""
+    loop = asyncio.get_running_loop()
+    hold = core.admission.hold([(runner.heavy, 1), (core.admission.heavy, 1)])
+    await hold.__aenter__()
+    try:
+        job = core.heavy.submit(method, *args)
+    except BaseException:
+        hold.release()
+        raise
+    job.add_done_callback(lambda _: loop.call_soon_threadsafe(hold.release))
+    logs.note(model=runner.model.name, version=runner.model.version)
+    return await asyncio.wrap_future(job)
+
+
+# memory of a feature-map answer per activation value: the float32 activations, then the
+# answer built from them (npz: the compressed buffer and its copy; JSON: the PNGs in base64,
+# as objects and as the JSON text); measured: bench/heavy.py
+RAW_BYTES = 4
+ANSWER_BYTES = {"npz": 8, "json": 6}
+
+
+@dataclass
+class FeatureMapCost:
+    """The memory a feature-map request will take, known before anything is computed."""
+
+    images: int
+    per_image: int  # bytes per image of the layers asked for
+    fixed: int  # bytes of one chunk of images through every layer (the signature's output)
+    layers: dict[str, int]  # bytes per image, per layer asked for
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.images * self.per_image
+
+    def advice(self, limit: int) -> str:
+        """How to fit: fewer images, or fewer (named) layers."""
+        fit = max(0, (limit - self.fixed) // self.per_image)
+        largest = sorted(self.layers, key=self.layers.get, reverse=True)[:3]
+        mb = ", ".join(f"{clip(name)} {self.layers[name] / 2**20:.2f} MB" for name in largest)
+        images = f"send at most {fit} image(s), or " if fit else ""
+        return (f"{images}ask for fewer layers with layers= (per image the largest are {mb})")
+
+
+def feature_map_cost(metadata: ModelMetadata, layers: list[str] | None, images: int,
+                     fmt: str) -> FeatureMapCost:
+    sizes = {layer.name: math.prod(layer.output_shape) for layer in metadata.layers}
+    per_value = RAW_BYTES + ANSWER_BYTES[fmt]
+    chosen = {name: size * per_value for name, size in sizes.items()
+              if not layers or name in layers}
+    return FeatureMapCost(images, sum(chosen.values()),
+                          min(images, FEATURE_MAP_CHUNK) * sum(sizes.values()) * RAW_BYTES,
+                          chosen)
+
+
 @dataclass
 class Activations:
     """Raw activations of every (or the chosen) layer, graph order, and the model's outputs."""
@@ -157,23 +224,55 @@ class Activations:
     outputs: dict[str, np.ndarray]
 
 
-async def activations(core: Core, uploads: list[Upload], name: str, version: str | None,
-                      layers: list[str] | None) -> Activations:
-    runner = core.registry.runner(name, version)
-    metadata = runner.model.metadata
-    if layers:
+def _chosen_layers(metadata: ModelMetadata, layers: str | None) -> list[str] | None:
+    """``layers=a,b`` checked against the model (404 naming the unknown ones)."""
+    chosen = [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+    if chosen:
         known = [layer.name for layer in metadata.layers]
-        unknown = [layer for layer in layers if layer not in known]
+        unknown = [layer for layer in chosen if layer not in known]
         if unknown:
-            raise LayerNotFound(f"model {name!r} has no layer(s) {unknown}; layers: {known}")
+            raise LayerNotFound(f"model {clip(metadata.name)} has no layer(s) "
+                                f"{clip(unknown)}; layers: {known}")
+    return chosen
+
+
+async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload],
+                               params: FeatureMapsParams) -> tuple[list[str] | None,
+                                                                   Reservation]:
+    """The layers asked for, and their answer's memory reserved (entered: the caller
+    releases it once the answer is sent): 413 over the per-request limit, with what would
+    fit; the process budget waited for like the others."""
+    metadata = runner.model.metadata
+    layers = _chosen_layers(metadata, params.layers)
     check(uploads, core.settings.max_images_per_request)
+    cost = feature_map_cost(metadata, layers, len(uploads), params.format)
+    limit = core.settings.max_feature_map_bytes
+    if cost.total > limit:
+        raise PayloadTooLarge(f"feature maps of {len(uploads)} image(s) would take "
+                              f"{cost.total / 2**20:.0f} MB; the limit per request is "
+                              f"{limit / 2**20:.0f} MB: {cost.advice(limit)}")
+    reservation = core.admission.reserve(feature_map_bytes=cost.total)
+    await reservation.__aenter__()
+    return layers, reservation
+
+
+async def activations(core: Core, runner: Runner, uploads: list[Upload],
+                      layers: list[str] | None) -> Activations:
+    metadata = runner.model.metadata
     batch = await to_batch(core, uploads, metadata.input)
-    # "image": the input as preprocessing made it
-    maps = {"image": batch, **await runner.call(runner.model.feature_maps, batch)}
-    if layers:
-        maps = {k: v for k, v in maps.items() if k in layers}
+    maps = await heavy(core, runner, runner.model.feature_maps, batch, layers)
+    if not layers or "image" in layers:  # "image": the input as preprocessing made it
+        maps = {"image": batch, **maps}
     return Activations(metadata, runner.model.version, uploads, maps,
                        await runner.predict(batch))
+
+
+def released_memory(reservation: Reservation) -> None:
+    """After a feature-map answer: give its memory back to the budget, and to the operating
+    system once no answer holds any (a burst of large answers left the process at 6 GB)."""
+    reservation.release()
+    if reservation.admission.feature_map_bytes.used == 0:
+        memory.trim_soon()
 
 
 def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
@@ -181,19 +280,19 @@ def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
     heads = {o.name: o for o in metadata.outputs}
     head = heads.get(params.output or metadata.outputs[0].name)
     if head is None:
-        raise InvalidParameter(f"model {metadata.name!r} has no output {params.output!r}; "
-                               f"outputs: {list(heads)}")
+        raise InvalidParameter(f"model {clip(metadata.name)} has no output "
+                               f"{clip(params.output)}; outputs: {list(heads)}")
     classes = len(head.labels)
     if params.class_index is not None and params.class_index >= classes:
         raise InvalidParameter(f"output {head.name!r} has classes 0 to {classes - 1}")
     if params.layer is not None:
         layers = {layer.name: layer for layer in metadata.layers}
         if params.layer not in layers:
-            raise LayerNotFound(f"model {metadata.name!r} has no layer {params.layer!r}; "
-                                f"layers: {list(layers)}")
+            raise LayerNotFound(f"model {clip(metadata.name)} has no layer "
+                                f"{clip(params.layer)}; layers: {list(layers)}")
         if len(layers[params.layer].output_shape) != 3:
-            raise InvalidParameter(f"layer {params.layer!r} has no [h, w, k] output; Grad-CAM "
-                                   "needs a convolution, pooling or the input layer")
+            raise InvalidParameter(f"layer {clip(params.layer)} has no [h, w, k] output; "
+                                   "Grad-CAM needs a convolution, pooling or the input layer")
     return head
 
 
@@ -202,13 +301,14 @@ async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainP
     runner = core.registry.runner(name, params.version)
     model, metadata = runner.model, runner.model.metadata
     if not model.explainable:
-        raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
-                                     "which Grad-CAM needs")
+        raise ExplanationUnavailable(f"model {clip(name)} v{model.version} ships no "
+                                     "model.keras, which Grad-CAM needs")
     if len(check(uploads, core.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)
     image = (await to_batch(core, uploads, metadata.input))[0]
-    result = await runner.call(model.explain, image, head, params.class_index, params.layer)
+    result = await heavy(core, runner, model.explain, image, head, params.class_index,
+                         params.layer, core.gradcams)
     picture = await asyncio.get_running_loop().run_in_executor(
         core.decoder, featuremaps.overlay, image, result.heatmap)
     return {"model": name, "version": model.version, "output": head.name,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
 from service.errors import send_error
+from service.tensors import header_length
 
+log = logging.getLogger("cnn_serve")
 DISCONNECT: Message = {"type": "http.disconnect"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
@@ -40,10 +43,11 @@ class BodyGuard:
         counting = True
         for key, value in scope["headers"]:
             if key == b"content-length":
-                if not value.isdigit():
+                length = header_length(value)
+                if length is None:
                     return await _send_error(scope, send, 400, "bad_request",
                                              "invalid Content-Length")
-                if int(value) > self.limit:
+                if length > self.limit:
                     return await _send_error(scope, send, 413, "payload_too_large",
                                              self._too_large)
                 counting = False  # the server delivers no more than Content-Length bytes
@@ -170,10 +174,12 @@ class RequestTelemetry:
         token = logs.CURRENT.set(record)
         echoed = (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode())
 
+        started = False
+
         async def record_send(msg: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if msg["type"] == "http.response.start":
-                status = msg["status"]
+                status, started = msg["status"], True
                 msg["headers"] = [*msg.get("headers", ()), echoed]
                 drain = getattr(scope["app"].state, "drain", None)
                 if drain is not None and drain.active:  # clients: leave keep-alive connections
@@ -182,6 +188,14 @@ class RequestTelemetry:
 
         try:
             await self.app(scope, receive, record_send)
+        except Exception:
+            # a bug, never a client's mistake: logged with its request ID; the client gets
+            # the error shape and a connection closed cleanly after it (not a reset)
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"][:200])
+            if started:
+                raise
+            await send_error(scope, record_send, 500, "internal_error",
+                             "internal error; see the server log", CLOSE)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             protocol = metrics.protocol(route)

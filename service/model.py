@@ -23,11 +23,14 @@ import tensorflow as tf
 from PIL import Image
 
 from service import graph_decode
-from service.gradcam import Explanation, GradCam
+from service.gradcam import Explanation, GradCam, TracedCache
 from training.export import KERAS_FILE
 from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 log = logging.getLogger("cnn_serve")
+
+
+FEATURE_MAP_CHUNK = 8  # images per feature-map call
 
 
 class GraphDecodeFailed(Exception):
@@ -125,20 +128,33 @@ class ServedModel:
         return (self.path / KERAS_FILE).is_file()
 
     def explain(self, image: np.ndarray, output: OutputSpec, class_index: int | None,
-                layer: str | None) -> Explanation:
+                layer: str | None, cache: TracedCache) -> Explanation:
         """Grad-CAM for one image; the Keras model loads on the first call (~0.1 s)."""
         if self._gradcam is None:
-            self._gradcam = GradCam(self.path / KERAS_FILE, self.metadata)
+            self._gradcam = GradCam(self.path / KERAS_FILE, self.metadata, cache)
         with tf.device(self.device):
             return self._gradcam(image, output, class_index, layer)
 
-    def feature_maps(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def feature_maps(self, batch: np.ndarray, layers: list[str] | None = None,
+                     chunk: int = FEATURE_MAP_CHUNK) -> dict[str, np.ndarray]:
+        """Every layer's activations (or ``layers``'), graph order as in the metadata. The
+        signature computes every layer, so images go through ``chunk`` at a time and only
+        the layers asked for are kept: memory is that of the answer, not of every layer."""
         if self._maps is None:
             raise RuntimeError(f"{self.path} has no feature_maps signature")
-        with tf.device(self.device):
-            out = self._maps(image=tf.convert_to_tensor(batch, tf.float32))
-        order = [layer.name for layer in self.metadata.layers]  # graph order, as in metadata
-        return {name: out[name].numpy() for name in order if name in out}
+        order = [layer.name for layer in self.metadata.layers if not layers
+                 or layer.name in layers]
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(batch), chunk):
+            with tf.device(self.device):
+                out = self._maps(image=tf.convert_to_tensor(batch[start:start + chunk],
+                                                            tf.float32))
+            for name in order:
+                if name in out:
+                    parts.setdefault(name, []).append(out[name].numpy())
+            del out
+        return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+                for name, chunks in parts.items()}
 
 
 def _blank_png(spec: InputSpec) -> bytes:

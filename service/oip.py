@@ -21,13 +21,14 @@ import binascii
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import BadRequest, UnsupportedMediaType
+from service.errors import BadRequest, UnsupportedMediaType, clip
 from service.model import Outputs, ServedModel
+from service.tensors import header_length, json_floats, may_hold_booleans
 from service.uploads import Upload
 from training.metadata import ModelMetadata
 
@@ -45,13 +46,13 @@ class _Open(BaseModel):
 
 
 class TensorParameters(_Open):
-    binary_data_size: int | None = Field(None, ge=0, description="bytes of this tensor in the "
+    binary_data_size: int | None = Field(None, ge=0, le=2**40, description="bytes of this tensor in the "
                                          "binary section (binary tensor data extension)")
 
 
 class RequestInput(_Open):
     name: str = Field(max_length=256)
-    shape: list[int] = Field(max_length=8)
+    shape: list[Annotated[int, Field(ge=0, le=2**40)]] = Field(max_length=8)
     datatype: str = Field(max_length=16)
     parameters: TensorParameters | None = None
     data: Any = Field(None, description="row-major values, flat or nested; absent when the "
@@ -131,26 +132,24 @@ class Request:
 
     header: InferenceRequest
     binary: memoryview
+    may_hold_booleans: bool  # "true" or "false" appear in the JSON header
 
 
 def parse(body: bytes, headers: dict[str, str]) -> Request:
     """Split and validate the body (400 naming what is wrong)."""
-    if headers.get("content-encoding", "identity") != "identity":
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
         raise UnsupportedMediaType("compressed request bodies are not accepted; send the "
                                    "request without compression")
-    length = headers.get(HEADER_LENGTH)
-    if length is None:
-        json_size = len(body)
-    elif not length.isdigit() or int(length) > len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {length[:20]!r} is not a length "
+    given = headers.get(HEADER_LENGTH)
+    json_size = len(body) if given is None else header_length(given)
+    if json_size is None or json_size > len(body):
+        raise BadRequest(f"Inference-Header-Content-Length {clip(given)} is not a length "
                          f"within the {len(body)}-byte body")
-    else:
-        json_size = int(length)
     try:
         header = InferenceRequest.model_validate_json(body[:json_size])
     except ValidationError as exc:
         raise BadRequest(_problems(exc)) from None
-    return Request(header, memoryview(body)[json_size:])
+    return Request(header, memoryview(body)[json_size:], may_hold_booleans(body[:json_size]))
 
 
 def _problems(exc: ValidationError) -> str:
@@ -165,14 +164,15 @@ def model_input(request: Request, meta: ModelMetadata, max_items: int
     inputs = request.header.inputs
     names = [tensor.name for tensor in inputs]
     if len(inputs) != 1:
-        raise BadRequest(f"send one input, {meta.input.name!r} or {BYTES_INPUT!r}; got {names}")
+        raise BadRequest(f"send one input, {meta.input.name!r} or {BYTES_INPUT!r}; got "
+                         f"{clip(names)}")
     tensor = inputs[0]
     raw = _binary_sections(request)[0]
     if tensor.name == meta.input.name:
-        return _pixels(tensor, raw, meta, max_items)
+        return _pixels(tensor, raw, meta, max_items, request.may_hold_booleans)
     if tensor.name == BYTES_INPUT:
         return _files(tensor, raw, max_items)
-    raise BadRequest(f"unknown input {tensor.name!r}; the model takes {meta.input.name!r} "
+    raise BadRequest(f"unknown input {clip(tensor.name)}; the model takes {meta.input.name!r} "
                      f"(FP32 pixels) or {BYTES_INPUT!r} (BYTES image files)")
 
 
@@ -184,14 +184,15 @@ def _binary_sections(request: Request) -> list[memoryview | None]:
         size = tensor.parameters.binary_data_size if tensor.parameters else None
         if size is None:
             if tensor.data is None:
-                raise BadRequest(f"input {tensor.name!r} has neither 'data' nor "
+                raise BadRequest(f"input {clip(tensor.name)} has neither 'data' nor "
                                  "'binary_data_size'")
             sections.append(None)
             continue
         if tensor.data is not None:
-            raise BadRequest(f"input {tensor.name!r} has both 'data' and 'binary_data_size'")
+            raise BadRequest(f"input {clip(tensor.name)} has both 'data' and "
+                             "'binary_data_size'")
         if offset + size > len(request.binary):
-            raise BadRequest(f"input {tensor.name!r} declares {size} bytes of binary data but "
+            raise BadRequest(f"input {clip(tensor.name)} declares {size} bytes of binary data but "
                              f"only {len(request.binary) - offset} follow the JSON header")
         sections.append(request.binary[offset:offset + size])
         offset += size
@@ -202,10 +203,10 @@ def _binary_sections(request: Request) -> list[memoryview | None]:
 
 
 def _pixels(tensor: RequestInput, raw: memoryview | None, meta: ModelMetadata,
-            max_items: int) -> np.ndarray:
+            max_items: int, may_hold_booleans: bool) -> np.ndarray:
     spec = meta.input
     if tensor.datatype != "FP32":
-        raise BadRequest(f"input {spec.name!r} is FP32, not {tensor.datatype}")
+        raise BadRequest(f"input {spec.name!r} is FP32, not {clip(tensor.datatype)}")
     n = _batch(tensor, max_items)
     if tensor.shape != [n, *spec.shape]:
         raise BadRequest(f"input {spec.name!r} has shape [-1, {', '.join(map(str, spec.shape))}]"
@@ -216,23 +217,19 @@ def _pixels(tensor: RequestInput, raw: memoryview | None, meta: ModelMetadata,
             raise BadRequest(f"input {spec.name!r} of shape {tensor.shape} is {4 * count} bytes "
                              f"of FP32; binary_data_size says {len(raw)}")
         pixels = np.frombuffer(raw, "<f4").reshape(tensor.shape)
-    else:
-        try:
-            pixels = np.asarray(tensor.data, np.float32)
-        except (ValueError, TypeError):
-            raise BadRequest(f"input {spec.name!r}: 'data' is not a list of numbers") from None
-        if pixels.size != count:
-            raise BadRequest(f"input {spec.name!r}: 'data' holds {pixels.size} values; shape "
-                             f"{tensor.shape} needs {count}")
-        pixels = pixels.reshape(tensor.shape)
-    if not np.isfinite(pixels).all():
-        raise BadRequest(f"input {spec.name!r} holds NaN or infinite values")
-    return pixels
+        if not np.isfinite(pixels).all():
+            raise BadRequest(f"input {spec.name!r} holds NaN or infinite values")
+        return pixels
+    pixels = json_floats(tensor.data, f"input {spec.name!r}: 'data'", may_hold_booleans)
+    if pixels.size != count:
+        raise BadRequest(f"input {spec.name!r}: 'data' holds {pixels.size} values; shape "
+                         f"{tensor.shape} needs {count}")
+    return pixels.reshape(tensor.shape)
 
 
 def _files(tensor: RequestInput, raw: memoryview | None, max_items: int) -> list[Upload]:
     if tensor.datatype != "BYTES":
-        raise BadRequest(f"input {BYTES_INPUT!r} is BYTES, not {tensor.datatype}")
+        raise BadRequest(f"input {BYTES_INPUT!r} is BYTES, not {clip(tensor.datatype)}")
     n = _batch(tensor, max_items)
     if tensor.shape not in ([n], [n, 1]):
         raise BadRequest(f"input {BYTES_INPUT!r} has shape [-1] (one file per image); got "
@@ -247,7 +244,8 @@ def _files(tensor: RequestInput, raw: memoryview | None, max_items: int) -> list
 def _batch(tensor: RequestInput, max_items: int) -> int:
     n = tensor.shape[0] if tensor.shape else 0
     if not 1 <= n <= max_items:
-        raise BadRequest(f"input {tensor.name!r}: batch of {n} images; send 1 to {max_items}")
+        raise BadRequest(f"input {clip(tensor.name)}: batch of {n} images; send 1 to "
+                         f"{max_items}")
     return n
 
 
@@ -287,9 +285,9 @@ def requested_outputs(request: Request, meta: ModelMetadata) -> list[tuple[str, 
     names = [o.name for o in request.header.outputs]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise BadRequest(f"unknown output(s) {unknown}; the model's outputs are {known}")
+        raise BadRequest(f"unknown output(s) {clip(unknown)}; the model's outputs are {known}")
     if len(set(names)) != len(names):
-        raise BadRequest(f"an output is requested more than once: {names}")
+        raise BadRequest(f"an output is requested more than once: {clip(names)}")
     chosen = []
     for output in request.header.outputs:
         binary = output.parameters.binary_data if output.parameters else None

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from service import metrics
 from service.batching import Runner
-from service.errors import ModelFailed, ModelNotFound, ModelNotReady, VersionNotFound
+from service.errors import ModelFailed, ModelNotFound, ModelNotReady, VersionNotFound, clip
 from service.model import ServedModel, Status
 from service.settings import Settings
 
@@ -150,7 +150,7 @@ class ModelRegistry:
         if model.status is Status.ready:
             metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
             runner = Runner(model, self.settings.batch_policy(name),
-                            self.settings.queue_timeout_s)
+                            self.settings.queue_timeout_s, self.settings.heavy_per_version)
             runner.start()
             self.runners[(name, version)] = runner
 
@@ -184,7 +184,7 @@ class ModelRegistry:
     def versions(self, name: str) -> dict[int, ServedModel]:
         if name not in self.models:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotFound(f"no model named {name!r} (served: {known})")
+            raise ModelNotFound(f"no model named {clip(name)} (served: {known})")
         return self.models[name]
 
     def latest_version(self, name: str) -> int:
@@ -201,7 +201,7 @@ class ModelRegistry:
             return int(version)
         labels = self.settings.version_labels.get(name, {})
         if version not in labels:
-            raise VersionNotFound(f"model {name!r} has no version label {version!r} "
+            raise VersionNotFound(f"model {name!r} has no version label {clip(version)} "
                                   f"(labels: {sorted(labels) or 'none'})")
         return labels[version]
 
@@ -209,7 +209,7 @@ class ModelRegistry:
         versions = self.versions(name)
         number = self.resolve(name, version)
         if number not in versions:
-            raise VersionNotFound(f"model {name!r} has no version {number} "
+            raise VersionNotFound(f"model {name!r} has no version {clip(number)} "
                                   f"(versions: {sorted(versions)})")
         return versions[number]
 

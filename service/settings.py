@@ -92,6 +92,19 @@ class Settings(BaseSettings):
                                    "held at once")
     decode_pixels_budget: int = Field(64_000_000, gt=0, description="pixels being decoded at "
                                       "once")
+    # explain and feature maps: one thread does them all, within these bounds
+    heavy_per_version: int = Field(2, ge=1, description="explain and feature-map requests "
+                                   "per model version computing or waiting (more: 503)")
+    max_heavy_waiting: int = Field(8, ge=0, description="explain and feature-map requests "
+                                   "waiting for the heavy-work thread (more: 503)")
+    max_feature_map_bytes: int = Field(128 * 2**20, gt=0, description="memory one "
+                                       "feature-map answer may take (estimated before it is "
+                                       "computed; more: 413)")
+    feature_map_bytes_budget: int = Field(384 * 2**20, gt=0, description="memory of all "
+                                          "feature-map answers being computed or sent")
+    gradcam_cache_entries: int = Field(64, ge=1, description="traced Grad-CAM graphs kept "
+                                       "(one per version, layer and head)")
+    gradcam_cache_bytes: int = Field(192 * 2**20, gt=0, description="their estimated memory")
     queue_timeout_s: float = Field(5.0, gt=0, le=600, description="longest wait for a budget "
                                    "or in a model's batch queue (then 503)")
     # slow or broken clients
@@ -178,7 +191,8 @@ class Settings(BaseSettings):
     def _one_request_fits(self) -> Settings:
         """A request within the per-request limits must always fit the process budgets."""
         for budget, limit in (("body_bytes_budget", "max_upload_bytes"),
-                              ("decode_pixels_budget", "max_request_pixels")):
+                              ("decode_pixels_budget", "max_request_pixels"),
+                              ("feature_map_bytes_budget", "max_feature_map_bytes")):
             if getattr(self, budget) < getattr(self, limit):
                 raise ValueError(f"{budget} ({getattr(self, budget)}) must be at least "
                                  f"{limit} ({getattr(self, limit)})")

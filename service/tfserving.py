@@ -15,8 +15,9 @@ import binascii
 import numpy as np
 from pydantic_core import from_json
 
-from service.errors import BadRequest
+from service.errors import BadRequest, clip
 from service.model import ServedModel, Status
+from service.tensors import json_floats
 from service.uploads import Upload
 from training.metadata import ModelMetadata
 
@@ -57,9 +58,11 @@ def parse(body: bytes, classify: bool = False) -> dict:
         raise BadRequest("the body is not valid JSON (or nests too deep)") from None
     if not isinstance(request, dict):
         raise BadRequest("the body must be a JSON object with 'instances' or 'inputs'")
-    name = request.get("signature_name", SIGNATURE) or SIGNATURE
-    if name != SIGNATURE:
-        raise BadRequest(f"no signature named {name!r}; this model serves {SIGNATURE!r}")
+    name = request.get("signature_name", SIGNATURE)
+    if not isinstance(name, str):
+        raise BadRequest("signature_name is a string")
+    if (name or SIGNATURE) != SIGNATURE:  # TF Serving takes "" as the default too
+        raise BadRequest(f"no signature named {clip(name)}; this model serves {SIGNATURE!r}")
     if classify:
         if not isinstance(request.get("examples"), list):
             raise BadRequest("a classify request lists its 'examples'")
@@ -73,13 +76,13 @@ def _unwrap(value: object, input_name: str) -> object:
     """``{"image": x}`` -> x; anything else as it is."""
     if isinstance(value, dict) and "b64" not in value:
         if set(value) != {input_name}:
-            raise BadRequest(f"unknown input(s) {sorted(set(value) - {input_name})}; the "
-                             f"model's one input is {input_name!r}")
+            raise BadRequest(f"unknown input(s) {clip(sorted(set(value) - {input_name}))}; "
+                             f"the model's one input is {input_name!r}")
         return value[input_name]
     return value
 
 
-def model_input(request: dict, meta: ModelMetadata, max_items: int
+def model_input(request: dict, meta: ModelMetadata, max_items: int, may_hold_booleans: bool
                 ) -> np.ndarray | list[Upload]:
     """A request's instances: pixels [n, H, W, C] float32, or images to preprocess."""
     spec = meta.input
@@ -97,15 +100,10 @@ def model_input(request: dict, meta: ModelMetadata, max_items: int
         if not all(encoded):
             raise BadRequest("mix of encoded images ({'b64': ...}) and pixel tensors")
         return [Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)]
-    try:
-        pixels = np.asarray(items, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise BadRequest("instances are not numeric tensors of one shape") from None
+    pixels = json_floats(items, "instances", may_hold_booleans)
     if pixels.shape[1:] != tuple(spec.shape):
-        raise BadRequest(f"instances have shape {list(pixels.shape[1:])}; input {spec.name!r} "
-                         f"takes {spec.shape} (values in [0, 1])")
-    if not np.isfinite(pixels).all():
-        raise BadRequest("instances hold NaN or infinite values")
+        raise BadRequest(f"instances have shape {clip(list(pixels.shape[1:]))}; input "
+                         f"{spec.name!r} takes {spec.shape} (values in [0, 1])")
     return pixels
 
 

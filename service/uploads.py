@@ -21,7 +21,8 @@ from starlette.requests import Request
 
 from service.admission import Reservation
 from service.core import Core
-from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType
+from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType, clip, shorten
+from service.tensors import header_length
 
 Params = TypeVar("Params", bound=BaseModel)
 
@@ -89,8 +90,8 @@ def check(uploads: list[Upload], max_images: int) -> list[Upload]:
         declared = upload.content_type.split(";")[0].strip()
         if not declared.startswith(ACCEPTED_TYPES):
             raise UnsupportedMediaType(
-                f"{upload.filename or 'file'}: {declared} is not an image type; send PNG, "
-                "JPEG, GIF, BMP, WebP or TIFF")
+                f"{shorten(upload.filename or 'file')}: {clip(declared)} is not an image type; "
+                "send PNG, JPEG, GIF, BMP, WebP or TIFF")
     return uploads
 
 
@@ -99,8 +100,8 @@ def admit(request: Request, core: Core) -> Reservation:
     the body's bytes (``Content-Length``, else the limit). A request the process cannot take
     now waits for nothing but a future, or gets a cheap 503."""
     limit = core.settings.max_upload_bytes
-    length = request.headers.get("content-length", "")
-    nbytes = min(int(length), limit) if length.isdigit() else limit
+    length = header_length(request.headers.get("content-length"))
+    nbytes = limit if length is None else min(length, limit)
     return core.admission.reserve(requests=1, body_bytes=max(nbytes, 1))
 
 

@@ -2,9 +2,14 @@
 
     cnn-train summary NAME [--json]
     cnn-train NAME --data PATH [--epochs N --batch-size N --val-split F --seed N
-                                --augment/--no-augment --tensorboard DIR --out models/]
+                                --augment/--no-augment --tensorboard DIR --out runs/]
     cnn-train NAME --data PATH ... [--average-weights] [--bundle DIR (any Keras backend)]
-    cnn-train export DIR [--data PATH] [--out models/]   (needs TensorFlow)
+    cnn-train export DIR [--data PATH] [--out runs/]   (needs TensorFlow)
+
+Versions go to a scratch repository, ``runs/``, unless ``--out`` names another: a running
+``cnn-serve`` serves ``models/`` and picks up new versions there, so a one-epoch trial written
+into it would silently become what clients get. Promote a version by copying it (or by
+training with ``--out models/``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from training.train import (
     validation_metrics,
 )
 
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
+SCRATCH = Path("runs")  # where versions go unless --out says otherwise
+OUT_HELP = "model repository to write the version into (default: runs/; models/ is served)"
 NAMES = sorted([*ARCHITECTURES, *TRANSFERS])
 
 
@@ -110,7 +117,7 @@ def train(args: argparse.Namespace) -> int:
                          f"TensorFlow is installed")
     transfer = TRANSFERS.get(args.name)
     if transfer:
-        base_path = _latest_keras(Path(args.base_dir or args.out), transfer.base)
+        base_path = _latest_keras(args.base_dir, transfer.base)
         base_model = keras.models.load_model(base_path)
         arch = get_architecture(transfer.base)
         outputs = transfer.outputs
@@ -221,12 +228,13 @@ def parser() -> argparse.ArgumentParser:
                    help="stochastic weight averaging: SGD at a constant --lr; the export is "
                         "the mean of the weights at every epoch's end, batch-norm statistics "
                         "recomputed (after a schedule: with --init-from)")
-    p.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
+    p.add_argument("--out", type=Path, default=SCRATCH, help=OUT_HELP)
     p.add_argument("--bundle", metavar="DIR", type=Path, default=None,
                    help="write model.keras + metadata.json to DIR instead of a version (on any "
                         "Keras backend); `cnn-train export DIR` exports it later")
-    p.add_argument("--base-dir", type=Path, default=None,
-                   help="where the base model of a transfer model lives (default: --out)")
+    p.add_argument("--base-dir", type=Path, default=BUNDLED_MODELS,
+                   help="model repository holding the base model of a transfer model "
+                        "(default: the bundled models)")
     return p
 
 
@@ -277,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         ep.add_argument("bundle", type=Path, help="a directory written by --bundle")
         ep.add_argument("--data", type=Path, default=None,
                         help="the dataset it was trained on: evaluate its validation split here")
-        ep.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="model repository")
+        ep.add_argument("--out", type=Path, default=SCRATCH, help=OUT_HELP)
         a = ep.parse_args(argv[1:])
         return export_bundle(a.bundle, a.data, a.out)
     if argv[:1] == ["summary"]:

@@ -76,18 +76,43 @@ async def get_version(name: ModelName, version: VersionPath, registry: RegistryD
                     "description": "JSON, or with format=npz the raw float activations"}},
     openapi_extra=upload_body(FeatureMapsParams),
     summary="What every layer makes of an image: statistics and a picture per layer")
-async def feature_maps(name: ModelName, request: Request, core: CoreDep):
+async def feature_maps(name: ModelName, request: Request, core: CoreDep) -> Response:
+    """The answer's memory is reserved before anything is computed and held until it is
+    sent (413 over the per-request limit, 503 when the process budget stays short)."""
     async with uploads.received(request, core) as form:
         params = uploads.params(form, FeatureMapsParams, request)
-        chosen = [s.strip() for s in params.layers.split(",") if s.strip()] if params.layers \
-            else None
-        acts = await inference.activations(core, form.files, name, params.version, chosen)
-        if params.format == "npz":
-            data = await run_in_threadpool(featuremaps.to_npz, acts.layers)
-            return Response(data, media_type="application/octet-stream",
-                            headers={"Content-Disposition": f'attachment; filename="{name}-'
-                                                            f'v{acts.version}-activations.npz"'})
-        return await run_in_threadpool(inference.render_feature_maps, acts, params.scaling)
+        runner = core.registry.runner(name, params.version)
+        layers, reserved = await inference.reserve_feature_maps(core, runner, form.files, params)
+        try:
+            acts = await inference.activations(core, runner, form.files, layers)
+            if params.format == "npz":
+                body = await run_in_threadpool(featuremaps.to_npz, acts.layers)
+                kind, headers = "application/octet-stream", {
+                    "Content-Disposition": f'attachment; filename="{runner.model.name}'
+                                           f'-v{acts.version}-activations.npz"'}
+            else:  # rendered and serialised off the event loop: tens of MB for big batches
+                body = await run_in_threadpool(lambda: to_json(
+                    inference.render_feature_maps(acts, params.scaling)))
+                kind, headers = "application/json", None
+        except BaseException:
+            inference.released_memory(reserved)
+            raise
+    return Sent(body, media_type=kind, headers=headers,
+                then=lambda: inference.released_memory(reserved))
+
+
+class Sent(Response):
+    """A response that calls ``then`` once it has been sent, or failed to be."""
+
+    def __init__(self, *args, then, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.then = then
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.then()
 
 
 @router.post("/{name}/explain", response_model=ExplainResponse, responses=UPLOAD_ERRORS,

@@ -11,6 +11,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service import inference, tfserving, uploads
 from service.core import Core
+from service.tensors import may_hold_booleans
 from service.deps import CoreDep, RegistryDep
 from service.settings import LABEL
 
@@ -135,9 +136,11 @@ async def _infer(request: Request, core: Core, name: str, version: int | str | N
                  classify: bool = False) -> dict:
     runner = core.registry.runner(name, version)  # 404 before the body is read
     async with uploads.admit(request, core):
-        body = tfserving.parse(await request.body(), classify)
+        raw = await request.body()
+        body = tfserving.parse(raw, classify)
         meta = runner.model.metadata
-        model_input = tfserving.model_input(body, meta, core.settings.max_images_per_request)
+        model_input = tfserving.model_input(body, meta, core.settings.max_images_per_request,
+                                            may_hold_booleans(raw))
         outputs = await inference.infer(core, runner, model_input, request.is_disconnected)
     if classify:
         return tfserving.classification(meta, outputs)

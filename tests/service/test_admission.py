@@ -100,7 +100,8 @@ def test_beyond_the_waiting_bound_requests_are_refused_at_once():
 def test_waiting_past_the_deadline_is_a_503_and_releases_everything():
     async def scenario():
         admission = Admission(max_requests=2, max_waiting=10, body_bytes=100,
-                              decode_pixels=100, timeout_s=0.05)
+                              decode_pixels=100, timeout_s=0.05, heavy_waiting=1,
+                              feature_map_bytes=100)
         async with admission.reserve(body_bytes=100):
             with pytest.raises(Overloaded) as info:
                 async with admission.reserve(requests=1, body_bytes=1):

@@ -38,7 +38,7 @@ async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1,
     """A runner whose thread is busy with a first request while requests of ``sizes`` queue;
     returns the model, the runner and the tasks (first one included), not yet released."""
     model = SlowEcho()
-    runner = Runner(model, policy, timeout_s=timeout_s)
+    runner = Runner(model, policy, timeout_s=timeout_s, heavy_limit=1)
     runner.start()
     first = asyncio.create_task(runner.predict(np.full((1, width), 1.0)))
     await asyncio.sleep(0.05)  # the first call occupies the inference thread
@@ -77,7 +77,8 @@ def test_max_batch_size_is_respected_without_splitting_requests():
 def test_full_queue_answers_overloaded_at_once():
     async def scenario():
         model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=1, max_queue=2), timeout_s=5)
+        runner = Runner(model, BatchPolicy(max_batch_size=1, max_queue=2),
+                        timeout_s=5, heavy_limit=1)
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
         await asyncio.sleep(0.05)
@@ -113,7 +114,8 @@ def test_requests_that_waited_past_the_deadline_get_503_and_are_not_computed():
 def test_requests_whose_client_has_gone_are_not_computed():
     async def scenario():
         model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=64), timeout_s=5)
+        runner = Runner(model, BatchPolicy(max_batch_size=64),
+                        timeout_s=5, heavy_limit=1)
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
         await asyncio.sleep(0.05)
@@ -140,7 +142,8 @@ def test_batched_answers_equal_single_answers(digit_odd_model):
     images = np.random.default_rng(0).random((12, 28, 28, 1), np.float32)
 
     async def scenario():
-        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=20), timeout_s=5)
+        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=20),
+                        timeout_s=5, heavy_limit=1)
         runner.start()
         batched = await asyncio.gather(*(runner.predict(images[i:i + 1]) for i in range(12)))
         await runner.close()
@@ -177,7 +180,8 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
     arrays = [to_model_input(decode(png, 10**8), model.metadata.input)[None] for png in pngs]
 
     async def scenario(items):
-        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=50), timeout_s=5)
+        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=50),
+                        timeout_s=5, heavy_limit=1)
         runner.start()
         results = await asyncio.gather(
             *(runner.predict(i, task=model.pngs if isinstance(i, list) else None)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from service.gradcam import GradCam
+from service.gradcam import GradCam, TracedCache
 from service.preprocess import decode, to_model_input
 from tests.service.handwriting import draw_digit, encode
 from training.datasets import read_mnist, split
@@ -109,7 +109,8 @@ def test_the_default_class_is_the_prediction(client):
 
 def test_nothing_positive_gives_zeros_not_nan(client, digit_odd_model):
     """A blank input: every activation of the ReLU layers is flat; the map is all zeros."""
-    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata)
+    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata,
+                 TracedCache(8, 2**30))
     blank = np.zeros((28, 28, 1), np.float32)
     result = cam(blank, digit_odd_model.metadata.outputs[1], 0, "image")
     assert np.isfinite(result.heatmap).all() and result.heatmap.max() == 0
@@ -132,7 +133,8 @@ def test_heat_lies_on_the_ink_of_mnist_validation_digits(digit_odd_model):
     data = read_mnist(MNIST)
     _, val = split(len(data.images), 0.1, 42)  # training's validation split
     images = data.images[val[:200]].astype(np.float32) / 255
-    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata)
+    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata,
+                 TracedCache(8, 2**30))
     assert _ink_hits(cam, images, digit_odd_model.metadata.outputs[0]) >= 0.85
 
 
@@ -141,7 +143,8 @@ def test_heat_lies_on_the_ink_of_pen_digits(digit_odd_model):
     spec = digit_odd_model.metadata.input
     images = np.stack([to_model_input(draw_digit(d, pen=0.06 + 0.004 * k), spec)
                        for d in range(10) for k in range(20)])
-    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata)
+    cam = GradCam(digit_odd_model.path / "model.keras", digit_odd_model.metadata,
+                 TracedCache(8, 2**30))
     assert _ink_hits(cam, images, digit_odd_model.metadata.outputs[0]) >= 0.85
 
 

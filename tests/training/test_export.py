@@ -73,7 +73,7 @@ def test_reloaded_savedmodel_predicts_like_keras(exported):
 
 def test_transfer_model_trains_and_exports(exported, tiny_mnist):
     assert main(["digit_only", "--data", str(tiny_mnist), "--epochs", "1", "--batch-size", "32",
-                 "--out", str(exported)]) == 0
+                 "--out", str(exported), "--base-dir", str(exported)]) == 0
     meta = ModelMetadata.read(exported / "digit_only" / "1")
     assert meta.training.base_model == "digit_odd" and meta.training.frozen_up_to == "flatten_layer"
     assert meta.trainable_params == 5408 * 10 + 10
@@ -86,7 +86,8 @@ def test_transfer_model_trains_and_exports(exported, tiny_mnist):
 
 def test_transfer_without_base_is_a_clear_error(tiny_mnist, tmp_path):
     with pytest.raises(SystemExit, match="no trained 'digit_odd'"):
-        main(["digit_only", "--data", str(tiny_mnist), "--out", str(tmp_path)])
+        main(["digit_only", "--data", str(tiny_mnist), "--out", str(tmp_path),
+              "--base-dir", str(tmp_path)])
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path):

@@ -1,0 +1,54 @@
+"""Giving memory back to the operating system after a burst of large answers.
+
+glibc's malloc raises its mmap threshold after each large block it frees (up to 32 MB), so
+after a burst of multi-megabyte arrays later ones come from the heap, which only shrinks from
+the top: 16 feature-map requests at once left the process at 6 GB. A fixed threshold keeps
+large arrays in their own mappings (unmapped when freed), and ``malloc_trim`` hands back
+what the heaps have free once a burst is over. Elsewhere than glibc both do nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger("cnn_serve")
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 256 * 1024
+TRIM_EVERY_S = 1.0
+
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    _mallopt, _malloc_trim = _libc.mallopt, _libc.malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _mallopt = _malloc_trim = None
+
+
+def tune_allocator() -> bool:
+    """Fix malloc's mmap threshold (no dynamic raise); the process entry point calls it."""
+    if _mallopt is None:
+        return False
+    return bool(_mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+
+def trim() -> None:
+    """Return the heaps' free memory to the operating system (glibc: every arena)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+_last_trim = -TRIM_EVERY_S
+
+
+def trim_soon() -> None:
+    """:func:`trim` on a worker thread (it takes milliseconds on a large heap), at most once
+    a second; called on the event loop."""
+    global _last_trim
+    loop = asyncio.get_running_loop()
+    if loop.time() - _last_trim >= TRIM_EVERY_S:
+        _last_trim = loop.time()
+        loop.run_in_executor(None, trim)

@@ -1,0 +1,35 @@
+"""The README's training example, run as written (on a tiny dataset instead of MNIST): it
+must not touch the model repository that a running service serves."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.training.digits import bar_digits_npz
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVED = ROOT / "models"
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_readme_training_example_leaves_the_served_models_alone(tmp_path):
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith(".venv/bin/cnn-train digit_odd --data"))
+    args = shlex.split(line, comments=True)[1:]
+    args[args.index("--data") + 1] = str(bar_digits_npz(tmp_path / "mnist.npz"))
+    before = _files(SERVED)
+    try:
+        subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=tmp_path, check=True,
+                       capture_output=True, timeout=600)
+        assert _files(SERVED) == before
+    finally:  # should the example ever write there again, leave no version behind
+        for version in {Path(name).parts[:2] for name in set(_files(SERVED)) - set(before)}:
+            shutil.rmtree(SERVED.joinpath(*version), ignore_errors=True)
+    assert (tmp_path / "runs" / "digit_odd" / "1" / "saved_model.pb").is_file()

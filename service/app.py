@@ -58,7 +58,7 @@ def _lifespan(settings: Settings):
         heavy = ThreadPoolExecutor(1, thread_name_prefix="heavy")
         app.state.core = Core(registry, settings, Admission.from_settings(settings), decoder,
                               heavy, TracedCache(settings.gradcam_cache_entries,
-                                                 settings.gradcam_cache_bytes))
+                                                 settings.gradcam_cache_bytes), memory.Trimmer())
         await registry.load_all()
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.admission import Admission
 from service.gradcam import TracedCache
+from service.memory import Trimmer
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -30,3 +31,4 @@ class Core:
     decoder: ThreadPoolExecutor
     heavy: ThreadPoolExecutor
     gradcams: TracedCache
+    trimmer: Trimmer

@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from service import featuremaps, graph_decode, logs, memory, preprocess
+from service import featuremaps, graph_decode, logs, preprocess
 from service.admission import Reservation
 from service.batching import IsGone, Runner
 from service.core import Core
@@ -185,32 +185,30 @@ class FeatureMapCost:
     """The memory a feature-map request will take, known before anything is computed."""
 
     images: int
-    per_image: int  # bytes per image of the layers asked for
-    fixed: int  # bytes of one chunk of images through every layer (the signature's output)
-    layers: dict[str, int]  # bytes per image, per layer asked for
+    every_layer: int  # bytes per image through every layer (what the signature computes)
+    layers: dict[str, int]  # bytes per image of each layer asked for, in the answer
 
-    @property
-    def total(self) -> int:
-        return self.fixed + self.images * self.per_image
+    def total(self, images: int | None = None) -> int:
+        images = self.images if images is None else images
+        return (min(images, FEATURE_MAP_CHUNK) * self.every_layer
+                + images * sum(self.layers.values()))
 
     def advice(self, limit: int) -> str:
         """How to fit: fewer images, or fewer (named) layers."""
-        fit = max(0, (limit - self.fixed) // self.per_image)
+        fit = next((n for n in range(self.images - 1, 0, -1) if self.total(n) <= limit), 0)
         largest = sorted(self.layers, key=self.layers.get, reverse=True)[:3]
         mb = ", ".join(f"{clip(name)} {self.layers[name] / 2**20:.2f} MB" for name in largest)
         images = f"send at most {fit} image(s), or " if fit else ""
-        return (f"{images}ask for fewer layers with layers= (per image the largest are {mb})")
+        return f"{images}ask for fewer layers with layers= (per image the largest are {mb})"
 
 
 def feature_map_cost(metadata: ModelMetadata, layers: list[str] | None, images: int,
                      fmt: str) -> FeatureMapCost:
     sizes = {layer.name: math.prod(layer.output_shape) for layer in metadata.layers}
     per_value = RAW_BYTES + ANSWER_BYTES[fmt]
-    chosen = {name: size * per_value for name, size in sizes.items()
-              if not layers or name in layers}
-    return FeatureMapCost(images, sum(chosen.values()),
-                          min(images, FEATURE_MAP_CHUNK) * sum(sizes.values()) * RAW_BYTES,
-                          chosen)
+    return FeatureMapCost(images, sum(sizes.values()) * RAW_BYTES,
+                          {name: size * per_value for name, size in sizes.items()
+                           if not layers or name in layers})
 
 
 @dataclass
@@ -247,11 +245,12 @@ async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload]
     check(uploads, core.settings.max_images_per_request)
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
     limit = core.settings.max_feature_map_bytes
-    if cost.total > limit:
+    total = cost.total()
+    if total > limit:
         raise PayloadTooLarge(f"feature maps of {len(uploads)} image(s) would take "
-                              f"{cost.total / 2**20:.0f} MB; the limit per request is "
+                              f"{total / 2**20:.0f} MB; the limit per request is "
                               f"{limit / 2**20:.0f} MB: {cost.advice(limit)}")
-    reservation = core.admission.reserve(feature_map_bytes=cost.total)
+    reservation = core.admission.reserve(feature_map_bytes=total)
     await reservation.__aenter__()
     return layers, reservation
 
@@ -267,12 +266,12 @@ async def activations(core: Core, runner: Runner, uploads: list[Upload],
                        await runner.predict(batch))
 
 
-def released_memory(reservation: Reservation) -> None:
+def released_memory(core: Core, reservation: Reservation) -> None:
     """After a feature-map answer: give its memory back to the budget, and to the operating
     system once no answer holds any (a burst of large answers left the process at 6 GB)."""
     reservation.release()
-    if reservation.admission.feature_map_bytes.used == 0:
-        memory.trim_soon()
+    if core.admission.feature_map_bytes.used == 0:
+        core.trimmer.soon()
 
 
 def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:

@@ -41,14 +41,25 @@ def trim() -> None:
         _malloc_trim(0)
 
 
-_last_trim = -TRIM_EVERY_S
-
-
-def trim_soon() -> None:
+class Trimmer:
     """:func:`trim` on a worker thread (it takes milliseconds on a large heap), at most once
-    a second; called on the event loop."""
-    global _last_trim
-    loop = asyncio.get_running_loop()
-    if loop.time() - _last_trim >= TRIM_EVERY_S:
-        _last_trim = loop.time()
+    per ``every_s``: a call within that time is put off to its end, so that the last answer
+    of a burst is always followed by a trim. Used on the event loop."""
+
+    def __init__(self, every_s: float = TRIM_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last = float("-inf")
+        self._pending: asyncio.TimerHandle | None = None
+
+    def soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.every_s - loop.time()
+        if wait <= 0:
+            self._run()
+        elif self._pending is None:
+            self._pending = loop.call_later(wait, self._run)
+
+    def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending, self._last = None, loop.time()
         loop.run_in_executor(None, trim)

@@ -30,7 +30,7 @@ from training.metadata import InputSpec, ModelMetadata, OutputSpec
 log = logging.getLogger("cnn_serve")
 
 
-FEATURE_MAP_CHUNK = 8  # images per feature-map call
+FEATURE_MAP_CHUNK = 4  # images per feature-map call
 
 
 class GraphDecodeFailed(Exception):

@@ -95,10 +95,10 @@ async def feature_maps(name: ModelName, request: Request, core: CoreDep) -> Resp
                     inference.render_feature_maps(acts, params.scaling)))
                 kind, headers = "application/json", None
         except BaseException:
-            inference.released_memory(reserved)
+            inference.released_memory(core, reserved)
             raise
     return Sent(body, media_type=kind, headers=headers,
-                then=lambda: inference.released_memory(reserved))
+                then=lambda: inference.released_memory(core, reserved))
 
 
 class Sent(Response):

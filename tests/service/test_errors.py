@@ -196,3 +196,33 @@ def test_every_upload_route_answers_an_upload_alike(client, case):
     if statuses[0] != 200:
         assert answers[0].json()["error"]["code"] == answers[1].json()["error"]["code"]
         assert statuses[0] < 500
+
+
+def test_an_unexpected_error_is_a_500_that_closes_the_connection_cleanly(settings):
+    """Should a bug ever raise, the client gets the error shape and ``Connection: close``,
+    then an orderly end of the connection (not a reset of its keep-alive connection)."""
+    import http.client
+    import socket
+
+    from service.app import create_app
+    from tests.service.conftest import serving
+
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    with serving(app) as url:
+        host, port = url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive by default
+            answer = b""
+            while chunk := sock.recv(65536):  # to the end: an orderly close, no reset
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 500") and b"connection: close" in head.lower()
+        assert b'"internal_error"' in body and b"a bug" not in body
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/health/live")  # the server serves on
+        assert conn.getresponse().status == 200

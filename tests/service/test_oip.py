@@ -147,10 +147,11 @@ def test_output_selection_and_json_shape(client):
     assert odd["name"] == "odd" and odd["shape"] == [2, 1] and len(odd["data"]) == 2
 
 
-def _binary_request(header: dict, binary: bytes, length: int | None = None):
+def _binary_request(header: dict, binary: bytes, length: int | bytes | None = None):
     head = json.dumps(header).encode()
-    return head + binary, {"Inference-Header-Content-Length": str(
-        len(head) if length is None else length)}
+    value = str(len(head) if length is None else length).encode() \
+        if not isinstance(length, bytes) else length
+    return head + binary, {"Inference-Header-Content-Length": value}
 
 
 PIXELS = {"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32"}
@@ -199,6 +200,16 @@ HOSTILE = {
     "BYTES element past its size": _binary_request(
         {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                      "parameters": {"binary_data_size": 8}}]}, struct.pack("<I", 2**31) + b"abcd"),
+    "a 401-digit integer": ({"inputs": [{**PIXELS, "data": [10**400] + [0] * 783}]}, None),
+    "numeric strings": ({"inputs": [{**PIXELS, "data": ["0.5"] * 784}]}, None),
+    "a boolean among numbers": ({"inputs": [{**PIXELS, "data": [True] + [0.5] * 783}]}, None),
+    "shape of huge numbers": ({"inputs": [{**PIXELS, "shape": [10**400], "data": [0]}]}, None),
+    "header length in Unicode digits": _binary_request(
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS,
+        length=b"\xb2"),  # latin-1 '²', which str.isdigit() takes
+    "header length of 5,000 digits": _binary_request(
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS,
+        length=b"9" * 5000),
     "BYTES length cut": _binary_request(
         {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                      "parameters": {"binary_data_size": 2}}]}, b"ab"),
@@ -232,6 +243,9 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     assert too_big.status_code == 413 and set(too_big.json()) == {"error"}
     compressed = _post(client, {"inputs": []}, {"Content-Encoding": "gzip"})
     assert compressed.status_code == 415 and set(compressed.json()) == {"error"}
+    identity = _post(client, {"inputs": [{**PIXELS, "data": [0] * 784}]},
+                     {"Content-Encoding": "Identity"})  # encoding names ignore case
+    assert identity.status_code == 200, identity.text
     for path in ("/v2/models/nope/infer", "/v2/models/digit_odd/versions/9/infer"):
         r = client.post(path, json={"inputs": []})
         assert r.status_code == 404 and "error" in r.json()

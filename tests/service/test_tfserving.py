@@ -130,11 +130,19 @@ def test_classify_answers_label_score_pairs_of_the_first_head(client):
     ({"instances": [{"b64": "aGk="}, [[[0.0]]]]}, 400, "mix"),
     ({"inputs": [1], "instances": [1]}, 400, "exactly one"),
     ({"signature_name": "classify_x", "instances": [1]}, 400, "signature"),
+    ({"signature_name": {}, "instances": [1]}, 400, "signature_name is a string"),
+    # values that are not finite numbers: a 401-digit integer (OverflowError in NumPy once),
+    # numeric strings and booleans (NumPy converts both), null, beyond float32
+    ({"instances": [[[[10**400]] * 28] * 28]}, 400, "not numbers"),
+    ({"instances": [[[["0.5"]] * 28] * 28]}, 400, "not numbers"),
+    ({"instances": [[[[True]] + [[0.5]] * 27] * 28]}, 400, "not numbers"),
+    ({"instances": [[[[None]] * 28] * 28]}, 400, "not numbers"),
+    ({"instances": [[[[1e39]] * 28] * 28]}, 400, "out-of-range"),
     ({"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400,
      "not a decodable image"),
 ])
 def test_bad_requests_are_400_in_tf_servings_shape(client, body, status, words):
-    r = client.post("/v1/models/digit_odd:predict", json=body)
+    r = client.post("/v1/models/digit_odd:predict", content=json.dumps(body))
     assert r.status_code == status and set(r.json()) == {"error"}, r.text
     assert words in r.json()["error"]
 
@@ -149,3 +157,17 @@ def test_hostile_bodies_and_unknown_models(client):
     assert r.status_code == 404 and "resnet" in r.json()["error"]
     r = client.get("/v1/models/digit_odd/versions/x")  # no such resource
     assert r.status_code == 404 and set(r.json()) == {"error"}
+
+
+def test_echoed_names_are_cut_short(client):
+    r = client.get("/v1/models/" + "m" * 60_000)
+    assert r.status_code == 404 and len(r.text) < 300 and "60,002 chars" in r.text
+    r = client.post("/v1/models/digit_odd:predict",
+                    json={"signature_name": "s" * 10_000, "instances": [1]})
+    assert r.status_code == 400 and len(r.text) < 300
+
+
+def test_classify_reads_examples_as_strictly(client):
+    r = client.post("/v1/models/digit_odd:classify",
+                    content=json.dumps({"examples": [{"image": [[[10**400]] * 28] * 28}]}))
+    assert r.status_code == 400 and "not numbers" in r.json()["error"]

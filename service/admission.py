@@ -138,6 +138,12 @@ class Reservation:
     def __init__(self, admission: Admission, amounts: list[tuple[Budget, int]]) -> None:
         self.admission, self.amounts, self.held = admission, amounts, 0
 
+    async def acquire(self) -> Reservation:
+        """Like ``async with``, for a reservation that outlives a block: the caller calls
+        :meth:`release`."""
+        await self.__aenter__()
+        return self
+
     async def __aenter__(self) -> None:
         for budget, amount in self.amounts:  # the fast path: everything free at once
             if not budget.try_acquire(amount):

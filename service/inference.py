@@ -161,8 +161,7 @@ async def heavy(core: Core, runner: Runner, method: Callable[..., T], *args) -> 
     process's (one at a time, a few waiting up to the queue deadline, then 503). The bounds
     are held until the thread is done, even when the request gives up first."""
     loop = asyncio.get_running_loop()
-    hold = core.admission.hold([(runner.heavy, 1), (core.admission.heavy, 1)])
-    await hold.__aenter__()
+    hold = await core.admission.hold([(runner.heavy, 1), (core.admission.heavy, 1)]).acquire()
     try:
         job = core.heavy.submit(method, *args)
     except BaseException:
@@ -197,7 +196,7 @@ class FeatureMapCost:
         """How to fit: fewer images, or fewer (named) layers."""
         fit = next((n for n in range(self.images - 1, 0, -1) if self.total(n) <= limit), 0)
         largest = sorted(self.layers, key=self.layers.get, reverse=True)[:3]
-        mb = ", ".join(f"{clip(name)} {self.layers[name] / 2**20:.2f} MB" for name in largest)
+        mb = ", ".join(f"{name!r} {self.layers[name] / 2**20:.2f} MB" for name in largest)
         images = f"send at most {fit} image(s), or " if fit else ""
         return f"{images}ask for fewer layers with layers= (per image the largest are {mb})"
 
@@ -229,8 +228,8 @@ def _chosen_layers(metadata: ModelMetadata, layers: str | None) -> list[str] | N
         known = [layer.name for layer in metadata.layers]
         unknown = [layer for layer in chosen if layer not in known]
         if unknown:
-            raise LayerNotFound(f"model {clip(metadata.name)} has no layer(s) "
-                                f"{clip(unknown)}; layers: {known}")
+            raise LayerNotFound(f"model {metadata.name!r} has no layer(s) {clip(unknown)}; "
+                                f"layers: {known}")
     return chosen
 
 
@@ -250,9 +249,7 @@ async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload]
         raise PayloadTooLarge(f"feature maps of {len(uploads)} image(s) would take "
                               f"{total / 2**20:.0f} MB; the limit per request is "
                               f"{limit / 2**20:.0f} MB: {cost.advice(limit)}")
-    reservation = core.admission.reserve(feature_map_bytes=total)
-    await reservation.__aenter__()
-    return layers, reservation
+    return layers, await core.admission.reserve(feature_map_bytes=total).acquire()
 
 
 async def activations(core: Core, runner: Runner, uploads: list[Upload],
@@ -279,16 +276,16 @@ def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
     heads = {o.name: o for o in metadata.outputs}
     head = heads.get(params.output or metadata.outputs[0].name)
     if head is None:
-        raise InvalidParameter(f"model {clip(metadata.name)} has no output "
-                               f"{clip(params.output)}; outputs: {list(heads)}")
+        raise InvalidParameter(f"model {metadata.name!r} has no output {clip(params.output)}; "
+                               f"outputs: {list(heads)}")
     classes = len(head.labels)
     if params.class_index is not None and params.class_index >= classes:
         raise InvalidParameter(f"output {head.name!r} has classes 0 to {classes - 1}")
     if params.layer is not None:
         layers = {layer.name: layer for layer in metadata.layers}
         if params.layer not in layers:
-            raise LayerNotFound(f"model {clip(metadata.name)} has no layer "
-                                f"{clip(params.layer)}; layers: {list(layers)}")
+            raise LayerNotFound(f"model {metadata.name!r} has no layer {clip(params.layer)}; "
+                                f"layers: {list(layers)}")
         if len(layers[params.layer].output_shape) != 3:
             raise InvalidParameter(f"layer {clip(params.layer)} has no [h, w, k] output; "
                                    "Grad-CAM needs a convolution, pooling or the input layer")
@@ -300,8 +297,8 @@ async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainP
     runner = core.registry.runner(name, params.version)
     model, metadata = runner.model, runner.model.metadata
     if not model.explainable:
-        raise ExplanationUnavailable(f"model {clip(name)} v{model.version} ships no "
-                                     "model.keras, which Grad-CAM needs")
+        raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
+                                     "which Grad-CAM needs")
     if len(check(uploads, core.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)

@@ -46,8 +46,9 @@ class _Open(BaseModel):
 
 
 class TensorParameters(_Open):
-    binary_data_size: int | None = Field(None, ge=0, le=2**40, description="bytes of this tensor in the "
-                                         "binary section (binary tensor data extension)")
+    binary_data_size: int | None = Field(None, ge=0, le=2**40, description="bytes of this "
+                                         "tensor in the binary section (binary tensor data "
+                                         "extension)")
 
 
 class RequestInput(_Open):

@@ -11,9 +11,9 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service import inference, tfserving, uploads
 from service.core import Core
-from service.tensors import may_hold_booleans
 from service.deps import CoreDep, RegistryDep
 from service.settings import LABEL
+from service.tensors import may_hold_booleans
 
 
 class ModelNameConvertor(Convertor[str]):

@@ -171,3 +171,27 @@ def test_readable_at_phone_width(explorer):
     _wait_for_label(page, "7")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
+
+
+def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
+    """Explain and feature maps answer 503 + Retry-After when the heavy-work thread is busy
+    with others; the page waits and asks again instead of showing an error."""
+    page = explorer
+    refused: list[str] = []
+
+    def busy_once(route):
+        if not refused:
+            refused.append(route.request.url)
+            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                          body='{"error": {"status": 503, "code": "overloaded", "message": "busy"}}')
+        else:
+            route.continue_()
+
+    page.route("**/explain", busy_once)
+    _draw(page, SEVEN)
+    _wait_for_label(page, "7")
+    page.wait_for_function("() => document.querySelector('[data-testid=gradcam]')"
+                           ".src.startsWith('data:image/png')", timeout=15_000)
+    assert refused and page.locator("#cam-caption").text_content().startswith("digit = 7")
+    # the browser reports the refused request on its console; nothing else may appear there
+    page.errors[:] = [e for e in page.errors if "503" not in e]

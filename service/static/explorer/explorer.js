@@ -31,11 +31,18 @@ const state = {
 };
 
 // ---------------------------------------------------------------- API
-async function api(path, options = {}) {
+const RETRIES = 3;  // a 503 with Retry-After (busy, e.g. Grad-CAM for others): wait and retry
+
+async function api(path, options = {}, attempt = 0) {
   // with API keys on, the key typed into the page (kept for this tab only) goes along
   const key = sessionStorage.getItem("cnn-serve-key");
   const headers = key ? { "X-API-Key": key } : {};
   const response = await fetch(path, { ...options, headers });
+  const wait = Number(response.headers.get("Retry-After"));
+  if (response.status === 503 && wait > 0 && attempt < RETRIES) {
+    await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(wait, 5)));
+    return api(path, options, attempt + 1);
+  }
   const body = await response.json().catch(() => ({}));
   if (response.status === 401) $("key-box").hidden = false;
   if (!response.ok) {

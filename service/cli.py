@@ -1,4 +1,5 @@
 """cnn-serve [--host --port --workers]: run the service with uvicorn.
+cnn-serve import SOURCE --name NAME [...]: make a Keras model a served version (--help).
 
 Flags override the CNN_SERVE_HOST / CNN_SERVE_PORT / CNN_SERVE_WORKERS settings.
 """
@@ -16,6 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from service.settings import Settings
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:  # cnn-serve import SOURCE --name NAME ...
+        from service.settings import model_dir_setting
+        from training import importer
+
+        return importer.main(argv[1:], model_dir_setting())
 
     try:
         settings = Settings()  # fail fast, naming the variables, before forking workers

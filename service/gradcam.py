@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.export import head_output
 from training.metadata import ModelMetadata, OutputSpec
 
 
@@ -100,7 +101,7 @@ class GradCam:
         """The last layer (graph order) with a [h, w, k] output that head ``output`` depends
         on: a conv or pooling layer, or the input itself for a head that reads raw pixels."""
         inbound = {layer.name: layer.inbound for layer in self.metadata.layers}
-        ancestors, todo = set(), [self.model.output[output]._keras_history.operation.name]
+        ancestors, todo = set(), [head_output(self.model, output)._keras_history.operation.name]
         while todo:
             for parent in inbound[todo.pop()]:
                 if parent not in ancestors:
@@ -124,7 +125,7 @@ class GradCam:
     def _compile(self, layer: str, output: OutputSpec) -> Traced:
         """One traced graph per (layer, head): ~10x faster than running the steps eagerly."""
         graph = keras.Model(self.model.inputs, [self.model.get_layer(layer).output,
-                                                self.model.output[output.name]])
+                                                head_output(self.model, output.name)])
         binary = output.kind == "binary"
         shape = [1, *self.metadata.input.shape]
 

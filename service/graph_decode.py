@@ -16,7 +16,7 @@ import struct
 
 import tensorflow as tf
 
-from service.preprocess import TO_UNIT
+from service.preprocess import TO_UNIT, value_scale
 from training.metadata import InputSpec
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,6 +55,7 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
     """A graph function: PNG bytes [n] -> float32 [n, H, W, C], as :mod:`service.preprocess`
     makes it for :func:`decodable` images."""
     shape = (spec.height, spec.width, spec.channels)
+    scale = value_scale(spec)  # [0, 1] -> the model's value range, as preprocess does
 
     def one(png: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(tf.io.decode_png(png, channels=spec.channels), shape)
@@ -68,7 +69,8 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
             light = tf.math.count_nonzero(border > 127, axis=[1, 2]) * 2 > tf.size(
                 border[0], tf.int64)
             pixels = tf.where(light[:, None, None, None], 255 - pixels, pixels)
-        return tf.cast(pixels, tf.float32) * tf.constant(TO_UNIT)
+        unit = tf.cast(pixels, tf.float32) * tf.constant(TO_UNIT)
+        return unit if scale is None else unit * scale[0] + scale[1]
 
     return decode
 

@@ -257,10 +257,17 @@ async def activations(core: Core, runner: Runner, uploads: list[Upload],
     metadata = runner.model.metadata
     batch = await to_batch(core, uploads, metadata.input)
     maps = await heavy(core, runner, runner.model.feature_maps, batch, layers)
-    if not layers or "image" in layers:  # "image": the input as preprocessing made it
-        maps = {"image": batch, **maps}
+    source = input_layer(metadata)  # the input as preprocessing made it
+    if not layers or source in layers:
+        maps = {source: batch, **maps}
     return Activations(metadata, runner.model.version, uploads, maps,
                        await runner.predict(batch))
+
+
+def input_layer(metadata: ModelMetadata) -> str:
+    """The name the layer table gives the model's input."""
+    return next((layer.name for layer in metadata.layers if layer.type == "InputLayer"),
+                "image")
 
 
 def released_memory(core: Core, reservation: Reservation) -> None:
@@ -306,7 +313,8 @@ async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainP
     result = await heavy(core, runner, model.explain, image, head, params.class_index,
                          params.layer, core.gradcams)
     picture = await asyncio.get_running_loop().run_in_executor(
-        core.decoder, featuremaps.overlay, image, result.heatmap)
+        core.decoder, featuremaps.overlay, preprocess.to_unit_range(image, metadata.input),
+        result.heatmap)
     return {"model": name, "version": model.version, "output": head.name,
             "class_index": result.class_index, "label": head.labels[result.class_index],
             "layer": result.layer, "heatmap": result.heatmap.tolist(), "overlay": picture}

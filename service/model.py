@@ -82,8 +82,9 @@ class ServedModel:
         try:
             self.metadata = ModelMetadata.read(self.path)
             # as clients see it: without the training machine's dataset path
-            self.public_metadata = self.metadata.model_copy(
-                update={"dataset": self.metadata.dataset.model_copy(update={"path": None})})
+            dataset = self.metadata.dataset
+            self.public_metadata = self.metadata if dataset is None else self.metadata.model_copy(
+                update={"dataset": dataset.model_copy(update={"path": None})})
             stage = "loading the SavedModel"
             with tf.device(self.device):
                 loaded = tf.saved_model.load(str(self.path))

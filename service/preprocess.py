@@ -294,10 +294,28 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 
 def to_model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """The preprocessing named in the model's metadata, one image -> [H, W, C] float32."""
-    if spec.preprocessing == "mnist":
-        return to_mnist(image)
-    return resize(image, spec)
+    """The preprocessing named in the model's metadata, one image -> [H, W, C] float32 in the
+    model's value range."""
+    unit = to_mnist(image) if spec.preprocessing == "mnist" else resize(image, spec)
+    return to_value_range(unit, spec)
+
+
+def value_scale(spec: InputSpec) -> tuple[float, float] | None:
+    """(scale, offset) taking [0, 1] (black..white) to the model's value range, or None for a
+    model that takes [0, 1]. :mod:`service.graph_decode` applies the same in its graph."""
+    low, high = spec.value_range
+    return None if (low, high) == (0.0, 1.0) else (high - low, low)
+
+
+def to_value_range(unit: np.ndarray, spec: InputSpec) -> np.ndarray:
+    scale = value_scale(spec)
+    return unit if scale is None else unit * np.float32(scale[0]) + np.float32(scale[1])
+
+
+def to_unit_range(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The inverse of :func:`to_value_range` (to draw the model's input as a picture)."""
+    scale = value_scale(spec)
+    return pixels if scale is None else (pixels - np.float32(scale[1])) / np.float32(scale[0])
 
 
 def finish(image: Image.Image, spec: InputSpec, name: str = "image") -> np.ndarray:

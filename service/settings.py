@@ -208,3 +208,14 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def model_dir_setting() -> Path:
+    """``CNN_SERVE_MODEL_DIR`` alone (else the bundled models), for tools that write into the
+    repository and need no other setting (``cnn-serve import``)."""
+
+    class _ModelDir(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="CNN_SERVE_", extra="ignore")
+        model_dir: Path = BUNDLED_MODELS
+
+    return _ModelDir().model_dir

@@ -56,18 +56,45 @@ def feature_map_model(model: keras.Model) -> keras.Model:
         for layer in model.layers
         if not isinstance(layer, keras.layers.InputLayer)
     }
-    return keras.Model(model.input, outputs, name=f"{model.name}_feature_maps")
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_feature_maps")
 
 
-def save_model(model: keras.Model, target: Path) -> None:
+def output_names(model: keras.Model) -> list[str]:
+    """The heads' names: a dict output's keys, else the names of the layers that make them."""
+    if isinstance(model.output, dict):
+        return list(model.output)
+    return list(model.output_names)
+
+
+def head_output(model: keras.Model, name: str):
+    """The symbolic output of head ``name``."""
+    if isinstance(model.output, dict):
+        return model.output[name]
+    return model.outputs[output_names(model).index(name)]
+
+
+def named_outputs(model: keras.Model, names: list[str] | None):
+    """``model`` as a function whose outputs are keyed by head name: a model with a dict
+    output is that already; one with one or a list of outputs gets ``names``."""
+    if names is None or isinstance(model.output, dict):
+        return lambda image: model(image, training=False)
+
+    def call(image):
+        out = model(image, training=False)
+        return dict(zip(names, out if isinstance(out, (list, tuple)) else [out], strict=True))
+
+    return call
+
+
+def save_model(model: keras.Model, target: Path, output_names: list[str] | None = None) -> None:
     """Write the SavedModel with its two signatures into ``target`` (needs TensorFlow)."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32, name="image")
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="image")
     maps = feature_map_model(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", lambda image: model(image, training=False), [spec])
+    archive.add_endpoint("serving_default", named_outputs(model, output_names), [spec])
     archive.add_endpoint("feature_maps", lambda image: maps(image, training=False), [spec])
     archive.write_out(str(target), verbose=False)
 
@@ -87,18 +114,20 @@ def write_bundle(model: keras.Model, directory: Path, build_metadata) -> Path:
     return directory
 
 
-def export(model: keras.Model, out_dir: Path, build_metadata) -> Path:
-    """Write ``out_dir/<name>/<next version>/`` atomically and return it.
+def export(model: keras.Model, out_dir: Path, build_metadata, name: str | None = None,
+           version: int | None = None, output_names: list[str] | None = None) -> Path:
+    """Write ``out_dir/<name>/<version>/`` (default: the model's name, the next version)
+    atomically and return it.
 
     ``build_metadata(version, layers, created_at)`` returns the :class:`ModelMetadata`; the
     version directory only appears once everything inside it is written.
     """
-    root = Path(out_dir) / model.name
+    root = Path(out_dir) / (name or model.name)
     root.mkdir(parents=True, exist_ok=True)
-    version = next_version(root)
+    version = version or next_version(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
-        save_model(model, staging)
+        save_model(model, staging, output_names)
         model.save(staging / KERAS_FILE)
         metadata: ModelMetadata = build_metadata(version, layer_table(model), _now())
         metadata.write(staging)

@@ -106,9 +106,10 @@ class ModelMetadata(BaseModel):
     total_params: int
     trainable_params: int
     signatures: list[str] = ["serving_default", "feature_maps"]
-    validation_metrics: dict[str, float]
-    dataset: DatasetInfo
-    training: TrainingConfig
+    validation_metrics: dict[str, float] = Field(default_factory=dict)
+    dataset: DatasetInfo | None = Field(None, description="what it was trained on (None: "
+                                                          "imported, trained elsewhere)")
+    training: TrainingConfig | None = None
     tensorflow_version: str
     keras_version: str
     created_at: str

@@ -173,6 +173,9 @@ def test_readable_at_phone_width(explorer):
     page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
 
 
+BUSY = '{"error": {"status": 503, "code": "overloaded", "message": "busy"}}'
+
+
 def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
     """Explain and feature maps answer 503 + Retry-After when the heavy-work thread is busy
     with others; the page waits and asks again instead of showing an error."""
@@ -182,8 +185,8 @@ def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
     def busy_once(route):
         if not refused:
             refused.append(route.request.url)
-            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
-                          body='{"error": {"status": 503, "code": "overloaded", "message": "busy"}}')
+            route.fulfill(status=503, headers={"Retry-After": "1"},
+                          content_type="application/json", body=BUSY)
         else:
             route.continue_()
 

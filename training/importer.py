@@ -1,0 +1,252 @@
+"""``cnn-serve import``: a user's Keras image classifier as a served version.
+
+    cnn-serve import SOURCE --name NAME [--model-dir DIR] [--version N]
+                            [--labels FILE | --labels OUTPUT=FILE ...]
+                            [--value-range LOW,HIGH] [--preprocessing resize|mnist]
+                            [--input-size H,W]
+
+SOURCE is a Keras 3 ``.keras`` file or a legacy ``.h5``/``.hdf5`` file (Keras's safe mode:
+no code runs from the file). The version is written as training writes one
+(:func:`training.export.export`: atomically, with the ``serving_default`` and
+``feature_maps`` signatures, ``model.keras`` and ``metadata.json`` derived from the model), so
+a running server picks it up with hot reload and serves it through every API. A model the
+service cannot serve is refused with one line and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from training.export import export, output_names
+from training.metadata import InputSpec, ModelMetadata, OutputSpec
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory name in the repository
+
+
+class Refused(Exception):
+    """What makes a model impossible to serve, in one line for its owner."""
+
+
+@dataclass
+class Options:
+    source: Path
+    name: str
+    model_dir: Path
+    version: int | None = None
+    labels: dict[str | None, Path] | None = None  # None: the only head
+    value_range: tuple[float, float] = (0.0, 1.0)
+    preprocessing: str = "resize"
+    input_size: tuple[int, int] | None = None
+
+
+def load(source: Path) -> keras.Model:
+    """The Keras model in ``source``, as a functional graph."""
+    if not source.exists():
+        raise Refused(f"{source}: no such file")
+    if source.suffix.lower() not in KERAS_SUFFIXES or not source.is_file():
+        raise Refused(f"{source}: not a Keras model file (.keras, .h5 or .hdf5)")
+    try:
+        model = keras.saving.load_model(source, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any reason a file does not load is the answer
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise Refused(f"{source}: cannot be read as a Keras model ({type(exc).__name__}"
+                      f"{': ' + reason if reason else ''})") from None
+    if not isinstance(model, keras.Model):
+        raise Refused(f"{source}: holds no Keras model")
+    return _functional(model)
+
+
+def _functional(model: keras.Model) -> keras.Model:
+    """A Sequential model rebuilt as a functional one from copies of its layers (same
+    weights): every layer then has one input node and an output to show."""
+    if not isinstance(model, keras.Sequential):
+        return model
+    if len(model.input_shape) != 4:
+        raise Refused(f"the model takes {_shape(model.input_shape)}, not one image "
+                      "[batch, height, width, 1 or 3]")
+    x = inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    for layer in model.layers:
+        clone = layer.__class__.from_config(layer.get_config())
+        x = clone(x)
+        clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=model.name)
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join("batch" if d is None else str(d) for d in shape) + "]"
+
+
+def _fixed_size(model: keras.Model, size: tuple[int, int] | None) -> keras.Model:
+    """Check the one image input [batch, H, W, 1|3]; a model of any size gets ``size``."""
+    if len(model.inputs) != 1:
+        raise Refused(f"the model takes {len(model.inputs)} inputs; cnn-serve serves models "
+                      "of one image input")
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise Refused(f"the model takes {_shape(shape)}, not one image "
+                      "[batch, height, width, 1 or 3]")
+    if None not in shape[1:3]:
+        if size is not None and tuple(size) != shape[1:3]:
+            raise Refused(f"--input-size {size[0]},{size[1]}: the model's input is fixed at "
+                          f"{shape[1]}x{shape[2]}")
+        return model
+    if size is None:
+        raise Refused(f"the model takes images of any size {_shape(shape)}: give the size "
+                      "to serve with --input-size H,W")
+    inputs = keras.Input(shape=(*size, shape[3]), name="image")
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _heads(model: keras.Model, labels: dict[str | None, Path] | None) -> list[OutputSpec]:
+    names = output_names(model)
+    outputs = list(model.output.values()) if isinstance(model.output, dict) else model.outputs
+    files = dict(labels or {})
+    if None in files:
+        if len(names) != 1:
+            raise Refused(f"the model has {len(names)} heads ({', '.join(names)}): name one, "
+                          "--labels HEAD=FILE")
+        files[names[0]] = files.pop(None)
+    unknown = sorted(set(files) - set(names))
+    if unknown:
+        raise Refused(f"--labels for {', '.join(unknown)}: the model's heads are "
+                      f"{', '.join(names)}")
+    specs = []
+    for name, tensor in zip(names, outputs, strict=True):
+        if len(tensor.shape) != 2 or tensor.shape[1] is None:
+            raise Refused(f"head {name!r} gives {_shape(tensor.shape)}, not [batch, classes]")
+        units = tensor.shape[1]
+        kind = "binary" if units == 1 else "multiclass"
+        wanted = 2 if units == 1 else units
+        given = _read_labels(files[name]) if name in files else [str(i) for i in range(wanted)]
+        if len(given) != wanted:
+            raise Refused(f"{files[name]}: {len(given)} labels for head {name!r}, which has "
+                          f"{wanted} classes" + (" (a 1-unit sigmoid: negative, then positive)"
+                                                 if units == 1 else ""))
+        specs.append(OutputSpec(name=name, kind=kind, labels=given))
+    return specs
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refused(f"{path}: cannot read the labels ({type(exc).__name__})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpec]):
+    """What :func:`training.export.export` calls once it knows the version."""
+    import tensorflow as tf
+
+    height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    if options.preprocessing == "mnist" and (height, width, channels) != (28, 28, 1):
+        raise Refused(f"--preprocessing mnist makes 28x28x1 digits; the model takes "
+                      f"{height}x{width}x{channels}")
+    spec = InputSpec(shape=[height, width, channels], value_range=options.value_range,
+                     color_mode="grayscale" if channels == 1 else "rgb",
+                     preprocessing=options.preprocessing)
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+
+    def build(version: int, layers, created_at: str) -> ModelMetadata:
+        return ModelMetadata(
+            name=options.name, version=version, architecture=model.name,
+            description=f"imported from {options.source.name}", input=spec, outputs=heads,
+            layers=layers, total_params=model.count_params(), trainable_params=trainable,
+            validation_metrics={}, dataset=None, training=None,
+            tensorflow_version=tf.__version__, keras_version=keras.__version__,
+            created_at=created_at)
+
+    return build
+
+
+def import_model(options: Options) -> Path:
+    """Write ``options.source`` as ``<model_dir>/<name>/<version>/``; :class:`Refused` when it
+    cannot be served (nothing is written then)."""
+    if not NAME.fullmatch(options.name):
+        raise Refused(f"--name {options.name[:64]!r}: letters, digits, '_', '-' and '.', "
+                      "starting with a letter or digit, at most 64")
+    if options.version is not None and options.version < 1:
+        raise Refused("--version: versions are whole numbers from 1")
+    model = _fixed_size(load(options.source), options.input_size)
+    heads = _heads(model, options.labels)
+    build = metadata_builder(model, options, heads)
+    root = options.model_dir / options.name
+    if options.version is not None and (root / str(options.version)).exists():
+        raise Refused(f"{root / str(options.version)} exists; choose another --version")
+    return export(model, options.model_dir, build, name=options.name, version=options.version,
+                  output_names=[h.name for h in heads])
+
+
+def summary(path: Path) -> str:
+    meta = ModelMetadata.read(path)
+    spec = meta.input
+    heads = "; ".join(f"{o.name} ({o.kind}, {len(o.labels)} labels: "
+                      f"{', '.join(o.labels[:4])}{', ...' if len(o.labels) > 4 else ''})"
+                      for o in meta.outputs)
+    return (f"imported {meta.name} v{meta.version} -> {path}\n"
+            f"  input: {spec.height}x{spec.width}x{spec.channels} {spec.color_mode}, values "
+            f"{spec.value_range[0]:g}..{spec.value_range[1]:g}, preprocessing "
+            f"{spec.preprocessing}\n  heads: {heads}\n"
+            f"  layers: {len(meta.layers)}, parameters: {meta.total_params:,}")
+
+
+def _pair(kind: type, text: str, what: str) -> tuple:
+    try:
+        low, high = (kind(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} is two numbers: A,B") from None
+    return low, high
+
+
+def parser(default_model_dir: Path) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnn-serve import", description=__doc__.splitlines()[0])
+    p.add_argument("source", type=Path, help="a .keras or .h5 model file")
+    p.add_argument("--name", required=True, help="the model's name in the service")
+    p.add_argument("--model-dir", type=Path, default=default_model_dir,
+                   help=f"model repository (default: {default_model_dir})")
+    p.add_argument("--version", type=int, default=None, help="default: the next free one")
+    p.add_argument("--labels", action="append", default=[], metavar="[OUTPUT=]FILE",
+                   help="one label per line, line N = class N; OUTPUT= for one of several "
+                        "heads (repeatable)")
+    p.add_argument("--value-range", type=lambda t: _pair(float, t, "--value-range"),
+                   default=(0.0, 1.0), metavar="LOW,HIGH",
+                   help="the values the model expects for black and white (default 0,1; "
+                        "e.g. 0,255 for a model with Rescaling(1/255) inside)")
+    p.add_argument("--preprocessing", choices=["resize", "mnist"], default="resize")
+    p.add_argument("--input-size", type=lambda t: _pair(int, t, "--input-size"),
+                   default=None, metavar="H,W",
+                   help="only for a model whose input size is not fixed")
+    return p
+
+
+def main(argv: list[str], default_model_dir: Path) -> int:
+    args = parser(default_model_dir).parse_args(argv)
+    labels: dict[str | None, Path] = {}
+    for item in args.labels:
+        head, _, file = item.rpartition("=")
+        labels[head or None] = Path(file)
+    low, high = args.value_range
+    if not low < high:
+        raise SystemExit(f"cnn-serve import: --value-range {low:g},{high:g}: LOW must be "
+                         "below HIGH")
+    options = Options(args.source, args.name, args.model_dir, args.version, labels,
+                      (low, high), args.preprocessing, args.input_size)
+    try:
+        path = import_model(options)
+    except Refused as exc:
+        raise SystemExit(f"cnn-serve import: {exc}") from None
+    print(summary(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], Path("models")))

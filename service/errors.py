@@ -75,6 +75,10 @@ class ExplanationUnavailable(NotFound):
     code = "explanation_unavailable"
 
 
+class FeatureMapsUnavailable(NotFound):
+    code = "feature_maps_unavailable"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

@@ -75,13 +75,14 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
     return decode
 
 
-def serving(spec: InputSpec, serve) -> tf.types.experimental.PolymorphicFunction:
-    """``serve`` (a SavedModel signature taking ``image``) fed by :func:`decoder`: one graph
-    call per batch of PNGs, traced once for any batch size."""
+def serving(spec: InputSpec, serve, to_input) -> tf.types.experimental.PolymorphicFunction:
+    """``serve`` (a SavedModel signature taking ``spec.name``) fed by :func:`decoder` through
+    ``to_input`` (float32 pixels -> the input's type): one graph call per batch of PNGs,
+    traced once for any batch size."""
     decode = decoder(spec)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve_png(pngs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return serve(image=decode(pngs))
+        return serve(**{spec.name: to_input(decode(pngs), spec)})
 
     return serve_png

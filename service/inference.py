@@ -19,6 +19,7 @@ from service.core import Core
 from service.errors import (
     DecompressionBomb,
     ExplanationUnavailable,
+    FeatureMapsUnavailable,
     InvalidParameter,
     LayerNotFound,
     PayloadTooLarge,
@@ -239,7 +240,12 @@ async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload]
     """The layers asked for, and their answer's memory reserved (entered: the caller
     releases it once the answer is sent): 413 over the per-request limit, with what would
     fit; the process budget waited for like the others."""
-    metadata = runner.model.metadata
+    model, metadata = runner.model, runner.model.metadata
+    if not model.has_feature_maps:
+        raise FeatureMapsUnavailable(
+            f"model {model.name!r} v{model.version} is a SavedModel without a feature_maps "
+            "signature, so its layers are unknown here; serve its Keras model instead "
+            "(cnn-serve import MODEL.keras --name NAME)")
     layers = _chosen_layers(metadata, params.layers)
     check(uploads, core.settings.max_images_per_request)
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
@@ -305,7 +311,8 @@ async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainP
     model, metadata = runner.model, runner.model.metadata
     if not model.explainable:
         raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
-                                     "which Grad-CAM needs")
+                                     "which Grad-CAM needs (cnn-serve import MODEL.keras "
+                                     "--name NAME writes one)")
     if len(check(uploads, core.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)

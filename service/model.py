@@ -22,10 +22,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from service import graph_decode
+from service import dropin, graph_decode
 from service.gradcam import Explanation, GradCam, TracedCache
 from training.export import KERAS_FILE
-from training.metadata import InputSpec, ModelMetadata, OutputSpec
+from training.metadata import METADATA_FILE, InputSpec, ModelMetadata, OutputSpec
 
 log = logging.getLogger("cnn_serve")
 
@@ -78,21 +78,28 @@ class ServedModel:
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""
         start = time.perf_counter()
-        stage = "reading metadata.json"
+        stage = "loading the SavedModel"
         try:
-            self.metadata = ModelMetadata.read(self.path)
-            # as clients see it: without the training machine's dataset path
-            dataset = self.metadata.dataset
-            self.public_metadata = self.metadata if dataset is None else self.metadata.model_copy(
-                update={"dataset": dataset.model_copy(update={"path": None})})
-            stage = "loading the SavedModel"
             with tf.device(self.device):
                 loaded = tf.saved_model.load(str(self.path))
             self._serve = loaded.signatures["serving_default"]
             self._maps = loaded.signatures.get("feature_maps")
             self._loaded = loaded  # keeps the variables alive
+            stage = "reading metadata.json"
+            if (self.path / METADATA_FILE).is_file():
+                self.metadata = ModelMetadata.read(self.path)
+            else:  # a drop-in SavedModel: what the service needs, from its signature
+                stage = "reading the serving_default signature"
+                self.metadata = dropin.metadata(self.name, self.version, self.path,
+                                                self._serve)
+                self._maps = None  # its layers are unknown without the Keras model
+            # as clients see it: without the training machine's dataset path
+            dataset = self.metadata.dataset
+            self.public_metadata = self.metadata if dataset is None else self.metadata.model_copy(
+                update={"dataset": dataset.model_copy(update={"path": None})})
             stage = "warming up"
-            self._serve_png = graph_decode.serving(self.metadata.input, self._serve)
+            self._serve_png = graph_decode.serving(self.metadata.input, self._serve,
+                                                   model_tensor)
             warm = np.zeros((1, *self.metadata.input.shape), np.float32)
             self.predict(warm)
             self.predict_png([_blank_png(self.metadata.input)])
@@ -111,8 +118,13 @@ class ServedModel:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with tf.device(self.device):
-            out = self._serve(image=tf.convert_to_tensor(batch, tf.float32))
+            out = self._serve(**{self.metadata.input.name: model_tensor(
+                tf.convert_to_tensor(batch, tf.float32), self.metadata.input)})
         return {name: value.numpy() for name, value in out.items()}
+
+    @property
+    def has_feature_maps(self) -> bool:
+        return self._maps is not None
 
     def predict_png(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
         """Like :meth:`predict` for PNGs that :func:`graph_decode.decodable` accepted."""
@@ -141,8 +153,6 @@ class ServedModel:
         """Every layer's activations (or ``layers``'), graph order as in the metadata. The
         signature computes every layer, so images go through ``chunk`` at a time and only
         the layers asked for are kept: memory is that of the answer, not of every layer."""
-        if self._maps is None:
-            raise RuntimeError(f"{self.path} has no feature_maps signature")
         order = [layer.name for layer in self.metadata.layers if not layers
                  or layer.name in layers]
         parts: dict[str, list[np.ndarray]] = {}
@@ -156,6 +166,13 @@ class ServedModel:
             del out
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
                 for name, chunks in parts.items()}
+
+
+def model_tensor(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """float32 pixels -> the input's own type (a uint8 input gets them rounded, clipped)."""
+    if spec.dtype == "float32":
+        return pixels
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
 
 def _blank_png(spec: InputSpec) -> bytes:

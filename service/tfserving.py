@@ -33,8 +33,8 @@ def version_status(model: ServedModel) -> dict:
                        "error_message": model.error if failed else ""}}
 
 
-def _tensor(dims: list[int], name: str) -> dict:
-    return {"dtype": "DT_FLOAT", "name": name, "tensor_shape": {
+def _tensor(dims: list[int], name: str, dtype: str = "DT_FLOAT") -> dict:
+    return {"dtype": dtype, "name": name, "tensor_shape": {
         "dim": [{"size": str(d), "name": ""} for d in [-1, *dims]], "unknown_rank": False}}
 
 
@@ -45,7 +45,8 @@ def metadata(model: ServedModel) -> dict:
     return {"model_spec": {"name": model.name, "signature_name": "",
                            "version": str(model.version)},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-                "inputs": {meta.input.name: _tensor(meta.input.shape, meta.input.name)},
+                "inputs": {meta.input.name: _tensor(meta.input.shape, meta.input.name,
+                                                    f"DT_{meta.input.dtype.upper()}")},
                 "outputs": outputs, "method_name": "tensorflow/serving/predict"}}}}}
 
 

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.export import head_output
+from training.graph import expand
 from training.metadata import ModelMetadata, OutputSpec
 
 
@@ -93,6 +93,8 @@ class GradCam:
 
     def __init__(self, path: Path, metadata: ModelMetadata, cache: TracedCache) -> None:
         self.model = keras.saving.load_model(path, compile=False)
+        # every layer's output in one graph, nested models' inner layers included
+        self.graph = expand(self.model, [o.name for o in metadata.outputs])
         self.metadata = metadata
         self.cache = cache
         self._token = next(_instances)  # never reused, unlike id(): a reloaded version is new
@@ -101,7 +103,7 @@ class GradCam:
         """The last layer (graph order) with a [h, w, k] output that head ``output`` depends
         on: a conv or pooling layer, or the input itself for a head that reads raw pixels."""
         inbound = {layer.name: layer.inbound for layer in self.metadata.layers}
-        ancestors, todo = set(), [head_output(self.model, output)._keras_history.operation.name]
+        ancestors, todo = set(), [self.graph.head_layer(output)]
         while todo:
             for parent in inbound[todo.pop()]:
                 if parent not in ancestors:
@@ -124,8 +126,8 @@ class GradCam:
 
     def _compile(self, layer: str, output: OutputSpec) -> Traced:
         """One traced graph per (layer, head): ~10x faster than running the steps eagerly."""
-        graph = keras.Model(self.model.inputs, [self.model.get_layer(layer).output,
-                                                head_output(self.model, output.name)])
+        graph = keras.Model(self.model.inputs, [self.graph.outputs[layer],
+                                                self.graph.heads[output.name]])
         binary = output.kind == "binary"
         shape = [1, *self.metadata.input.shape]
 

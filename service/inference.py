@@ -264,16 +264,15 @@ async def activations(core: Core, runner: Runner, uploads: list[Upload],
     batch = await to_batch(core, uploads, metadata.input)
     maps = await heavy(core, runner, runner.model.feature_maps, batch, layers)
     source = input_layer(metadata)  # the input as preprocessing made it
-    if not layers or source in layers:
+    if source is not None and (not layers or source in layers):
         maps = {source: batch, **maps}
     return Activations(metadata, runner.model.version, uploads, maps,
                        await runner.predict(batch))
 
 
-def input_layer(metadata: ModelMetadata) -> str:
-    """The name the layer table gives the model's input."""
-    return next((layer.name for layer in metadata.layers if layer.type == "InputLayer"),
-                "image")
+def input_layer(metadata: ModelMetadata) -> str | None:
+    """The name the layer table gives the model's input (None: it lists none)."""
+    return next((layer.name for layer in metadata.layers if layer.type == "InputLayer"), None)
 
 
 def released_memory(core: Core, reservation: Reservation) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from training.graph import expand, in_order
 from training.metadata import LayerInfo, ModelMetadata
 
 KERAS_FILE = "model.keras"
@@ -26,51 +27,39 @@ def next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _inbound(layer: keras.Layer) -> list[str]:
-    names: list[str] = []
-    for node in layer._inbound_nodes:  # Keras keeps the functional graph on its nodes
-        for tensor in node.input_tensors:
-            names.append(tensor._keras_history.operation.name)
-    return names
-
-
 def layer_table(model: keras.Model) -> list[LayerInfo]:
-    """Keras' summary as data: every layer in graph order with its parameter count."""
+    """Keras' summary as data: every layer in graph order (a nested model's layers in its
+    place, named ``model/layer``) with its parameter count and the layers it reads."""
+    graph = expand(model, output_names(model))
     return [
         LayerInfo(
-            name=layer.name,
-            type=type(layer).__name__,
-            output_shape=list(layer.output.shape[1:]),
-            params=layer.count_params(),
-            trainable=layer.trainable,
-            inbound=_inbound(layer),
+            name=name,
+            type=type(graph.layers[name]).__name__,
+            output_shape=list(graph.outputs[name].shape[1:]),
+            params=graph.layers[name].count_params(),
+            trainable=graph.layers[name].trainable,
+            inbound=graph.inbound[name],
         )
-        for layer in model.layers
+        for name in in_order(model, graph)
     ]
 
 
 def feature_map_model(model: keras.Model) -> keras.Model:
-    """A model with the same input that returns every (non-input) layer's output by name."""
-    outputs = {
-        layer.name: layer.output
-        for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer)
-    }
+    """A model with the same input that returns every (non-input) layer's output by name,
+    nested models' layers included."""
+    graph = expand(model, output_names(model))
+    outputs = {name: graph.outputs[name] for name in in_order(model, graph)
+               if not isinstance(graph.layers[name], keras.layers.InputLayer)}
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_feature_maps")
 
 
 def output_names(model: keras.Model) -> list[str]:
     """The heads' names: a dict output's keys, else the names of the layers that make them."""
+    if isinstance(model, keras.Sequential):
+        return [model.layers[-1].name]
     if isinstance(model.output, dict):
         return list(model.output)
     return list(model.output_names)
-
-
-def head_output(model: keras.Model, name: str):
-    """The symbolic output of head ``name``."""
-    if isinstance(model.output, dict):
-        return model.output[name]
-    return model.outputs[output_names(model).index(name)]
 
 
 def named_outputs(model: keras.Model, names: list[str] | None):

@@ -198,3 +198,57 @@ def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
     assert refused and page.locator("#cam-caption").text_content().startswith("digit = 7")
     # the browser reports the refused request on its console; nothing else may appear there
     page.errors[:] = [e for e in page.errors if "503" not in e]
+
+
+@pytest.fixture(scope="module")
+def own_models_url(tmp_path_factory):
+    """A service over a user's models: the committed cifar10's model.keras imported as
+    ``photos``, and its SavedModel dropped in without metadata as ``dropped``."""
+    import shutil
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.service.conftest import serving
+    from training.importer import main as import_main
+    from training.metadata import ModelMetadata
+
+    repo = tmp_path_factory.mktemp("own")
+    cifar = ROOT / "models" / "cifar10" / "1"
+    labels = repo / "labels.txt"
+    labels.write_text("\n".join(ModelMetadata.read(cifar).outputs[0].labels) + "\n")
+    models = repo / "models"
+    assert import_main([str(cifar / "model.keras"), "--name", "photos", "--labels",
+                        str(labels), "--model-dir", str(models)], models) == 0
+    shutil.copytree(cifar, models / "dropped" / "1",
+                    ignore=shutil.ignore_patterns("metadata.json", "model.keras"))
+    shutil.copy(labels, models / "dropped" / "1" / "labels.txt")
+    app = create_app(Settings(model_dir=models, device="cpu", default_model="photos"))
+    with serving(app) as url:
+        yield f"http://{url}"
+
+
+def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_models_url):
+    from playwright.sync_api import sync_playwright
+
+    from tests.service.conftest import FLAGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{own_models_url}/")
+        page.wait_for_selector("[data-testid=layer]")
+        assert page.input_value("#model") == "photos"
+        page.set_input_files("#upload", str(SAMPLES / "ship.png"))
+        _wait_for_label(page, "ship")
+        _all_layers_drawn(page, _layer_count(page, own_models_url, "photos"))
+        page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
+                               ".includes('class = ship')")
+        page.screenshot(path=ARTIFACTS / "imported-model.png", full_page=True)
+        page.select_option("#model", "dropped")  # the upload stays; no layers to show
+        page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
+                               ".includes('without its Keras model')")
+        _wait_for_label(page, "ship")
+        assert page.get_by_test_id("layer").count() == 0 and not errors
+        browser.close()

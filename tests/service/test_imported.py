@@ -138,3 +138,47 @@ def test_a_version_imported_while_serving_is_served_after_a_reload(client, repo)
     assert r.status_code == 200 and r.json()["default_version"] == 2
     assert client.post("/predict", data={"model": "mine"}, files={"file": (
         "x.png", _png(_images((32, 32, 3), 1)[0]))}).json()["version"] == 2
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory):
+    """Transfer models: a Keras Applications base, and a user's Sequential base, imported."""
+    from tests.training.test_graph import sequential_base_model, transfer_model
+
+    root = tmp_path_factory.mktemp("nested")
+    models = root / "models"
+    built = {"transfer": transfer_model(), "stacked": sequential_base_model()}
+    for name, model in built.items():
+        model.save(root / f"{name}.keras")
+        assert import_main([str(root / f"{name}.keras"), "--name", name, "--model-dir",
+                            str(models)], models) == 0
+    with make_client(model_dir=models, default_model="transfer") as c:
+        yield c, built
+
+
+def test_a_nested_bases_inner_layers_are_served_and_explained(nested):
+    client, built = nested
+    base = "mobilenetv2_0.35_32"
+    image = _images((32, 32, 3), 1, seed=6)
+    png = _png(image[0])
+    r = client.post("/models/transfer/feature-maps", files={"file": ("x.png", png)},
+                    data={"format": "npz", "layers": f"{base}/block_1_expand,kind"})
+    assert r.status_code == 200, r.text
+    arrays = np.load(io.BytesIO(r.content))
+    x = image.astype(np.float32) / 255
+    inner = built["transfer"].get_layer(base)
+    want = keras.Model(inner.inputs, inner.get_layer("block_1_expand").output)(x)
+    np.testing.assert_allclose(arrays[f"{base}/block_1_expand"], want, atol=ATOL)
+    np.testing.assert_allclose(arrays["kind"], built["transfer"](x), atol=ATOL)
+    cam = client.post("/models/transfer/explain", files={"file": ("x.png", png)})
+    assert cam.status_code == 200, cam.text
+    assert cam.json()["layer"] == f"{base}/out_relu"  # the default: inside the base
+    chosen = client.post("/models/transfer/explain", files={"file": ("x.png", png)},
+                         data={"layer": f"{base}/block_3_project"})
+    assert chosen.status_code == 200 and chosen.json()["layer"] == f"{base}/block_3_project"
+    rows = [layer["name"] for layer in
+            client.get("/models/stacked/versions/1").json()["layers"]]
+    assert rows == ["image", "features/conv_a", "features/pool_a", "flat", "head"]
+    stacked = client.post("/models/stacked/explain",
+                          files={"file": ("x.png", _png(_images((20, 20, 1), 1)[0]))})
+    assert stacked.status_code == 200 and stacked.json()["layer"] == "features/pool_a"

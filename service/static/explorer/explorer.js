@@ -237,11 +237,13 @@ async function update() {
     const blob = inputBlob();
     const model = $("model").value, version = $("version").value;
     const scaling = document.querySelector("input[name=scaling]:checked").value;
-    const answer = await api(`/models/${model}/feature-maps`,
-                             form(blob, { version, scaling }));
-    const image = answer.images[0];
+    // a SavedModel served as it came has no layers to show: its prediction alone
+    const layered = state.detail.metadata.signatures.includes("feature_maps");
+    const image = layered
+      ? (await api(`/models/${model}/feature-maps`, form(blob, { version, scaling }))).images[0]
+      : (await api("/predict", form(blob, { model, version }))).predictions[0];
     renderPrediction(image.outputs);
-    const pictures = renderMaps(image.layers);
+    const pictures = layered ? renderMaps(image.layers) : [];
     showError(null);
     const since = state.file ? started : Math.max(started - DEBOUNCE_MS, state.lastInput);
     Promise.all(pictures.map((img) => img.decode())).then(() => {
@@ -250,7 +252,8 @@ async function update() {
       $("timing").textContent = `(${ms.toFixed(0)} ms)`;
       document.body.dataset.updateMs = ms.toFixed(1);  // read by the browser tests
     }, () => {});
-    await explain(blob).catch(camError);
+    if (layered) await explain(blob).catch(camError);
+    else camError(new Error("this version is a SavedModel without its Keras model"));
   } catch (error) {
     clearResults();
     showError(error);

@@ -22,8 +22,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from service import dropin, graph_decode
+from service import graph_decode
 from service.gradcam import Explanation, GradCam, TracedCache
+from training import savedmodel
 from training.export import KERAS_FILE
 from training.metadata import METADATA_FILE, InputSpec, ModelMetadata, OutputSpec
 
@@ -90,7 +91,7 @@ class ServedModel:
                 self.metadata = ModelMetadata.read(self.path)
             else:  # a drop-in SavedModel: what the service needs, from its signature
                 stage = "reading the serving_default signature"
-                self.metadata = dropin.metadata(self.name, self.version, self.path,
+                self.metadata = savedmodel.metadata(self.name, self.version, self.path,
                                                 self._serve)
                 self._maps = None  # its layers are unknown without the Keras model
             # as clients see it: without the training machine's dataset path

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 from training.graph import expand, in_order
-from training.metadata import LayerInfo, ModelMetadata
+from training.metadata import LayerInfo
 
 KERAS_FILE = "model.keras"
 
@@ -108,22 +108,33 @@ def export(model: keras.Model, out_dir: Path, build_metadata, name: str | None =
     """Write ``out_dir/<name>/<version>/`` (default: the model's name, the next version)
     atomically and return it.
 
-    ``build_metadata(version, layers, created_at)`` returns the :class:`ModelMetadata`; the
-    version directory only appears once everything inside it is written.
+    ``build_metadata(version, layers, created_at)`` returns the :class:`ModelMetadata`.
     """
-    root = Path(out_dir) / (name or model.name)
+
+    def write(staging: Path, version: int) -> None:
+        save_model(model, staging, output_names)
+        model.save(staging / KERAS_FILE)
+        build_metadata(version, layer_table(model), _now()).write(staging)
+
+    return write_version(Path(out_dir) / (name or model.name), version, write)
+
+
+def write_version(root: Path, version: int | None, write) -> Path:
+    """``root/<version>/`` (default: the next one), filled by ``write(directory, version)``
+    in a hidden staging directory and renamed into place: a server polling the repository
+    never sees half a version, and a failure leaves nothing behind."""
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     version = version or next_version(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
-        save_model(model, staging, output_names)
-        model.save(staging / KERAS_FILE)
-        metadata: ModelMetadata = build_metadata(version, layer_table(model), _now())
-        metadata.write(staging)
+        write(staging, version)
         staging.chmod(0o755)  # mkdtemp makes it private; a model repository is shared
         final = root / str(version)
         staging.rename(final)
         return final
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
         raise

@@ -6,7 +6,8 @@
                             [--input-size H,W]
 
 SOURCE is a Keras 3 ``.keras`` file or a legacy ``.h5``/``.hdf5`` file (Keras's safe mode:
-no code runs from the file). The version is written as training writes one
+no code runs from the file), or a SavedModel directory (``model.export()``,
+``tf.saved_model.save``: copied as it is, served without feature maps or Grad-CAM). The version is written as training writes one
 (:func:`training.export.export`: atomically, with the ``serving_default`` and
 ``feature_maps`` signatures, ``model.keras`` and ``metadata.json`` derived from the model), so
 a running server picks it up with hot reload and serves it through every API. A model the
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from training.export import export, output_names
+from training import savedmodel
+from training.export import export, output_names, write_version
 from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -41,7 +44,7 @@ class Options:
     model_dir: Path
     version: int | None = None
     labels: dict[str | None, Path] | None = None  # None: the only head
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] | None = None  # None: [0, 1] (uint8 SavedModels: 0..255)
     preprocessing: str = "resize"
     input_size: tuple[int, int] | None = None
 
@@ -104,9 +107,22 @@ def _fixed_size(model: keras.Model, size: tuple[int, int] | None) -> keras.Model
     return keras.Model(inputs, model(inputs), name=model.name)
 
 
-def _heads(model: keras.Model, labels: dict[str | None, Path] | None) -> list[OutputSpec]:
+def _keras_heads(model: keras.Model) -> list[tuple[str, int]]:
     names = output_names(model)
     outputs = list(model.output.values()) if isinstance(model.output, dict) else model.outputs
+    heads = []
+    for name, tensor in zip(names, outputs, strict=True):
+        if len(tensor.shape) != 2 or tensor.shape[1] is None:
+            raise Refused(f"head {name!r} gives {_shape(tensor.shape)}, not [batch, classes]")
+        heads.append((name, int(tensor.shape[1])))
+    return heads
+
+
+def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None
+           ) -> list[OutputSpec]:
+    """Each head (name, units) with its labels: from ``labels`` (None: the only head), else
+    the class indices."""
+    names = [name for name, _ in heads]
     files = dict(labels or {})
     if None in files:
         if len(names) != 1:
@@ -118,18 +134,15 @@ def _heads(model: keras.Model, labels: dict[str | None, Path] | None) -> list[Ou
         raise Refused(f"--labels for {', '.join(unknown)}: the model's heads are "
                       f"{', '.join(names)}")
     specs = []
-    for name, tensor in zip(names, outputs, strict=True):
-        if len(tensor.shape) != 2 or tensor.shape[1] is None:
-            raise Refused(f"head {name!r} gives {_shape(tensor.shape)}, not [batch, classes]")
-        units = tensor.shape[1]
-        kind = "binary" if units == 1 else "multiclass"
+    for name, units in heads:
         wanted = 2 if units == 1 else units
         given = _read_labels(files[name]) if name in files else [str(i) for i in range(wanted)]
         if len(given) != wanted:
             raise Refused(f"{files[name]}: {len(given)} labels for head {name!r}, which has "
                           f"{wanted} classes" + (" (a 1-unit sigmoid: negative, then positive)"
                                                  if units == 1 else ""))
-        specs.append(OutputSpec(name=name, kind=kind, labels=given))
+        specs.append(OutputSpec(name=name, kind="binary" if units == 1 else "multiclass",
+                                labels=given))
     return specs
 
 
@@ -148,12 +161,10 @@ def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpe
     import tensorflow as tf
 
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
-    if options.preprocessing == "mnist" and (height, width, channels) != (28, 28, 1):
-        raise Refused(f"--preprocessing mnist makes 28x28x1 digits; the model takes "
-                      f"{height}x{width}x{channels}")
-    spec = InputSpec(shape=[height, width, channels], value_range=options.value_range,
+    spec = InputSpec(shape=[height, width, channels],
+                     value_range=options.value_range or (0.0, 1.0),
                      color_mode="grayscale" if channels == 1 else "rgb",
-                     preprocessing=options.preprocessing)
+                     preprocessing=_preprocessing(options, [height, width, channels]))
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
 
     def build(version: int, layers, created_at: str) -> ModelMetadata:
@@ -176,14 +187,57 @@ def import_model(options: Options) -> Path:
                       "starting with a letter or digit, at most 64")
     if options.version is not None and options.version < 1:
         raise Refused("--version: versions are whole numbers from 1")
-    model = _fixed_size(load(options.source), options.input_size)
-    heads = _heads(model, options.labels)
-    build = metadata_builder(model, options, heads)
     root = options.model_dir / options.name
     if options.version is not None and (root / str(options.version)).exists():
         raise Refused(f"{root / str(options.version)} exists; choose another --version")
+    if options.source.is_dir():
+        return _import_savedmodel(options, root)
+    model = _fixed_size(load(options.source), options.input_size)
+    heads = _heads(_keras_heads(model), options.labels)
+    build = metadata_builder(model, options, heads)
     return export(model, options.model_dir, build, name=options.name, version=options.version,
                   output_names=[h.name for h in heads])
+
+
+def _import_savedmodel(options: Options, root: Path) -> Path:
+    """A SavedModel directory, copied as it is, with metadata read off its serving signature
+    (the layers of a SavedModel are unknown: it serves without feature maps or Grad-CAM)."""
+    import tensorflow as tf
+
+    if not (options.source / "saved_model.pb").is_file():
+        raise Refused(f"{options.source}: a directory without saved_model.pb")
+    try:
+        signature = tf.saved_model.load(str(options.source)).signatures["serving_default"]
+    except Exception as exc:  # noqa: BLE001 - any reason it does not load is the answer
+        raise Refused(f"{options.source}: cannot be read as a SavedModel with a "
+                      f"serving_default signature ({type(exc).__name__})") from None
+    try:
+        found = savedmodel.metadata(options.name, 0, options.source, signature)
+    except savedmodel.NotAnImageModel as exc:
+        raise Refused(f"{options.source}: {exc}") from None
+    if options.input_size is not None:
+        raise Refused("--input-size: a SavedModel's signature fixes its input size")
+    # without --labels: labels.txt beside the SavedModel, if any, as it would serve as a drop-in
+    heads = _heads([(o.name, o.units) for o in found.outputs], options.labels) \
+        if options.labels else found.outputs
+    spec = found.input.model_copy(update={
+        "value_range": options.value_range or found.input.value_range,
+        "preprocessing": _preprocessing(options, found.input.shape)})
+
+    def write(staging: Path, version: int) -> None:
+        shutil.copytree(options.source, staging, dirs_exist_ok=True)
+        found.model_copy(update={"version": version, "input": spec, "outputs": heads,
+                                 "description": f"imported from {options.source.name}"}
+                         ).write(staging)
+
+    return write_version(root, options.version, write)
+
+
+def _preprocessing(options: Options, shape: list[int]) -> str:
+    if options.preprocessing == "mnist" and list(shape) != [28, 28, 1]:
+        raise Refused(f"--preprocessing mnist makes 28x28x1 digits; the model takes "
+                      f"{'x'.join(map(str, shape))}")
+    return options.preprocessing
 
 
 def summary(path: Path) -> str:
@@ -209,7 +263,8 @@ def _pair(kind: type, text: str, what: str) -> tuple:
 
 def parser(default_model_dir: Path) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnn-serve import", description=__doc__.splitlines()[0])
-    p.add_argument("source", type=Path, help="a .keras or .h5 model file")
+    p.add_argument("source", type=Path, help="a .keras or .h5 model file, or a SavedModel "
+                                              "directory")
     p.add_argument("--name", required=True, help="the model's name in the service")
     p.add_argument("--model-dir", type=Path, default=default_model_dir,
                    help=f"model repository (default: {default_model_dir})")
@@ -218,9 +273,10 @@ def parser(default_model_dir: Path) -> argparse.ArgumentParser:
                    help="one label per line, line N = class N; OUTPUT= for one of several "
                         "heads (repeatable)")
     p.add_argument("--value-range", type=lambda t: _pair(float, t, "--value-range"),
-                   default=(0.0, 1.0), metavar="LOW,HIGH",
-                   help="the values the model expects for black and white (default 0,1; "
-                        "e.g. 0,255 for a model with Rescaling(1/255) inside)")
+                   default=None, metavar="LOW,HIGH",
+                   help="the values the model expects for black and white (default 0,1, or "
+                        "0,255 for a SavedModel with uint8 input; e.g. 0,255 for a model with "
+                        "Rescaling(1/255) inside)")
     p.add_argument("--preprocessing", choices=["resize", "mnist"], default="resize")
     p.add_argument("--input-size", type=lambda t: _pair(int, t, "--input-size"),
                    default=None, metavar="H,W",
@@ -234,12 +290,10 @@ def main(argv: list[str], default_model_dir: Path) -> int:
     for item in args.labels:
         head, _, file = item.rpartition("=")
         labels[head or None] = Path(file)
-    low, high = args.value_range
-    if not low < high:
-        raise SystemExit(f"cnn-serve import: --value-range {low:g},{high:g}: LOW must be "
-                         "below HIGH")
+    if args.value_range is not None and not args.value_range[0] < args.value_range[1]:
+        raise SystemExit("cnn-serve import: --value-range LOW,HIGH: LOW must be below HIGH")
     options = Options(args.source, args.name, args.model_dir, args.version, labels,
-                      (low, high), args.preprocessing, args.input_size)
+                      args.value_range, args.preprocessing, args.input_size)
     try:
         path = import_model(options)
     except Refused as exc:

@@ -161,3 +161,29 @@ def test_the_served_signature_equals_the_keras_model(tmp_path):
         np.testing.assert_allclose(served[head].numpy(), want[head], atol=1e-5)
     maps = loaded.signatures["feature_maps"](image=tf.constant(x))
     assert maps["features"].shape == (3, 18, 22, 3)
+
+
+def test_a_savedmodel_directory_is_copied_with_metadata_from_its_signature(tmp_path):
+    import tensorflow as tf
+
+    model = cifar_like()
+    model.export(str(tmp_path / "exported"), verbose=False)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    repo = tmp_path / "repo"
+    assert main([str(tmp_path / "exported"), "--name", "sm", "--labels", str(labels),
+                 "--value-range", "0,255", "--model-dir", str(repo)], repo) == 0
+    meta = ModelMetadata.read(repo / "sm" / "1")
+    assert meta.input.value_range == (0.0, 255.0) and meta.input.shape == [32, 32, 3]
+    assert [(o.name, o.labels[:2]) for o in meta.outputs] == [("output_0", ["c0", "c1"])]
+    assert meta.signatures == ["serving_default"] and meta.layers == []
+    served = tf.saved_model.load(str(repo / "sm" / "1")).signatures["serving_default"]
+    x = np.random.default_rng(0).random((1, 32, 32, 3), np.float32) * 255
+    (name,) = served.structured_input_signature[1]
+    np.testing.assert_allclose(served(**{name: tf.constant(x)})["output_0"], model(x),
+                               atol=1e-5)
+    not_image = tmp_path / "tabular"
+    keras.Sequential([keras.Input((10,)), keras.layers.Dense(2)]).export(str(not_image),
+                                                                         verbose=False)
+    assert "not an image batch" in _refused([str(not_image), "--name", "t"], repo)
+    assert "without saved_model.pb" in _refused([str(tmp_path), "--name", "t"], repo)

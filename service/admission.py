@@ -108,6 +108,7 @@ class Admission:
         # the heavy-work thread (Grad-CAM, feature maps): one job at a time, a few waiting
         self.heavy = Budget("heavy", 1, heavy_waiting)
         self.feature_map_bytes = Budget("feature_map_bytes", feature_map_bytes, max_waiting)
+        self.model_uploads = Budget("model_uploads", 1, 0)  # one at a time, no queue
         self.timeout_s = timeout_s
 
     @classmethod

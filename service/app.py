@@ -26,6 +26,7 @@ from service.errors import install_handlers
 from service.explorer import install_explorer
 from service.gradcam import TracedCache
 from service.middleware import BodyGuard, RequestTelemetry
+from service.model_uploads import UPLOAD_PATH
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
 from service.settings import Settings, get_settings
@@ -114,7 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyGuard, limit=settings.max_upload_bytes,
-                       idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s)
+                       idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s,
+                       model_uploads=(UPLOAD_PATH, settings.max_model_bytes)
+                       if settings.model_uploads else None)
     if settings.api_keys:
         app.add_middleware(ApiKeyGuard, keys=[k.get_secret_value() for k in settings.api_keys],
                            public_paths=settings.public_paths, cors=bool(settings.cors_origins))

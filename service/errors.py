@@ -55,6 +55,16 @@ class EmptyImage(BadRequest):
     code = "empty_image"
 
 
+class InvalidModel(BadRequest):
+    """An uploaded model file that cannot be served (corrupt, unsupported, unsafe)."""
+
+    code = "invalid_model"
+
+
+class ModelUploadsDisabled(ServiceError):
+    status, code = 403, "model_uploads_disabled"
+
+
 class NotFound(ServiceError):
     status, code = 404, "not_found"
 

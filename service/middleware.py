@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,10 @@ async def _send_error(scope: Scope, send: Send, status: int, code: str, message:
     await send_error(scope, send, status, code, message, CLOSE)
 
 
+def _too_large(limit: int) -> str:
+    return f"request body exceeds the limit of {limit:,} bytes"
+
+
 class BodyGuard:
     """Limits on a request body while the app reads it: its size (413: at once from
     Content-Length, else as soon as a chunked body passes the limit) and its pace (408 after a
@@ -34,24 +39,32 @@ class BodyGuard:
     error, and the connection is closed (the rest of the body is never read).
     """
 
-    def __init__(self, app: ASGIApp, limit: int, idle_s: float, total_s: float) -> None:
+    def __init__(self, app: ASGIApp, limit: int, idle_s: float, total_s: float,
+                 model_uploads: tuple[re.Pattern, int] | None = None) -> None:
         self.app, self.limit, self.idle_s, self.total_s = app, limit, idle_s, total_s
+        self.model_uploads = model_uploads  # (POST path, its larger limit): a model file
+
+    def _limit(self, scope: Scope) -> int:
+        if (self.model_uploads is not None and scope["method"] == "POST"
+                and self.model_uploads[0].fullmatch(scope["path"])):
+            return self.model_uploads[1]
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        counting = True
+        counting, limit = True, self._limit(scope)
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = header_length(value)
                 if length is None:
                     return await _send_error(scope, send, 400, "bad_request",
                                              "invalid Content-Length")
-                if length > self.limit:
+                if length > limit:
                     return await _send_error(scope, send, 413, "payload_too_large",
-                                             self._too_large)
+                                             _too_large(limit))
                 counting = False  # the server delivers no more than Content-Length bytes
-        body = _Body(self, receive, counting)
+        body = _Body(self, receive, counting, limit)
         started = False
 
         async def guarded_send(msg: Message) -> None:
@@ -73,9 +86,6 @@ class BodyGuard:
         if body.failure is not None and not started:
             await _send_error(scope, send, *body.failure)
 
-    @property
-    def _too_large(self) -> str:
-        return f"request body exceeds the limit of {self.limit:,} bytes"
 
 
 class _Body:
@@ -89,6 +99,7 @@ class _Body:
         "failure",
         "guard",
         "last_read",
+        "limit",
         "raw_receive",
         "seen",
         "task",
@@ -96,8 +107,8 @@ class _Body:
         "waiting",
     )
 
-    def __init__(self, guard: BodyGuard, receive: Receive, counting: bool) -> None:
-        self.guard, self.raw_receive, self.counting = guard, receive, counting
+    def __init__(self, guard: BodyGuard, receive: Receive, counting: bool, limit: int) -> None:
+        self.guard, self.raw_receive, self.counting, self.limit = guard, receive, counting, limit
         self.failure: tuple[int, str, str] | None = None
         self.seen, self.done, self.waiting = 0, False, False
         self.last_read = self.deadline = 0.0
@@ -127,8 +138,8 @@ class _Body:
         if msg["type"] == "http.request":
             self.done = not msg.get("more_body", False)
             self.seen += len(msg.get("body", b""))
-            if self.counting and self.seen > self.guard.limit:
-                self.failure = (413, "payload_too_large", self.guard._too_large)
+            if self.counting and self.seen > self.limit:
+                self.failure = (413, "payload_too_large", _too_large(self.limit))
                 return DISCONNECT  # stop the app reading on
         if self.done:
             self.stop()

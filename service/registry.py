@@ -98,6 +98,19 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task | None = None
+        self.unloaded: set[str] = set()  # models an operator unloaded: not served until loaded
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of ``name`` (Triton's repository ``unload``); the
+        repository keeps its files and a later :meth:`load` serves it again."""
+        self.versions(name)  # 404 for a model the service does not have
+        self.unloaded.add(name)
+        await self.sync_soon()
+
+    async def load(self, name: str) -> None:
+        """Serve ``name`` from the repository again (or for the first time), now."""
+        self.unloaded.discard(name)
+        await self.sync_soon()
 
     async def load_all(self) -> None:
         await self.sync()
@@ -128,6 +141,7 @@ class ModelRegistry:
             for name, version in found:
                 by_model.setdefault(name, []).append(version)
             wanted = {(name, version) for name, versions in by_model.items()
+                      if name not in self.unloaded
                       for version in self.settings.versions_to_serve(name, versions)}
             served = {(name, version) for name, versions in self.models.items()
                       for version in versions}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
@@ -222,6 +222,7 @@ class ModelSummary(BaseModel):
 class ModelList(BaseModel):
     device: str
     default_model: str
+    model_uploads: bool = Field(description="POST /models/{name}/versions takes model files")
     models: list[ModelSummary]
 
 
@@ -255,3 +256,43 @@ class ErrorResponse(BaseModel):
 # what an upload route can answer besides 200 (OpenAPI ``responses``)
 UPLOAD_ERRORS = {code: {"model": ErrorResponse}
                  for code in (400, 404, 408, 413, 415, 422, 503)}
+
+
+NUMBER_PAIR = r"^-?[0-9]{1,6}(\.[0-9]{1,6})?,-?[0-9]{1,6}(\.[0-9]{1,6})?$"
+
+
+class ModelUploadParams(BaseModel):
+    """The form fields of ``POST /models/{name}/versions`` besides ``file`` and ``labels``:
+    the options of ``cnn-serve import``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, le=10**9, description="default: the next free one")
+    value_range: str | None = Field(None, pattern=NUMBER_PAIR,
+                                    description="LOW,HIGH: the values the model expects for "
+                                                "black and white (default 0,1)",
+                                    examples=["0,255"])
+    preprocessing: Literal["resize", "mnist"] = "resize"
+    input_size: str | None = Field(None, pattern=r"^[0-9]{1,5},[0-9]{1,5}$",
+                                   description="H,W: only for a model of any input size")
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> ModelUploadParams:
+        if self.value_range_pair is not None and not self.value_range_pair[0] < \
+                self.value_range_pair[1]:
+            raise ValueError("value_range: LOW must be below HIGH")
+        return self
+
+    @property
+    def value_range_pair(self) -> tuple[float, float] | None:
+        if self.value_range is None:
+            return None
+        low, high = (float(x) for x in self.value_range.split(","))
+        return low, high
+
+    @property
+    def input_size_pair(self) -> tuple[int, int] | None:
+        if self.input_size is None:
+            return None
+        height, width = (int(x) for x in self.input_size.split(","))
+        return height, width

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     version_labels: dict[str, dict[Annotated[str, StringConstraints(pattern=LABEL)], int]] = Field(
         default_factory=dict, description='per model, JSON: {"digit_odd": {"stable": 1, '
                                           '"canary": 2}}; requests may name a label as version')
+    model_uploads: bool = Field(False, description="POST /models/{name}/versions takes a "
+                                "model file (.keras/.h5) and serves it; behind the API keys "
+                                "when they are set")
+    max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request "
+                                 "body")
     inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; "
                                                         "0 = half the cores")
     decode_threads: int = Field(0, ge=0, description="threads that decode and normalise "

@@ -6,12 +6,13 @@
                             [--input-size H,W]
 
 SOURCE is a Keras 3 ``.keras`` file or a legacy ``.h5``/``.hdf5`` file (Keras's safe mode:
-no code runs from the file), or a SavedModel directory (``model.export()``,
-``tf.saved_model.save``: copied as it is, served without feature maps or Grad-CAM). The version is written as training writes one
+no code runs from the file). The version is written as training writes one
 (:func:`training.export.export`: atomically, with the ``serving_default`` and
 ``feature_maps`` signatures, ``model.keras`` and ``metadata.json`` derived from the model), so
-a running server picks it up with hot reload and serves it through every API. A model the
-service cannot serve is refused with one line and nothing written.
+a running server picks it up with hot reload and serves it through every API. SOURCE may also
+be a SavedModel directory (``model.export()``, ``tf.saved_model.save``): it is copied as it is
+and serves without feature maps or Grad-CAM. A model the service cannot serve is refused with
+one line and nothing written.
 """
 
 from __future__ import annotations

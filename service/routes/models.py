@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from service import featuremaps, inference, uploads
+from service import featuremaps, inference, model_uploads, uploads
 from service.deps import CoreDep, RegistryDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
@@ -20,6 +20,7 @@ from service.schemas import (
     ModelDetail,
     ModelList,
     ModelSummary,
+    ModelUploadParams,
     VersionDetail,
     VersionStatus,
     upload_body,
@@ -50,6 +51,7 @@ def _summary(registry, name: str, schema: type[ModelSummary] = ModelSummary, **e
 @router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
 async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
     return ModelList(device=registry.device, default_model=settings.default_model,
+                     model_uploads=settings.model_uploads,
                      models=[_summary(registry, n) for n in sorted(registry.models)])
 
 
@@ -123,6 +125,30 @@ async def explain(name: ModelName, request: Request, core: CoreDep) -> Response:
         params = uploads.params(form, ExplainParams, request)
         return Response(to_json(await inference.explain(core, form.files, name, params)),
                         media_type="application/json")
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+        "file": {"type": "string", "format": "binary", "contentMediaType":
+                 "application/octet-stream", "description": "the model: .keras or .h5"},
+        "labels": {"type": "string", "format": "binary", "contentMediaType": "text/plain",
+                   "description": "one label per line, line N = class N"},
+        **{k: v for k, v in ModelUploadParams.model_json_schema()["properties"].items()}}}}}}}
+
+
+@router.post("/{name}/versions", response_model=VersionDetail, status_code=201,
+             responses={202: {"model": VersionDetail, "description": "still loading"},
+                        400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                        413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+             openapi_extra=UPLOAD_BODY,
+             summary="Upload a Keras model (.keras/.h5) as a new version (when uploads are on)")
+async def upload_version(name: ModelName, request: Request, core: CoreDep):
+    """What ``cnn-serve import`` does, over HTTP: 201 once the version serves, 202 while it
+    still loads; a model that cannot be served is a 400 that says why, leaving nothing."""
+    model = await model_uploads.upload(core, request, name)
+    detail = await get_version(name, str(model.version), core.registry)
+    return JSONResponse(detail.model_dump(mode="json"),
+                        status_code=201 if model.status.value == "ready" else 202)
 
 
 RELOAD_WAIT_S = 30.0

@@ -3,11 +3,12 @@ Triton-speaking tools call. Thin: :mod:`service.oip` translates, the core comput
 are ``{"error": "..."}``.
 """
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
@@ -126,3 +127,56 @@ async def _infer(request: Request, core: Core, name: str, version: str | None) -
     return Response(b"".join([head, *binary]), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(head))})
 
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="only the versions that serve")
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, LOADING or UNAVAILABLE")
+    reason: str = ""
+
+
+REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING",
+                     Status.failed: "UNAVAILABLE"}
+LOAD_WAIT_S = 30.0
+
+
+@router.post("/repository/index", response_model=list[RepositoryEntry],
+             summary="Every model version in the repository and its state (Triton's model "
+                     "repository extension)")
+async def repository_index(registry: RegistryDep,
+                           body: RepositoryIndexRequest | None = None) -> list[dict]:
+    entries = [{"name": name, "version": str(version),
+                "state": REPOSITORY_STATES[model.status], "reason": model.error or ""}
+               for name in sorted(registry.models)
+               for version, model in sorted(registry.models[name].items())]
+    entries += [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+                for name in sorted(registry.unloaded)]
+    return [e for e in entries if not (body and body.ready) or e["state"] == "READY"]
+
+
+@router.post("/repository/models/{name}/load", responses=ERRORS,
+             summary="Read the repository and serve the model (again, after an unload)")
+async def repository_load(name: ModelName, registry: RegistryDep) -> dict:
+    await _settled(registry.load(name))
+    registry.versions(name)  # 404 when the repository has no such model
+    return {}
+
+
+@router.post("/repository/models/{name}/unload", responses=ERRORS,
+             summary="Stop serving every version of the model (its files stay)")
+async def repository_unload(name: ModelName, registry: RegistryDep) -> dict:
+    await _settled(registry.unload(name))
+    return {}
+
+
+async def _settled(change) -> None:
+    """Wait for a repository change at most LOAD_WAIT_S; it carries on after that."""
+    try:
+        await asyncio.wait_for(asyncio.shield(change), LOAD_WAIT_S)
+    except TimeoutError:
+        pass

@@ -222,7 +222,8 @@ def own_models_url(tmp_path_factory):
     shutil.copytree(cifar, models / "dropped" / "1",
                     ignore=shutil.ignore_patterns("metadata.json", "model.keras"))
     shutil.copy(labels, models / "dropped" / "1" / "labels.txt")
-    app = create_app(Settings(model_dir=models, device="cpu", default_model="photos"))
+    app = create_app(Settings(model_dir=models, device="cpu", default_model="photos",
+                              model_uploads=True))
     with serving(app) as url:
         yield f"http://{url}"
 
@@ -252,3 +253,38 @@ def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_models_ur
         _wait_for_label(page, "ship")
         assert page.get_by_test_id("layer").count() == 0 and not errors
         browser.close()
+
+
+def test_open_your_model_uploads_it_and_shows_it(own_models_url, tmp_path):
+    """With uploads on, a .keras file picked in the page becomes a served model, selected."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.service.conftest import FLAGS
+
+    mine = tmp_path / "my cifar.keras"
+    shutil.copy(ROOT / "models" / "cifar10" / "1" / "model.keras", mine)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(f"{own_models_url}/")
+        page.wait_for_selector("[data-testid=layer]")
+        assert page.locator("#open-model-box").is_visible()
+        page.set_input_files("#open-model", str(mine))
+        page.wait_for_function("() => document.querySelector('#model').value === 'my_cifar'",
+                               timeout=60_000)
+        page.set_input_files("#upload", str(SAMPLES / "horse.png"))
+        _wait_for_label(page, _label_of(own_models_url, "horse.png"))  # a class index: no labels
+        assert page.get_by_test_id("layer").count() == _layer_count(page, own_models_url,
+                                                                     "my_cifar")
+        browser.close()
+
+
+def _label_of(url: str, sample: str) -> str:
+    """What the service itself says of a sample with the uploaded model (labels: indices)."""
+    import httpx
+
+    r = httpx.post(f"{url}/predict", data={"model": "my_cifar"},
+                   files={"file": (sample, (SAMPLES / sample).read_bytes())}, timeout=30)
+    return r.json()["predictions"][0]["outputs"]["class"]["label"]

@@ -62,10 +62,31 @@ async function loadModels() {
   const list = await api("/models");
   state.models = list.models.filter((m) => m.ready);
   state.defaultModel = list.default_model;
+  $("open-model-box").hidden = !list.model_uploads;
   $("model").replaceChildren(...state.models.map((m) => new Option(m.name, m.name)));
   $("model").value = list.default_model;
   await selectModel();
 }
+
+// a Keras model file from this computer becomes a version of the service (uploads on)
+$("open-model").addEventListener("change", async () => {
+  const file = $("open-model").files[0];
+  if (!file) return;
+  const name = file.name.replace(/\.(keras|h5|hdf5)$/i, "").replace(/[^A-Za-z0-9_.-]/g, "_")
+    .replace(/^[^A-Za-z0-9]+/, "").slice(0, 64) || "my_model";
+  const data = new FormData();
+  data.append("file", file, file.name);
+  try {
+    await api(`/models/${encodeURIComponent(name)}/versions`, { method: "POST", body: data });
+    await loadModels();
+    $("model").value = name;
+    await selectModel();
+  } catch (error) {
+    showError(error);
+  } finally {
+    $("open-model").value = "";
+  }
+});
 
 async function selectModel() {
   const model = state.models.find((m) => m.name === $("model").value);

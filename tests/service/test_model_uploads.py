@@ -1,0 +1,118 @@
+"""Models over HTTP: POST /models/{name}/versions (off unless CNN_SERVE_MODEL_UPLOADS=true,
+behind the API keys) imports a Keras file as cnn-serve import does; Triton's repository
+extension lists, loads and unloads models."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MODELS
+from tests.service.conftest import make_client
+from tests.training.test_importer import cifar_like
+
+KEY = "upload-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("upload") / "mine.keras"
+    cifar_like().save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    shutil.copytree(MODELS / "digit_odd" / "1", tmp_path / "digit_odd" / "1")
+    return tmp_path
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(
+        buf, "PNG")
+    return buf.getvalue()
+
+
+def _upload(client, name: str, data: bytes, filename: str = "mine.keras", **fields):
+    files = {"file": (filename, data)}
+    if "labels" in fields:
+        files["labels"] = ("labels.txt", fields.pop("labels"))
+    return client.post(f"/models/{name}/versions", files=files, data=fields,
+                       headers={"X-API-Key": KEY})
+
+
+def test_an_uploaded_model_serves_at_once(repo, model_file):
+    labels = "\n".join(f"thing {i}" for i in range(10)).encode()
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+        r = _upload(client, "mine", model_file, labels=labels, value_range="0,255")
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert (body["name"], body["version"], body["status"]) == ("mine", 1, "ready")
+        assert body["metadata"]["input"]["value_range"] == [0.0, 255.0]
+        predicted = client.post("/predict", data={"model": "mine"},
+                                files={"file": ("x.png", _png())}, headers={"X-API-Key": KEY})
+        assert predicted.status_code == 200
+        assert predicted.json()["predictions"][0]["outputs"]["class"]["label"].startswith(
+            "thing")
+        assert _upload(client, "mine", model_file).json()["version"] == 2  # the next one
+        assert client.get("/models", headers={"X-API-Key": KEY}).json()["model_uploads"]
+
+
+def test_uploads_are_off_by_default_and_need_a_key(repo, model_file):
+    with make_client(model_dir=repo) as client:
+        r = _upload(client, "mine", model_file)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_uploads_disabled"
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+        r = client.post("/models/mine/versions", files={"file": ("m.keras", model_file)})
+        assert r.status_code == 401
+    assert not (repo / "mine").exists()
+
+
+def test_a_bad_model_is_a_400_that_says_why_and_leaves_nothing(repo, model_file):
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+        for data, filename, fields, words in [
+            (b"PK\x03\x04 junk", "m.keras", {}, "cannot be read as a Keras model"),
+            (model_file, "m.exe", {}, "send a Keras model file"),
+            (model_file, "m.keras", {"labels": b"a\nb\n"}, "2 labels"),
+            (model_file, "m.keras", {"preprocessing": "mnist"}, "28x28x1"),
+        ]:
+            r = _upload(client, "mine", data, filename, **fields)
+            assert r.status_code == 400, r.text
+            message = r.json()["error"]["message"]
+            assert words in message and "cnn-serve-upload" not in message  # no server paths
+        bad_field = _upload(client, "mine", model_file, value_range="9,1")
+        assert bad_field.status_code == 422
+        assert client.post("/predict", files={"file": ("x.png", _png())},
+                           headers={"X-API-Key": KEY}).status_code == 200  # served on
+    assert not (repo / "mine").exists()
+
+
+def test_uploads_have_their_own_size_limit(repo, model_file):
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
+                     max_model_bytes=len(model_file) // 2) as client:
+        r = _upload(client, "mine", model_file)
+        assert r.status_code == 413
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
+                     max_upload_bytes=1024) as client:  # larger than an image upload may be
+        assert _upload(client, "mine", model_file).status_code == 201
+
+
+def test_the_triton_repository_extension(repo):
+    shutil.copytree(MODELS / "cifar10" / "1", repo / "cifar10" / "1")
+    with make_client(model_dir=repo) as client:
+        index = client.post("/v2/repository/index").json()
+        assert {(e["name"], e["version"], e["state"]) for e in index} == {
+            ("digit_odd", "1", "READY"), ("cifar10", "1", "READY")}
+        assert client.post("/v2/repository/models/cifar10/unload").status_code == 200
+        assert client.get("/v2/models/cifar10/ready").status_code == 404
+        index = client.post("/v2/repository/index", json={"ready": True}).json()
+        assert [e["name"] for e in index] == ["digit_odd"]
+        assert client.post("/v2/repository/models/cifar10/load").status_code == 200
+        assert client.get("/v2/models/cifar10/ready").json()["ready"] is True
+        missing = client.post("/v2/repository/models/nope/load")
+        assert missing.status_code == 404 and "error" in missing.json()

@@ -65,14 +65,24 @@ def output_names(model: keras.Model) -> list[str]:
 def named_outputs(model: keras.Model, names: list[str] | None):
     """``model`` as a function whose outputs are keyed by head name: a model with a dict
     output is that already; one with one or a list of outputs gets ``names``."""
+    to_input = input_cast(model)
     if names is None or isinstance(model.output, dict):
-        return lambda image: model(image, training=False)
+        return lambda image: model(to_input(image), training=False)
 
     def call(image):
-        out = model(image, training=False)
+        out = model(to_input(image), training=False)
         return dict(zip(names, out if isinstance(out, (list, tuple)) else [out], strict=True))
 
     return call
+
+
+def input_cast(model: keras.Model):
+    """The signatures take float32 pixels; a model with an integer input (uint8 0..255) gets
+    them rounded (Keras alone would truncate 199.99998 to 199)."""
+    dtype = str(model.inputs[0].dtype)
+    if "int" not in dtype:
+        return lambda image: image
+    return lambda image: keras.ops.cast(keras.ops.round(image), dtype)
 
 
 def save_model(model: keras.Model, target: Path, output_names: list[str] | None = None) -> None:
@@ -84,7 +94,9 @@ def save_model(model: keras.Model, target: Path, output_names: list[str] | None 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", named_outputs(model, output_names), [spec])
-    archive.add_endpoint("feature_maps", lambda image: maps(image, training=False), [spec])
+    to_input = input_cast(model)
+    archive.add_endpoint("feature_maps", lambda image: maps(to_input(image), training=False),
+                         [spec])
     archive.write_out(str(target), verbose=False)
 
 

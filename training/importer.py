@@ -162,8 +162,9 @@ def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpe
     import tensorflow as tf
 
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    integers = "int" in str(model.inputs[0].dtype)  # e.g. uint8 pixels: 0..255 by default
     spec = InputSpec(shape=[height, width, channels],
-                     value_range=options.value_range or (0.0, 1.0),
+                     value_range=options.value_range or ((0.0, 255.0) if integers else (0.0, 1.0)),
                      color_mode="grayscale" if channels == 1 else "rgb",
                      preprocessing=_preprocessing(options, [height, width, channels]))
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)

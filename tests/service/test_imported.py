@@ -182,3 +182,21 @@ def test_a_nested_bases_inner_layers_are_served_and_explained(nested):
     stacked = client.post("/models/stacked/explain",
                           files={"file": ("x.png", _png(_images((20, 20, 1), 1)[0]))})
     assert stacked.status_code == 200 and stacked.json()["layer"] == "features/pool_a"
+
+
+def test_a_keras_model_of_uint8_pixels(tmp_path):
+    keras.utils.set_random_seed(3)
+    pixels = keras.Input((8, 8, 1), dtype="uint8")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(pixels))
+    model = keras.Model(pixels, keras.layers.Dense(3, activation="softmax", name="kind")(x))
+    model.save(tmp_path / "u8.keras")
+    models = tmp_path / "models"
+    assert import_main([str(tmp_path / "u8.keras"), "--name", "u8", "--model-dir",
+                        str(models)], models) == 0  # 0..255 without being told
+    image = _images((8, 8, 1), 1, seed=8)
+    with make_client(model_dir=models, default_model="u8") as client:
+        assert client.get("/models/u8").json()["input"]["value_range"] == [0.0, 255.0]
+        for fmt in ("PNG", "BMP"):
+            r = client.post("/predict", files={"file": (f"x.{fmt}", _png(image[0], fmt))})
+            got = list(r.json()["predictions"][0]["outputs"]["kind"]["probabilities"].values())
+            np.testing.assert_allclose(got, np.asarray(model(image))[0], atol=1e-6)

@@ -50,8 +50,9 @@ class Options:
     input_size: tuple[int, int] | None = None
 
 
-def load(source: Path) -> keras.Model:
-    """The Keras model in ``source``, as a functional graph."""
+def load(source: Path, size: tuple[int, int] | None = None) -> keras.Model:
+    """The Keras model in ``source``, as a functional graph (a Sequential one of any input
+    size rebuilt at ``size``)."""
     if not source.exists():
         raise Refused(f"{source}: no such file")
     if source.suffix.lower() not in KERAS_SUFFIXES or not source.is_file():
@@ -64,10 +65,10 @@ def load(source: Path) -> keras.Model:
                       f"{': ' + reason if reason else ''})") from None
     if not isinstance(model, keras.Model):
         raise Refused(f"{source}: holds no Keras model")
-    return _functional(model)
+    return _functional(model, size)
 
 
-def _functional(model: keras.Model) -> keras.Model:
+def _functional(model: keras.Model, size: tuple[int, int] | None) -> keras.Model:
     """A Sequential model rebuilt as a functional one from copies of its layers (same
     weights): every layer then has one input node and an output to show."""
     if not isinstance(model, keras.Sequential):
@@ -75,7 +76,10 @@ def _functional(model: keras.Model) -> keras.Model:
     if len(model.input_shape) != 4:
         raise Refused(f"the model takes {_shape(model.input_shape)}, not one image "
                       "[batch, height, width, 1 or 3]")
-    x = inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    shape = model.input_shape[1:]
+    if size is not None and None in shape[:2]:
+        shape = (*size, shape[2])
+    x = inputs = keras.Input(shape=shape, name="image", dtype=model.inputs[0].dtype)
     for layer in model.layers:
         clone = layer.__class__.from_config(layer.get_config())
         x = clone(x)
@@ -194,7 +198,7 @@ def import_model(options: Options) -> Path:
         raise Refused(f"{root / str(options.version)} exists; choose another --version")
     if options.source.is_dir():
         return _import_savedmodel(options, root)
-    model = _fixed_size(load(options.source), options.input_size)
+    model = _fixed_size(load(options.source, options.input_size), options.input_size)
     heads = _heads(_keras_heads(model), options.labels)
     build = metadata_builder(model, options, heads)
     return export(model, options.model_dir, build, name=options.name, version=options.version,

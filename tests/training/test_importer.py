@@ -187,3 +187,25 @@ def test_a_savedmodel_directory_is_copied_with_metadata_from_its_signature(tmp_p
                                                                          verbose=False)
     assert "not an image batch" in _refused([str(not_image), "--name", "t"], repo)
     assert "without saved_model.pb" in _refused([str(tmp_path), "--name", "t"], repo)
+
+
+def test_a_model_of_any_input_size_is_served_at_the_size_given(tmp_path):
+    keras.utils.set_random_seed(2)
+    any_size = keras.Sequential([keras.Input((None, None, 3)),
+                                 keras.layers.Conv2D(2, 3, name="conv"),
+                                 keras.layers.GlobalAveragePooling2D(name="gap"),
+                                 keras.layers.Dense(2, activation="softmax", name="yes_no")],
+                                name="any_size")
+    source = tmp_path / "any.keras"
+    any_size.save(source)
+    repo = tmp_path / "repo"
+    assert "give the size" in _refused([str(source), "--name", "a"], repo)
+    assert main([str(source), "--name", "a", "--input-size", "24,20", "--model-dir",
+                 str(repo)], repo) == 0
+    meta = ModelMetadata.read(repo / "a" / "1")
+    assert meta.input.shape == [24, 20, 3]
+    assert [layer.name for layer in meta.layers] == ["image", "conv", "gap", "yes_no"]
+    fixed = tmp_path / "fixed.keras"
+    cifar_like().save(fixed)
+    assert "fixed at 32x32" in _refused([str(fixed), "--name", "f", "--input-size", "24,20"],
+                                        repo)

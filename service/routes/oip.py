@@ -130,7 +130,7 @@ async def _infer(request: Request, core: Core, name: str, version: str | None) -
 
 
 class RepositoryIndexRequest(BaseModel):
-    ready: bool = Field(False, description="only the versions that serve")
+    ready: bool = Field(False, strict=True, description="only the versions that serve")
 
 
 class RepositoryEntry(BaseModel):
@@ -145,7 +145,7 @@ REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING",
 LOAD_WAIT_S = 30.0
 
 
-@router.post("/repository/index", response_model=list[RepositoryEntry],
+@router.post("/repository/index", response_model=list[RepositoryEntry], responses=ERRORS,
              summary="Every model version in the repository and its state (Triton's model "
                      "repository extension)")
 async def repository_index(registry: RegistryDep,

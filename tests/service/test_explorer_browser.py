@@ -228,7 +228,9 @@ def own_models_url(tmp_path_factory):
         yield f"http://{url}"
 
 
-def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_models_url):
+@pytest.fixture
+def own_page(own_models_url):
+    """The explorer of the service over a user's models, failing on any page error."""
     from playwright.sync_api import sync_playwright
 
     from tests.service.conftest import FLAGS
@@ -240,45 +242,43 @@ def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_models_ur
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{own_models_url}/")
         page.wait_for_selector("[data-testid=layer]")
-        assert page.input_value("#model") == "photos"
-        page.set_input_files("#upload", str(SAMPLES / "ship.png"))
-        _wait_for_label(page, "ship")
-        _all_layers_drawn(page, _layer_count(page, own_models_url, "photos"))
-        page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                               ".includes('class = ship')")
-        page.screenshot(path=ARTIFACTS / "imported-model.png", full_page=True)
-        page.select_option("#model", "dropped")  # the upload stays; no layers to show
-        page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                               ".includes('without its Keras model')")
-        _wait_for_label(page, "ship")
-        assert page.get_by_test_id("layer").count() == 0 and not errors
+        yield page
         browser.close()
+        assert not errors, errors
 
 
-def test_open_your_model_uploads_it_and_shows_it(own_models_url, tmp_path):
+def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_page, own_models_url):
+    page = own_page
+    assert page.input_value("#model") == "photos"
+    page.set_input_files("#upload", str(SAMPLES / "ship.png"))
+    _wait_for_label(page, "ship")
+    _all_layers_drawn(page, _layer_count(page, own_models_url, "photos"))
+    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
+                           ".includes('class = ship')")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "imported-model.png", full_page=True)
+    page.select_option("#model", "dropped")  # the upload stays; no layers to show
+    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
+                           ".includes('without its Keras model')")
+    _wait_for_label(page, "ship")
+    assert page.get_by_test_id("layer").count() == 0
+
+
+def test_open_your_model_uploads_it_and_shows_it(own_page, own_models_url, tmp_path):
     """With uploads on, a .keras file picked in the page becomes a served model, selected."""
     import shutil
 
-    from playwright.sync_api import sync_playwright
-
-    from tests.service.conftest import FLAGS
-
+    page = own_page
     mine = tmp_path / "my cifar.keras"
     shutil.copy(ROOT / "models" / "cifar10" / "1" / "model.keras", mine)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(f"{own_models_url}/")
-        page.wait_for_selector("[data-testid=layer]")
-        assert page.locator("#open-model-box").is_visible()
-        page.set_input_files("#open-model", str(mine))
-        page.wait_for_function("() => document.querySelector('#model').value === 'my_cifar'",
-                               timeout=60_000)
-        page.set_input_files("#upload", str(SAMPLES / "horse.png"))
-        _wait_for_label(page, _label_of(own_models_url, "horse.png"))  # a class index: no labels
-        assert page.get_by_test_id("layer").count() == _layer_count(page, own_models_url,
-                                                                     "my_cifar")
-        browser.close()
+    assert page.locator("#open-model-box").is_visible()
+    page.set_input_files("#open-model", str(mine))
+    page.wait_for_function("() => document.querySelector('#model').value === 'my_cifar'",
+                           timeout=60_000)
+    page.set_input_files("#upload", str(SAMPLES / "horse.png"))
+    _wait_for_label(page, _label_of(own_models_url, "horse.png"))  # a class index: no labels
+    assert page.get_by_test_id("layer").count() == _layer_count(page, own_models_url,
+                                                                 "my_cifar")
 
 
 def _label_of(url: str, sample: str) -> str:

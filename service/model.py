@@ -93,6 +93,7 @@ class ServedModel:
                 stage = "reading the serving_default signature"
                 self.metadata = savedmodel.metadata(self.name, self.version, self.path,
                                                 self._serve)
+            if "feature_maps" not in self.metadata.signatures:
                 self._maps = None  # its layers are unknown without the Keras model
             # as clients see it: without the training machine's dataset path
             dataset = self.metadata.dataset

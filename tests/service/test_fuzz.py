@@ -136,3 +136,26 @@ def test_raw_request_heads(client, content_length, content_type, body):
     except Exception as exc:  # noqa: BLE001 - a length the test client itself cannot honour
         pytest.skip(f"the client refused to send it: {exc}")
     _assert_client_error_at_most(r)
+
+
+@pytest.fixture(scope="module")
+def uploads_client(tmp_path_factory):
+    from tests.service.conftest import make_client
+
+    with make_client(model_dir=tmp_path_factory.mktemp("fuzz-models"), default_model="none",
+                     model_uploads=True) as c:
+        yield c
+
+
+@FUZZ
+@given(fields=st.dictionaries(
+    st.sampled_from(["version", "value_range", "preprocessing", "input_size", "junk"]),
+    st.text(max_size=20) | st.sampled_from(["0,255", "-1,1", "9,1", "1e999,2", "0", "24,24"]),
+    max_size=3), name=st.text(st.characters(min_codepoint=33, max_codepoint=126,
+                                            exclude_characters="/?#%"), min_size=1,
+                              max_size=12),
+       filename=st.sampled_from(["m.keras", "m.h5", "m.txt", ""]), data=st.binary(max_size=64))
+def test_model_upload_forms(uploads_client, fields, name, filename, data):
+    r = uploads_client.post(f"/models/{name}/versions", data=fields,
+                            files={"file": (filename, data)})
+    _assert_client_error_at_most(r)

@@ -157,19 +157,25 @@ async def predict(core: Core, uploads: list[Upload], params: PredictParams,
 
 
 async def heavy(core: Core, runner: Runner, method: Callable[..., T], *args) -> T:
-    """``method(*args)`` on the heavy-work thread (Grad-CAM, feature maps), never on the
-    version's inference thread: within the version's bound (more: 503 at once) and the
-    process's (one at a time, a few waiting up to the queue deadline, then 503). The bounds
-    are held until the thread is done, even when the request gives up first."""
+    """``method(*args)`` of a model version on the heavy-work thread (Grad-CAM, feature maps),
+    never on its inference thread: within the version's bound (more: 503 at once) and the
+    process's (:func:`on_heavy_thread`)."""
+    logs.note(model=runner.model.name, version=runner.model.version)
+    return await on_heavy_thread(core, [(runner.heavy, 1)], method, *args)
+
+
+async def on_heavy_thread(core: Core, bounds: list, method: Callable[..., T], *args) -> T:
+    """``method(*args)`` on the process's one heavy-work thread, within ``bounds`` and the
+    process's own (one job at a time, a few waiting up to the queue deadline, then 503). The
+    bounds are held until the thread is done, even when the request gives up first."""
     loop = asyncio.get_running_loop()
-    hold = await core.admission.hold([(runner.heavy, 1), (core.admission.heavy, 1)]).acquire()
+    hold = await core.admission.hold([*bounds, (core.admission.heavy, 1)]).acquire()
     try:
         job = core.heavy.submit(method, *args)
     except BaseException:
         hold.release()
         raise
     job.add_done_callback(lambda _: loop.call_soon_threadsafe(hold.release))
-    logs.note(model=runner.model.name, version=runner.model.version)
     return await asyncio.wrap_future(job)
 
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 
 from service.core import Core
 from service.errors import InvalidModel, InvalidParameter, ModelUploadsDisabled, clip
+from service.inference import on_heavy_thread
 from service.model import ServedModel, Status
 from service.schemas import ModelUploadParams
 from training.importer import KERAS_SUFFIXES, Options, Refused, import_model
@@ -41,9 +42,8 @@ async def upload(core: Core, request: Request, name: str) -> ServedModel:
         try:
             with tempfile.TemporaryDirectory(prefix="cnn-serve-upload-") as scratch:
                 options = await _options(form, name, Path(scratch), core.settings.model_dir)
-                try:
-                    path = await asyncio.get_running_loop().run_in_executor(
-                        core.heavy, import_model, options)
+                try:  # the heavy-work thread's job like Grad-CAM's: its bounds apply
+                    path = await on_heavy_thread(core, [], import_model, options)
                 except Refused as exc:  # said without the server's scratch paths
                     raise InvalidModel(str(exc).replace(f"{scratch}/", "")) from None
         finally:

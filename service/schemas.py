@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
@@ -276,23 +276,15 @@ class ModelUploadParams(BaseModel):
     input_size: str | None = Field(None, pattern=r"^[0-9]{1,5},[0-9]{1,5}$",
                                    description="H,W: only for a model of any input size")
 
-    @model_validator(mode="after")
-    def _low_below_high(self) -> ModelUploadParams:
-        if self.value_range_pair is not None and not self.value_range_pair[0] < \
-                self.value_range_pair[1]:
-            raise ValueError("value_range: LOW must be below HIGH")
-        return self
-
     @property
     def value_range_pair(self) -> tuple[float, float] | None:
-        if self.value_range is None:
-            return None
-        low, high = (float(x) for x in self.value_range.split(","))
-        return low, high
+        return _pair(self.value_range, float)
 
     @property
     def input_size_pair(self) -> tuple[int, int] | None:
-        if self.input_size is None:
-            return None
-        height, width = (int(x) for x in self.input_size.split(","))
-        return height, width
+        return _pair(self.input_size, int)
+
+
+def _pair(text: str | None, kind: type) -> tuple | None:
+    """``"A,B"`` (already matched by the field's pattern) -> (A, B)."""
+    return None if text is None else tuple(kind(part) for part in text.split(","))

@@ -193,6 +193,8 @@ def import_model(options: Options) -> Path:
                       "starting with a letter or digit, at most 64")
     if options.version is not None and options.version < 1:
         raise Refused("--version: versions are whole numbers from 1")
+    if options.value_range is not None and not options.value_range[0] < options.value_range[1]:
+        raise Refused("--value-range LOW,HIGH: LOW must be below HIGH")
     root = options.model_dir / options.name
     if options.version is not None and (root / str(options.version)).exists():
         raise Refused(f"{root / str(options.version)} exists; choose another --version")
@@ -296,8 +298,6 @@ def main(argv: list[str], default_model_dir: Path) -> int:
     for item in args.labels:
         head, _, file = item.rpartition("=")
         labels[head or None] = Path(file)
-    if args.value_range is not None and not args.value_range[0] < args.value_range[1]:
-        raise SystemExit("cnn-serve import: --value-range LOW,HIGH: LOW must be below HIGH")
     options = Options(args.source, args.name, args.model_dir, args.version, labels,
                       args.value_range, args.preprocessing, args.input_size)
     try:

@@ -133,7 +133,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
                  "application/octet-stream", "description": "the model: .keras or .h5"},
         "labels": {"type": "string", "format": "binary", "contentMediaType": "text/plain",
                    "description": "one label per line, line N = class N"},
-        **{k: v for k, v in ModelUploadParams.model_json_schema()["properties"].items()}}}}}}}
+        **ModelUploadParams.model_json_schema()["properties"]}}}}}}
 
 
 @router.post("/{name}/versions", response_model=VersionDetail, status_code=201,

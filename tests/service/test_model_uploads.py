@@ -85,8 +85,11 @@ def test_a_bad_model_is_a_400_that_says_why_and_leaves_nothing(repo, model_file)
             assert r.status_code == 400, r.text
             message = r.json()["error"]["message"]
             assert words in message and "cnn-serve-upload" not in message  # no server paths
-        bad_field = _upload(client, "mine", model_file, value_range="9,1")
-        assert bad_field.status_code == 422
+        bad_field = _upload(client, "mine", model_file, value_range="0,1,2")
+        assert bad_field.status_code == 422  # not LOW,HIGH at all
+        upside_down = _upload(client, "mine", model_file, value_range="9,1")
+        assert upside_down.status_code == 400
+        assert "LOW must be below HIGH" in upside_down.json()["error"]["message"]
         assert client.post("/predict", files={"file": ("x.png", _png())},
                            headers={"X-API-Key": KEY}).status_code == 200  # served on
     assert not (repo / "mine").exists()
@@ -116,3 +119,19 @@ def test_the_triton_repository_extension(repo):
         assert client.get("/v2/models/cifar10/ready").json()["ready"] is True
         missing = client.post("/v2/repository/models/nope/load")
         assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_an_import_waits_its_turn_on_the_heavy_thread(repo, model_file):
+    """Importing is heavy work like Grad-CAM: with the heavy-work thread's one slot taken and
+    nobody allowed to wait, an upload gets 503 + Retry-After and writes nothing."""
+    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
+                     max_heavy_waiting=0) as client:
+        budget = client.app.state.core.admission.heavy
+        assert budget.try_acquire(1)
+        try:
+            r = _upload(client, "mine", model_file)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        finally:
+            client.portal.call(budget.release, 1)
+        assert not (repo / "mine").exists()
+        assert _upload(client, "mine", model_file).status_code == 201

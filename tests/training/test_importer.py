@@ -121,6 +121,7 @@ def test_every_refusal_is_one_line_and_writes_nothing(tmp_path):
         "not a Keras model file": [str(short), "--name", "m"],
         "--name '../escape'": [str(good), "--name", "../escape"],
         "versions are whole numbers": [str(good), "--name", "m", "--version", "0"],
+        "LOW must be below HIGH": [str(good), "--name", "m", "--value-range", "9,1"],
     }
     for words, argv in cases.items():
         assert words in _refused(argv, repo), words

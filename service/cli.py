@@ -10,8 +10,6 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
 
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError

@@ -44,12 +44,12 @@ class Explanation:
 BYTES_PER_NODE = 10_000  # memory of a traced graph per node (forward + backward), measured:
 # cifar10_resnet's 994 nodes took 8-12 MB of RSS per graph, digit_odd's 125 nodes 0.3-1.4 MB
 
-Traced = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+Traced = tf.types.experimental.ConcreteFunction  # (image [1, H, W, C], class) -> (heat, class)
 
 
-def estimated_bytes(traced) -> int:
+def estimated_bytes(traced: Traced) -> int:
     """What a traced graph holds, from the nodes of its graph and its function library."""
-    graph = traced.get_concrete_function().graph.as_graph_def()
+    graph = traced.graph.as_graph_def()
     nodes = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
     return nodes * BYTES_PER_NODE
 
@@ -152,5 +152,7 @@ class GradCam:
             resized = tf.image.resize(heat[..., None], shape[1:3], method="bilinear")[..., 0]
             return resized, chosen
 
-        cam.get_concrete_function()  # traced now, so that its size is known
-        return cam
+        # traced now, once, so that its size is known; a concrete function is never retraced
+        # (nor counted by TensorFlow's "frequent retracing" warning, made for the accidental
+        # kind: a graph per (version, layer, head) is this cache's design)
+        return cam.get_concrete_function()

@@ -12,6 +12,7 @@ Pillow, which names the problem.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import tensorflow as tf
@@ -53,17 +54,24 @@ def decodable(data: bytes, spec: InputSpec) -> bool:
 
 def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
     """A graph function: PNG bytes [n] -> float32 [n, H, W, C], as :mod:`service.preprocess`
-    makes it for :func:`decodable` images."""
-    shape = (spec.height, spec.width, spec.channels)
-    scale = value_scale(spec)  # [0, 1] -> the model's value range, as preprocess does
+    makes it for :func:`decodable` images. One per kind of input, shared by every version
+    that takes it."""
+    return _decoder((spec.height, spec.width, spec.channels), spec.preprocessing == "mnist",
+                    value_scale(spec))
+
+
+@functools.cache
+def _decoder(shape: tuple[int, int, int], mnist: bool,
+             scale: tuple[float, float] | None) -> tf.types.experimental.PolymorphicFunction:
+    """``scale`` maps [0, 1] to the model's value range, as preprocess does."""
 
     def one(png: tf.Tensor) -> tf.Tensor:
-        return tf.ensure_shape(tf.io.decode_png(png, channels=spec.channels), shape)
+        return tf.ensure_shape(tf.io.decode_png(png, channels=shape[2]), shape)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(pngs: tf.Tensor) -> tf.Tensor:
         pixels = tf.map_fn(one, pngs, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
-        if spec.preprocessing == "mnist":  # polarity: dark ink on a mostly light border flips
+        if mnist:  # polarity: dark ink on a mostly light border flips
             border = tf.concat([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]],
                                axis=1)
             light = tf.math.count_nonzero(border > 127, axis=[1, 2]) * 2 > tf.size(
@@ -75,14 +83,16 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
     return decode
 
 
-def serving(spec: InputSpec, serve, to_input) -> tf.types.experimental.PolymorphicFunction:
+def serving(spec: InputSpec, serve, to_input) -> tf.types.experimental.ConcreteFunction:
     """``serve`` (a SavedModel signature taking ``spec.name``) fed by :func:`decoder` through
     ``to_input`` (float32 pixels -> the input's type): one graph call per batch of PNGs,
-    traced once for any batch size."""
+    traced once, here, for any batch size."""
     decode = decoder(spec)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve_png(pngs: tf.Tensor) -> dict[str, tf.Tensor]:
         return serve(**{spec.name: to_input(decode(pngs), spec)})
 
-    return serve_png
+    # concrete: a graph per version is the design, not the accidental retracing TensorFlow
+    # warns about when many functions share one Python body
+    return serve_png.get_concrete_function()

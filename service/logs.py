@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from training import quiet_tf
+
 REQUEST_ID_HEADER_BYTES = b"x-request-id"
 VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # printable, bounded: safe to log and echo
 
@@ -93,6 +95,33 @@ def configure(level: str, fmt: str) -> None:
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    _quieten_libraries(debug=level.lower() == "debug")
+
+
+# uvicorn's start-up chatter; its "Uvicorn running on <address>" line stays
+UVICORN_CHATTER = frozenset({"Started server process [%d]", "Waiting for application startup.",
+                             "Application startup complete."})
+
+
+def _quieten_libraries(debug: bool) -> None:
+    """A normal start prints one line per model and the listening address. TensorFlow's
+    logger loses the handler of its own it installs when imported first (each line came out
+    twice, plain and in our format) and its INFO lines; TensorFlow's native start-up notices
+    (:mod:`training.quiet_tf`) and uvicorn's chatter are logged at debug level only."""
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.handlers.clear()
+    tf_logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    uvicorn_logger.filters = [f for f in uvicorn_logger.filters if f is not _startup_chatter]
+    if not debug:
+        uvicorn_logger.addFilter(_startup_chatter)
+    for line in quiet_tf.NOTICES:
+        logging.getLogger("tensorflow.native").debug("%s", line)
+    quiet_tf.NOTICES.clear()
+
+
+def _startup_chatter(record: logging.LogRecord) -> bool:
+    return record.msg not in UVICORN_CHATTER
 
 
 ACCESS = logging.getLogger("cnn_serve.access")

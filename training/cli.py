@@ -14,10 +14,6 @@ training with ``--out models/``).
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
 import argparse
 import functools
 import importlib.util

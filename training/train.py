@@ -231,8 +231,9 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
                            train_examples=len(train_idx), validation_examples=len(val_idx),
                            history={"loss": losses})
     start = time.perf_counter()
+    # the pipelines shuffle (seeded); Keras's own shuffle does not apply to them and warns
     history = trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                          callbacks=callbacks, verbose=cfg.verbose)
+                          callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
     if averaging is not None:
         averaging.apply()
         recompute_batch_norm(model, ArrayBatches(data.images[train_idx], {}, spec,
@@ -292,7 +293,7 @@ def _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, histo
                                          restore_best_weights=True, verbose=1)
     print(f"re-fitting {', '.join(h.name for h in heads)} on undistorted images", flush=True)
     tail = model.fit(clean, validation_data=val_ds, epochs=cfg.finetune_epochs,
-                     callbacks=[stop], verbose=cfg.verbose)
+                     callbacks=[stop], verbose=cfg.verbose, shuffle=False)
     for layer in model.layers:  # a transfer model's frozen base stays frozen
         layer.trainable = was_trainable[layer.name]
     for key, values in tail.history.items():

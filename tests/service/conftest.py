@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,12 +51,19 @@ def make_client(**overrides) -> TestClient:
 def serving(app):
     """``app`` served by uvicorn on a free local port in a thread; yields "host:port"."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    started = threading.Event()
+    startup = server.startup
+
+    async def startup_then_signal(sockets=None) -> None:
+        try:
+            await startup(sockets)
+        finally:
+            started.set()
+
+    server.startup = startup_then_signal
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
+    assert started.wait(60) and server.started, "server did not start"
     try:
         yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
@@ -105,23 +110,26 @@ def page(server_url):
 
 def spawn_server(log: Path, models_dir: Path, **env: str) -> tuple[subprocess.Popen, int]:
     """The real ``cnn-serve`` process on a free port with ``CNN_SERVE_*`` overrides ``env``,
-    its output in ``log``; returns once it is ready."""
+    its output in ``log``; returns once it says it is listening."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     variables = {**os.environ, "CNN_SERVE_MODEL_DIR": str(models_dir),
                  "CNN_SERVE_DEVICE": "cpu", **env}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
-                                env=variables, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
+                            env=variables, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    listening = threading.Event()
+
+    def copy_output() -> None:  # to the log, line by line, noting the listening line
+        with log.open("wb", buffering=0) as out:
+            for line in proc.stdout:
+                out.write(line)
+                if b"running on http://" in line:
+                    listening.set()
+        listening.set()  # the process ended: nothing more will come
+
+    threading.Thread(target=copy_output, daemon=True).start()
+    if listening.wait(60) and proc.poll() is None:
+        return proc, port
     proc.kill()
-    pytest.fail("cnn-serve did not become ready:\n" + log.read_text())
+    pytest.fail("cnn-serve did not start listening:\n" + log.read_text())

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from service import graph_decode
+from service.model import ServedModel
 from service.preprocess import decode, to_model_input
 from tests.service.handwriting import draw_digit, encode
 from training.metadata import InputSpec
@@ -121,10 +122,16 @@ def test_trailing_bytes_after_iend_are_ignored_by_both_paths():
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
 
 
-def test_served_model_traces_its_png_graph_once_for_every_batch_size(digit_odd_model):
-    model = digit_odd_model  # loading traced once, with the warm-up call
+def test_versions_of_one_input_kind_share_one_png_decoder_traced_once(digit_odd_model,
+                                                                       models_dir):
+    # TensorFlow warned of "excessive retracing" when every version traced its own decoder
+    plus = ServedModel("digit_odd_plus", 1, models_dir / "digit_odd_plus" / "1", "/device:CPU:0")
+    plus.load()
     pngs = list(MNIST_PNGS.values())
-    for n in (1, 2, 5, len(pngs)):
-        outputs = model.predict_png(pngs[:n])
-        assert outputs["digit"].shape == (n, 10) and outputs["odd"].shape == (n, 1)
-    assert model._serve_png.experimental_get_tracing_count() == 1
+    for model in (digit_odd_model, plus):
+        for n in (1, 2, 5, len(pngs)):
+            outputs = model.predict_png(pngs[:n])
+            assert outputs["digit"].shape == (n, 10) and outputs["odd"].shape == (n, 1)
+    decode = graph_decode.decoder(digit_odd_model.metadata.input)
+    assert decode is graph_decode.decoder(plus.metadata.input)
+    assert decode.experimental_get_tracing_count() == 1

@@ -112,7 +112,7 @@ def test_traced_cache_evicts_least_recently_used(digit_odd_model):
 
     def build(name: str):
         built.append(name)
-        return tf.function(lambda x: x * 2, input_signature=[tf.TensorSpec([1], tf.float32)])
+        return tf.function(lambda x: x * 2).get_concrete_function(tf.TensorSpec([1], tf.float32))
 
     cache = TracedCache(max_entries=2, max_bytes=2**40)
     for key in ("a", "b", "a", "c", "a", "b"):

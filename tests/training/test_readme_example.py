@@ -1,5 +1,5 @@
 """The README's training example, run as written (on a tiny dataset instead of MNIST): it
-must not touch the model repository that a running service serves."""
+must not touch the model repository that a running service serves, and prints no noise."""
 
 from __future__ import annotations
 
@@ -26,10 +26,18 @@ def test_the_readme_training_example_leaves_the_served_models_alone(tmp_path):
     args[args.index("--data") + 1] = str(bar_digits_npz(tmp_path / "mnist.npz"))
     before = _files(SERVED)
     try:
-        subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=tmp_path, check=True,
-                       capture_output=True, timeout=600)
+        run = subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=tmp_path,
+                             check=True, capture_output=True, timeout=600)
         assert _files(SERVED) == before
+        # progress on stdout; stderr quiet (no TensorFlow start-up notices, no Keras warnings)
+        assert run.stderr.decode() == "" and "exported runs/digit_odd/1" in run.stdout.decode()
     finally:  # should the example ever write there again, leave no version behind
         for version in {Path(name).parts[:2] for name in set(_files(SERVED)) - set(before)}:
             shutil.rmtree(SERVED.joinpath(*version), ignore_errors=True)
     assert (tmp_path / "runs" / "digit_odd" / "1" / "saved_model.pb").is_file()
+
+
+def test_cnn_train_help_prints_only_the_help():
+    run = subprocess.run([sys.executable, "-m", "training.cli", "--help"], check=True,
+                         capture_output=True, timeout=120)
+    assert run.stderr.decode() == "" and run.stdout.decode().startswith("usage: cnn-train")

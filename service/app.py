@@ -18,6 +18,7 @@ from fastapi.responses import Response
 
 from service import __version__, logs, memory, metrics
 from service.admission import Admission
+from service.apis import OPENAPI_TAGS
 from service.auth import ApiKeyGuard
 from service.core import Core
 from service.docs import install_docs
@@ -38,15 +39,6 @@ of them. Upload with `POST /predict`; ask for `POST /models/{name}/feature-maps`
 layer's activations as pictures and statistics. Clients of the Open Inference Protocol
 (tritonclient, KServe) and of TensorFlow Serving's REST API reach the same models under
 `/v2` and `/v1`."""
-TAGS = [
-    {"name": "inference", "description": "cnn-serve's own API: classify uploaded images"},
-    {"name": "models", "description": "cnn-serve's own API: models, versions, feature maps"},
-    {"name": "health", "description": "cnn-serve's own API: liveness and readiness"},
-    {"name": oip.router.tags[0], "description": "KServe V2 / Triton HTTP API, with the "
-     "binary tensor data extension; errors are {\"error\": \"...\"}"},
-    {"name": tfserving.router.tags[0], "description": "TensorFlow Serving's REST API; "
-     "errors are {\"error\": \"...\"}"},
-]
 
 
 def _lifespan(settings: Settings):
@@ -94,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logs.ACCESS.disabled = not settings.access_log
     app = FastAPI(title="cnn-serve", version=__version__, description=DESCRIPTION,
                   lifespan=_lifespan(settings), docs_url=None, redoc_url=None,
-                  openapi_tags=TAGS,
+                  openapi_tags=OPENAPI_TAGS,
                   # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
                   # looked for global providers on every request (~3 % of the hot path)
                   telemetry={"tracing": False, "metrics": False, "logs": False})

@@ -11,6 +11,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.apis import is_probe
+
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
                     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline' blob:; "
@@ -73,7 +75,7 @@ def _declare_keys(schema: dict) -> None:
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     schema["security"] = [{"bearer": []}, {"apiKey": []}]
     for path, operations in schema["paths"].items():
-        if path.startswith(("/health/", "/v2/health/")):
+        if is_probe(path):
             for operation in operations.values():
                 operation["security"] = []
 

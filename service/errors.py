@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.apis import api_of
+
 log = logging.getLogger("cnn_serve")
 
 
@@ -143,21 +145,17 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
 
 
-# TF Serving's REST API (/v1/) and the Open Inference Protocol (/v2) answer {"error": "..."}
-PROTOCOL_PREFIXES = ("/v1/", "/v2/")
-
-
-def protocol_error(path: str, status: int, code: str, message: str) -> tuple[int, dict]:
+def shaped_error(path: str, status: int, code: str, message: str) -> tuple[int, dict]:
     """The status and body of an error in the shape of the API that ``path`` belongs to."""
-    if path.startswith(PROTOCOL_PREFIXES) or path == "/v2":
-        return (400 if status == 422 else status), {"error": message}  # neither has a 422
+    if api_of(path).plain_errors:  # TF Serving's and the OIP's: neither has a 422
+        return (400 if status == 422 else status), {"error": message}
     return status, error_body(status, code, message)
 
 
 async def send_error(scope: dict, send, status: int, code: str, message: str,
                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """The same error answered from ASGI middleware, before or instead of the app."""
-    status, payload = protocol_error(scope["path"], status, code, message)
+    status, payload = shaped_error(scope["path"], status, code, message)
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
@@ -167,7 +165,7 @@ async def send_error(scope: dict, send, status: int, code: str, message: str,
 
 def _error(request: Request, status: int, code: str, message: str,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    status, body = protocol_error(request.url.path, status, code, message)
+    status, body = shaped_error(request.url.path, status, code, message)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -22,11 +22,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable
 
 MODEL = ("model", "version")
 
-# every label value comes from a bounded set: route templates, the APIs, served model names
+# every label value comes from a bounded set: route templates, the APIs (service.apis), served
+# model names
 # and versions, known methods, the status codes the service sends. Names a client makes up
 # never become labels.
 OTHER = "other"
-PROTOCOLS = (("/v2", "oip_v2"), ("/v1/", "tfserving_v1"), ("", "native"))
 REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, API and status",
                    ("route", "method", "protocol", "status"))
 LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and API",
@@ -52,11 +52,6 @@ ADMISSION_REFUSED = Counter("cnn_serve_admission_refused_total", "Requests refus
                             "while waiting for a budget", ("budget",))
 MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,
                     multiprocess_mode="livemin")
-
-
-def protocol(route: str) -> str:
-    """The API a route template belongs to: Open Inference Protocol, TF Serving, or ours."""
-    return next(name for prefix, name in PROTOCOLS if route.startswith(prefix))
 
 
 def exposition() -> tuple[bytes, str]:

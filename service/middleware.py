@@ -10,6 +10,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
+from service.apis import api_of
 from service.errors import send_error
 from service.tensors import header_length
 
@@ -209,7 +210,7 @@ class RequestTelemetry:
                              "internal error; see the server log", CLOSE)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            protocol = metrics.protocol(route)
+            protocol = api_of(scope["path"]).label
             method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
             seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()

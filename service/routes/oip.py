@@ -13,12 +13,13 @@ from pydantic_core import to_json
 from starlette.responses import Response
 
 from service import __version__, inference, oip, uploads
+from service.apis import OIP
 from service.core import Core
 from service.deps import CoreDep, RegistryDep
 from service.model import Status
 from service.schemas import VERSION_OR_LABEL
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
+router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 Version = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
 ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)}

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.convertors import Convertor, register_url_convertor
 
 from service import inference, tfserving, uploads
+from service.apis import TF_SERVING
 from service.core import Core
 from service.deps import CoreDep, RegistryDep
 from service.settings import LABEL
@@ -30,7 +31,7 @@ class ModelNameConvertor(Convertor[str]):
 
 
 register_url_convertor("model", ModelNameConvertor())
-router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST API (v1)"])
+router = APIRouter(prefix="/v1/models", tags=[TF_SERVING.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 Version = Annotated[int, Path(ge=1)]
 Label = Annotated[str, Path(pattern=LABEL, description="a version label, e.g. stable")]

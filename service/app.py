@@ -16,11 +16,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
-from service import __version__, logs, memory, metrics
+from service import __version__, http_guard, logs, memory, metrics
 from service.admission import Admission
 from service.apis import OPENAPI_TAGS
 from service.auth import ApiKeyGuard
-from service.core import Core
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_handlers
@@ -30,6 +29,7 @@ from service.middleware import BodyGuard, RequestTelemetry
 from service.model_uploads import UPLOAD_PATH
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
+from service.server import Server
 from service.settings import Settings, get_settings
 
 SWITCH_INTERVAL_S = 0.002
@@ -45,13 +45,13 @@ def _lifespan(settings: Settings):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = ModelRegistry(settings)
-        app.state.registry = registry
         decoder = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 1,
                                      thread_name_prefix="decode")
         heavy = ThreadPoolExecutor(1, thread_name_prefix="heavy")
-        app.state.core = Core(registry, settings, Admission.from_settings(settings), decoder,
-                              heavy, TracedCache(settings.gradcam_cache_entries,
-                                                 settings.gradcam_cache_bytes), memory.Trimmer())
+        app.state.server = Server(registry, settings, Admission.from_settings(settings),
+                                  decoder, heavy, TracedCache(settings.gradcam_cache_entries,
+                                                              settings.gradcam_cache_bytes),
+                                  memory.Trimmer())
         await registry.load_all()
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)
@@ -69,7 +69,7 @@ def _lifespan(settings: Settings):
             registry.poll(settings.model_poll_seconds), name="model-poller")
             if settings.model_poll_seconds > 0 else None)
         try:
-            yield
+            yield http_guard.lifespan_state(settings)
         finally:
             if poller is not None:
                 poller.cancel()
@@ -90,12 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
                   # looked for global providers on every request (~3 % of the hot path)
                   telemetry={"tracing": False, "metrics": False, "logs": False})
-    app.state.settings = settings
     app.state.drain = Drain(settings.drain_seconds)
     install_handlers(app)
     for router in (predict.router, models.router, health.router, oip.router, tfserving.router):
         app.include_router(router)
-    install_docs(app)
+    install_docs(app, settings)
     install_explorer(app)
 
     @app.get("/metrics", include_in_schema=False)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=settings.log_level, access_log=False,
                 log_config=None,  # the app configures logging (JSON lines, request IDs)
-                http="service.protocol:GuardedHttpToolsProtocol",
+                http="service.http_guard:GuardedHttpToolsProtocol",
                 timeout_keep_alive=settings.keepalive_timeout_s,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
     return 0

@@ -1,4 +1,5 @@
-"""Request dependencies as ``Annotated`` aliases, so routes stay one-liners."""
+"""Request dependencies as ``Annotated`` aliases, so routes stay one-liners. Everything comes
+from the one :class:`~service.server.Server` the lifespan built."""
 
 from __future__ import annotations
 
@@ -6,24 +7,24 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.core import Core
 from service.registry import ModelRegistry
+from service.server import Server
 from service.settings import Settings
 
 
 # async on purpose: FastAPI runs plain ``def`` dependencies on a worker thread per request
+async def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
 async def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    return request.app.state.server.registry
 
 
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return request.app.state.server.settings
 
 
-async def _core(request: Request) -> Core:
-    return request.app.state.core
-
-
-CoreDep = Annotated[Core, Depends(_core)]
+ServerDep = Annotated[Server, Depends(_server)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

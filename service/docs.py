@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.apis import is_probe
+from service.settings import Settings
 
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
@@ -19,11 +20,11 @@ SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 's
                     "worker-src 'self' blob:")
 
 
-def install_docs(app: FastAPI) -> None:
+def install_docs(app: FastAPI, settings: Settings) -> None:
     """Offline Swagger UI and ReDoc, and an OpenAPI schema whose file fields Swagger UI can
-    fill in."""
+    fill in (and that asks for a key when ``settings`` require one)."""
     _mount_docs(app)
-    app.openapi = _openapi(app)
+    app.openapi = _openapi(app, bool(settings.api_keys))
 
 
 def _mount_docs(app: FastAPI) -> None:
@@ -80,7 +81,7 @@ def _declare_keys(schema: dict) -> None:
                 operation["security"] = []
 
 
-def _openapi(app: FastAPI):
+def _openapi(app: FastAPI, keys: bool):
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
@@ -88,7 +89,7 @@ def _openapi(app: FastAPI):
                                  description=app.description, routes=app.routes,
                                  tags=app.openapi_tags)
             _mark_file_fields(schema)
-            if app.state.settings.api_keys:
+            if keys:
                 _declare_keys(schema)
             app.openapi_schema = schema
         return app.openapi_schema

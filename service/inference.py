@@ -15,7 +15,6 @@ from PIL import Image
 from service import featuremaps, graph_decode, logs, preprocess
 from service.admission import Reservation
 from service.batching import IsGone, Runner
-from service.core import Core
 from service.errors import (
     DecompressionBomb,
     ExplanationUnavailable,
@@ -35,6 +34,7 @@ from service.schemas import (
     LayerActivation,
     PredictParams,
 )
+from service.server import Server
 from service.uploads import Upload, check
 from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
@@ -48,7 +48,7 @@ def _finish_all(images: list[tuple[str, Image.Image]], spec: InputSpec) -> np.nd
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
-async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
+async def to_batch(server: Server, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
     """Uploads -> the model's input batch, within the pixel limits.
 
     Headers are read on the loop (cheap): each image is refused when too large, JPEGs are
@@ -57,7 +57,7 @@ async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.nda
     budget ``decode_pixels_budget`` is reserved (waiting when others hold it) for the decode,
     which runs on the loop for tiny images and on a worker thread otherwise.
     """
-    settings = core.settings
+    settings = server.settings
     images = []
     for i, upload in enumerate(uploads):
         name = shorten(upload.filename or f"file {i + 1}")
@@ -70,8 +70,8 @@ async def to_batch(core: Core, uploads: list[Upload], spec: InputSpec) -> np.nda
                                 f"{settings.max_request_pixels:,}")
     if pixels <= INLINE_PIXELS:
         return _finish_all(images, spec)
-    async with core.admission.reserve(decode_pixels=pixels):
-        return await asyncio.get_running_loop().run_in_executor(core.decoder, _finish_all,
+    async with server.admission.reserve(decode_pixels=pixels):
+        return await asyncio.get_running_loop().run_in_executor(server.decoder, _finish_all,
                                                                 images, spec)
 
 
@@ -107,7 +107,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-async def infer_files(core: Core, runner: Runner, uploads: list[Upload],
+async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
                       is_gone: IsGone | None = None) -> tuple[Outputs, float]:
     """Image files -> the model's outputs, and the seconds spent decoding: the one
     preprocessing every API gives a file.
@@ -115,7 +115,7 @@ async def infer_files(core: Core, runner: Runner, uploads: list[Upload],
     PNGs already in the model's input format go to the graph as bytes
     (:mod:`service.graph_decode`); the rest are decoded by Pillow first.
     """
-    check(uploads, core.settings.max_images_per_request)
+    check(uploads, server.settings.max_images_per_request)
     spec = runner.model.metadata.input
     if all(graph_decode.decodable(u.data, spec) for u in uploads):
         try:
@@ -124,27 +124,27 @@ async def infer_files(core: Core, runner: Runner, uploads: list[Upload],
         except GraphDecodeFailed:
             pass  # corrupt data behind a valid header: Pillow says what is wrong with it
     decoding = time.perf_counter()
-    batch = await to_batch(core, uploads, spec)
+    batch = await to_batch(server, uploads, spec)
     decode_s = time.perf_counter() - decoding
     return await runner.predict(batch, is_gone), decode_s
 
 
-async def infer(core: Core, runner: Runner, model_input: np.ndarray | list[Upload],
+async def infer(server: Server, runner: Runner, model_input: np.ndarray | list[Upload],
                 is_gone: IsGone | None = None) -> Outputs:
     """A protocol's decoded input -> the model's outputs: pixels go to the batcher as they
     are, image files through :func:`infer_files`."""
     if isinstance(model_input, list):
-        return (await infer_files(core, runner, model_input, is_gone))[0]
+        return (await infer_files(server, runner, model_input, is_gone))[0]
     return await runner.predict(model_input, is_gone)
 
 
-async def predict(core: Core, uploads: list[Upload], params: PredictParams,
+async def predict(server: Server, uploads: list[Upload], params: PredictParams,
                   is_gone: IsGone | None = None) -> dict:
     """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict."""
     start = time.perf_counter()
-    runner = core.registry.runner(params.model or core.settings.default_model, params.version)
+    runner = server.registry.runner(params.model or server.settings.default_model, params.version)
     metadata = runner.model.metadata
-    outputs, decode_s = await infer_files(core, runner, uploads, is_gone)
+    outputs, decode_s = await infer_files(server, runner, uploads, is_gone)
     total_s = time.perf_counter() - start
     return {
         "model": metadata.name, "version": runner.model.version,
@@ -156,22 +156,22 @@ async def predict(core: Core, uploads: list[Upload], params: PredictParams,
     }
 
 
-async def heavy(core: Core, runner: Runner, method: Callable[..., T], *args) -> T:
+async def heavy(server: Server, runner: Runner, method: Callable[..., T], *args) -> T:
     """``method(*args)`` of a model version on the heavy-work thread (Grad-CAM, feature maps),
     never on its inference thread: within the version's bound (more: 503 at once) and the
     process's (:func:`on_heavy_thread`)."""
     logs.note(model=runner.model.name, version=runner.model.version)
-    return await on_heavy_thread(core, [(runner.heavy, 1)], method, *args)
+    return await on_heavy_thread(server, [(runner.heavy, 1)], method, *args)
 
 
-async def on_heavy_thread(core: Core, bounds: list, method: Callable[..., T], *args) -> T:
+async def on_heavy_thread(server: Server, bounds: list, method: Callable[..., T], *args) -> T:
     """``method(*args)`` on the process's one heavy-work thread, within ``bounds`` and the
     process's own (one job at a time, a few waiting up to the queue deadline, then 503). The
     bounds are held until the thread is done, even when the request gives up first."""
     loop = asyncio.get_running_loop()
-    hold = await core.admission.hold([*bounds, (core.admission.heavy, 1)]).acquire()
+    hold = await server.admission.hold([*bounds, (server.admission.heavy, 1)]).acquire()
     try:
-        job = core.heavy.submit(method, *args)
+        job = server.heavy.submit(method, *args)
     except BaseException:
         hold.release()
         raise
@@ -240,7 +240,7 @@ def _chosen_layers(metadata: ModelMetadata, layers: str | None) -> list[str] | N
     return chosen
 
 
-async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload],
+async def reserve_feature_maps(server: Server, runner: Runner, uploads: list[Upload],
                                params: FeatureMapsParams) -> tuple[list[str] | None,
                                                                    Reservation]:
     """The layers asked for, and their answer's memory reserved (entered: the caller
@@ -253,22 +253,22 @@ async def reserve_feature_maps(core: Core, runner: Runner, uploads: list[Upload]
             "signature, so its layers are unknown here; serve its Keras model instead "
             "(cnn-serve import MODEL.keras --name NAME)")
     layers = _chosen_layers(metadata, params.layers)
-    check(uploads, core.settings.max_images_per_request)
+    check(uploads, server.settings.max_images_per_request)
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
-    limit = core.settings.max_feature_map_bytes
+    limit = server.settings.max_feature_map_bytes
     total = cost.total()
     if total > limit:
         raise PayloadTooLarge(f"feature maps of {len(uploads)} image(s) would take "
                               f"{total / 2**20:.0f} MB; the limit per request is "
                               f"{limit / 2**20:.0f} MB: {cost.advice(limit)}")
-    return layers, await core.admission.reserve(feature_map_bytes=total).acquire()
+    return layers, await server.admission.reserve(feature_map_bytes=total).acquire()
 
 
-async def activations(core: Core, runner: Runner, uploads: list[Upload],
+async def activations(server: Server, runner: Runner, uploads: list[Upload],
                       layers: list[str] | None) -> Activations:
     metadata = runner.model.metadata
-    batch = await to_batch(core, uploads, metadata.input)
-    maps = await heavy(core, runner, runner.model.feature_maps, batch, layers)
+    batch = await to_batch(server, uploads, metadata.input)
+    maps = await heavy(server, runner, runner.model.feature_maps, batch, layers)
     source = input_layer(metadata)  # the input as preprocessing made it
     if source is not None and (not layers or source in layers):
         maps = {source: batch, **maps}
@@ -281,12 +281,12 @@ def input_layer(metadata: ModelMetadata) -> str | None:
     return next((layer.name for layer in metadata.layers if layer.type == "InputLayer"), None)
 
 
-def released_memory(core: Core, reservation: Reservation) -> None:
+def released_memory(server: Server, reservation: Reservation) -> None:
     """After a feature-map answer: give its memory back to the budget, and to the operating
     system once no answer holds any (a burst of large answers left the process at 6 GB)."""
     reservation.release()
-    if core.admission.feature_map_bytes.used == 0:
-        core.trimmer.soon()
+    if server.admission.feature_map_bytes.used == 0:
+        server.trimmer.soon()
 
 
 def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
@@ -310,22 +310,22 @@ def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
     return head
 
 
-async def explain(core: Core, uploads: list[Upload], name: str, params: ExplainParams) -> dict:
+async def explain(server: Server, uploads: list[Upload], name: str, params: ExplainParams) -> dict:
     """Grad-CAM for one uploaded image: an :class:`~service.schemas.ExplainResponse` dict."""
-    runner = core.registry.runner(name, params.version)
+    runner = server.registry.runner(name, params.version)
     model, metadata = runner.model, runner.model.metadata
     if not model.explainable:
         raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
                                      "which Grad-CAM needs (cnn-serve import MODEL.keras "
                                      "--name NAME writes one)")
-    if len(check(uploads, core.settings.max_images_per_request)) != 1:
+    if len(check(uploads, server.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)
-    image = (await to_batch(core, uploads, metadata.input))[0]
-    result = await heavy(core, runner, model.explain, image, head, params.class_index,
-                         params.layer, core.gradcams)
+    image = (await to_batch(server, uploads, metadata.input))[0]
+    result = await heavy(server, runner, model.explain, image, head, params.class_index,
+                         params.layer, server.gradcams)
     picture = await asyncio.get_running_loop().run_in_executor(
-        core.decoder, featuremaps.overlay, preprocess.to_unit_range(image, metadata.input),
+        server.decoder, featuremaps.overlay, preprocess.to_unit_range(image, metadata.input),
         result.heatmap)
     return {"model": name, "version": model.version, "output": head.name,
             "class_index": result.class_index, "label": head.labels[result.class_index],

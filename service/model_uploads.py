@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.core import Core
 from service.errors import InvalidModel, InvalidParameter, ModelUploadsDisabled, clip
 from service.inference import on_heavy_thread
 from service.model import ServedModel, Status
 from service.schemas import ModelUploadParams
+from service.server import Server
 from training.importer import KERAS_SUFFIXES, Options, Refused, import_model
 
 UPLOAD_PATH = re.compile(r"/models/[^/]+/versions")  # the route, for the body's size limit
@@ -31,24 +31,24 @@ LOAD_WAIT_S = 30.0
 MAX_FIELDS = 8
 
 
-async def upload(core: Core, request: Request, name: str) -> ServedModel:
+async def upload(server: Server, request: Request, name: str) -> ServedModel:
     """Import the request's model file as the next (or the asked) version of ``name`` and
     wait (at most ``LOAD_WAIT_S``) until it serves; the version as it is then."""
-    if not core.settings.model_uploads:
+    if not server.settings.model_uploads:
         raise ModelUploadsDisabled("model uploads are off; the operator turns them on with "
                                    "CNN_SERVE_MODEL_UPLOADS=true")
-    async with core.admission.reserve(model_uploads=1):
+    async with server.admission.reserve(model_uploads=1):
         form = await request.form(max_files=2, max_fields=MAX_FIELDS)
         try:
             with tempfile.TemporaryDirectory(prefix="cnn-serve-upload-") as scratch:
-                options = await _options(form, name, Path(scratch), core.settings.model_dir)
+                options = await _options(form, name, Path(scratch), server.settings.model_dir)
                 try:  # the heavy-work thread's job like Grad-CAM's: its bounds apply
-                    path = await on_heavy_thread(core, [], import_model, options)
+                    path = await on_heavy_thread(server, [], import_model, options)
                 except Refused as exc:  # said without the server's scratch paths
                     raise InvalidModel(str(exc).replace(f"{scratch}/", "")) from None
         finally:
             await form.close()
-    return await _served(core, name, int(path.name), path)
+    return await _served(server, name, int(path.name), path)
 
 
 async def _options(form, name: str, scratch: Path, model_dir: Path) -> Options:
@@ -83,10 +83,10 @@ def _save(upload: UploadFile, target: Path) -> None:
         shutil.copyfileobj(upload.file, out)
 
 
-async def _served(core: Core, name: str, version: int, path: Path) -> ServedModel:
+async def _served(server: Server, name: str, version: int, path: Path) -> ServedModel:
     """Read the repository now and wait for the new version; one that was written but does
     not load is removed again (400) rather than left failing."""
-    registry = core.registry
+    registry = server.registry
     try:
         await asyncio.wait_for(asyncio.shield(registry.load(name)), LOAD_WAIT_S)
     except TimeoutError:

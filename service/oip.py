@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe V2, Triton's HTTP API) as a codec over the core: an
+"""The Open Inference Protocol (KServe V2, Triton's HTTP API) as a codec over the server: an
 inference request becomes the model's input (FP32 pixels, or encoded image files that get the
 same preprocessing as ``/predict``), the model's outputs become the protocol's answer.
 

@@ -1,4 +1,4 @@
-"""TensorFlow Serving's REST API (v1) as a codec over the core: its JSON requests become the
+"""TensorFlow Serving's REST API (v1) as a codec over the server: its JSON requests become the
 model's input (pixels, or encoded images that get the same preprocessing as ``/predict``),
 and the model's outputs become its answers, shaped as TF Serving shapes them.
 

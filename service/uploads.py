@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from service.admission import Reservation
-from service.core import Core
 from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType, clip, shorten
+from service.server import Server
 from service.tensors import header_length
 
 Params = TypeVar("Params", bound=BaseModel)
@@ -95,21 +95,21 @@ def check(uploads: list[Upload], max_images: int) -> list[Upload]:
     return uploads
 
 
-def admit(request: Request, core: Core) -> Reservation:
+def admit(request: Request, server: Server) -> Reservation:
     """What a request with a body reserves before a byte of it is read: a request slot and
     the body's bytes (``Content-Length``, else the limit). A request the process cannot take
     now waits for nothing but a future, or gets a cheap 503."""
-    limit = core.settings.max_upload_bytes
+    limit = server.settings.max_upload_bytes
     length = header_length(request.headers.get("content-length"))
     nbytes = limit if length is None else min(length, limit)
-    return core.admission.reserve(requests=1, body_bytes=max(nbytes, 1))
+    return server.admission.reserve(requests=1, body_bytes=max(nbytes, 1))
 
 
 @asynccontextmanager
-async def received(request: Request, core: Core) -> AsyncIterator[Form]:
+async def received(request: Request, server: Server) -> AsyncIterator[Form]:
     """Admit an upload request, then read and parse its body; the request slot and the body's
     bytes stay reserved until the block ends."""
-    async with admit(request, core):
+    async with admit(request, server):
         yield parse_form(await request.body(), request.headers.get("content-type"))
 
 

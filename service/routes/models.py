@@ -7,7 +7,7 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, inference, model_uploads, uploads
-from service.deps import CoreDep, RegistryDep, SettingsDep
+from service.deps import RegistryDep, ServerDep, SettingsDep
 from service.model import ServedModel
 from service.schemas import (
     UPLOAD_ERRORS,
@@ -78,15 +78,15 @@ async def get_version(name: ModelName, version: VersionPath, registry: RegistryD
                     "description": "JSON, or with format=npz the raw float activations"}},
     openapi_extra=upload_body(FeatureMapsParams),
     summary="What every layer makes of an image: statistics and a picture per layer")
-async def feature_maps(name: ModelName, request: Request, core: CoreDep) -> Response:
+async def feature_maps(name: ModelName, request: Request, server: ServerDep) -> Response:
     """The answer's memory is reserved before anything is computed and held until it is
     sent (413 over the per-request limit, 503 when the process budget stays short)."""
-    async with uploads.received(request, core) as form:
+    async with uploads.received(request, server) as form:
         params = uploads.params(form, FeatureMapsParams, request)
-        runner = core.registry.runner(name, params.version)
-        layers, reserved = await inference.reserve_feature_maps(core, runner, form.files, params)
+        runner = server.registry.runner(name, params.version)
+        layers, reserved = await inference.reserve_feature_maps(server, runner, form.files, params)
         try:
-            acts = await inference.activations(core, runner, form.files, layers)
+            acts = await inference.activations(server, runner, form.files, layers)
             if params.format == "npz":
                 body = await run_in_threadpool(featuremaps.to_npz, acts.layers)
                 kind, headers = "application/octet-stream", {
@@ -97,10 +97,10 @@ async def feature_maps(name: ModelName, request: Request, core: CoreDep) -> Resp
                     inference.render_feature_maps(acts, params.scaling)))
                 kind, headers = "application/json", None
         except BaseException:
-            inference.released_memory(core, reserved)
+            inference.released_memory(server, reserved)
             raise
     return Sent(body, media_type=kind, headers=headers,
-                then=lambda: inference.released_memory(core, reserved))
+                then=lambda: inference.released_memory(server, reserved))
 
 
 class Sent(Response):
@@ -120,10 +120,10 @@ class Sent(Response):
 @router.post("/{name}/explain", response_model=ExplainResponse, responses=UPLOAD_ERRORS,
              openapi_extra=upload_body(ExplainParams),
              summary="Grad-CAM: where in the image a head found the evidence for a class")
-async def explain(name: ModelName, request: Request, core: CoreDep) -> Response:
-    async with uploads.received(request, core) as form:
+async def explain(name: ModelName, request: Request, server: ServerDep) -> Response:
+    async with uploads.received(request, server) as form:
         params = uploads.params(form, ExplainParams, request)
-        return Response(to_json(await inference.explain(core, form.files, name, params)),
+        return Response(to_json(await inference.explain(server, form.files, name, params)),
                         media_type="application/json")
 
 
@@ -142,11 +142,11 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
                         413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
              openapi_extra=UPLOAD_BODY,
              summary="Upload a Keras model (.keras/.h5) as a new version (when uploads are on)")
-async def upload_version(name: ModelName, request: Request, core: CoreDep):
+async def upload_version(name: ModelName, request: Request, server: ServerDep):
     """What ``cnn-serve import`` does, over HTTP: 201 once the version serves, 202 while it
     still loads; a model that cannot be served is a 400 that says why, leaving nothing."""
-    model = await model_uploads.upload(core, request, name)
-    detail = await get_version(name, str(model.version), core.registry)
+    model = await model_uploads.upload(server, request, name)
+    detail = await get_version(name, str(model.version), server.registry)
     return JSONResponse(detail.model_dump(mode="json"),
                         status_code=201 if model.status.value == "ready" else 202)
 

@@ -1,5 +1,5 @@
 """The Open Inference Protocol (V2) over HTTP: what ``tritonclient.http``, KServe and
-Triton-speaking tools call. Thin: :mod:`service.oip` translates, the core computes. Errors
+Triton-speaking tools call. Thin: :mod:`service.oip` translates, the server computes. Errors
 are ``{"error": "..."}``.
 """
 
@@ -14,10 +14,10 @@ from starlette.responses import Response
 
 from service import __version__, inference, oip, uploads
 from service.apis import OIP
-from service.core import Core
-from service.deps import CoreDep, RegistryDep
+from service.deps import RegistryDep, ServerDep
 from service.model import Status
 from service.schemas import VERSION_OR_LABEL
+from service.server import Server
 
 router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
@@ -102,25 +102,25 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
 
 @router.post("/models/{name}/infer", summary="Infer with the newest version",
              response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
-async def infer(name: ModelName, request: Request, core: CoreDep) -> Response:
-    return await _infer(request, core, name, None)
+async def infer(name: ModelName, request: Request, server: ServerDep) -> Response:
+    return await _infer(request, server, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version",
              response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
 async def version_infer(name: ModelName, version: Version, request: Request,
-                        core: CoreDep) -> Response:
-    return await _infer(request, core, name, version)
+                        server: ServerDep) -> Response:
+    return await _infer(request, server, name, version)
 
 
-async def _infer(request: Request, core: Core, name: str, version: str | None) -> Response:
-    runner = core.registry.runner(name, version)  # 404 / 503 before the body is read
-    async with uploads.admit(request, core):
+async def _infer(request: Request, server: Server, name: str, version: str | None) -> Response:
+    runner = server.registry.runner(name, version)  # 404 / 503 before the body is read
+    async with uploads.admit(request, server):
         parsed = oip.parse(await request.body(), request.headers)
         meta = runner.model.metadata
         chosen = oip.requested_outputs(parsed, meta)
-        model_input = oip.model_input(parsed, meta, core.settings.max_images_per_request)
-        outputs = await inference.infer(core, runner, model_input, request.is_disconnected)
+        model_input = oip.model_input(parsed, meta, server.settings.max_images_per_request)
+        outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
     header, binary = oip.answer(parsed, runner.model, outputs, chosen)
     head = to_json(header)
     if not binary:

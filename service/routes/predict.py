@@ -13,17 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import inference, uploads
-from service.core import Core
 from service.schemas import UPLOAD_ERRORS, PredictParams, PredictResponse, upload_body
+from service.server import Server
 
 router = APIRouter(tags=["inference"])
 
 
 async def predict(request: Request) -> Response:
-    core: Core = request.app.state.core
-    async with uploads.received(request, core) as form:
+    server: Server = request.app.state.server
+    async with uploads.received(request, server) as form:
         params = uploads.params(form, PredictParams, request)
-        result = await inference.predict(core, form.files, params, is_gone=request.is_disconnected)
+        result = await inference.predict(server, form.files, params, is_gone=request.is_disconnected)
     return Response(to_json(result), media_type="application/json")
 
 

@@ -1,6 +1,6 @@
 """TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
 so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving`
-translates, the core (registry, budgets, preprocessing, batcher) computes. Errors are
+translates, the server (registry, budgets, preprocessing, batcher) computes. Errors are
 ``{"error": ...}``.
 """
 
@@ -11,8 +11,8 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from service import inference, tfserving, uploads
 from service.apis import TF_SERVING
-from service.core import Core
-from service.deps import CoreDep, RegistryDep
+from service.deps import RegistryDep, ServerDep
+from service.server import Server
 from service.settings import LABEL
 from service.tensors import may_hold_booleans
 
@@ -87,21 +87,21 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 
 @router.post("/{name:model}:predict", summary="Predict (row or columnar format)", responses=ERRORS,
              openapi_extra=PREDICT_BODY)
-async def predict(name: ModelName, request: Request, core: CoreDep) -> dict:
-    return await _infer(request, core, name, None)
+async def predict(name: ModelName, request: Request, server: ServerDep) -> dict:
+    return await _infer(request, server, name, None)
 
 
 @router.post("/{name:model}/versions/{version:int}:predict", summary="Predict with one version",
              responses=ERRORS, openapi_extra=PREDICT_BODY)
 async def version_predict(name: ModelName, version: Version, request: Request,
-                          core: CoreDep) -> dict:
-    return await _infer(request, core, name, version)
+                          server: ServerDep) -> dict:
+    return await _infer(request, server, name, version)
 
 
 @router.post("/{name:model}/labels/{label:model}:predict", responses=ERRORS,
              summary="Predict with the labelled version", openapi_extra=PREDICT_BODY)
-async def label_predict(name: ModelName, label: Label, request: Request, core: CoreDep) -> dict:
-    return await _infer(request, core, name, label)
+async def label_predict(name: ModelName, label: Label, request: Request, server: ServerDep) -> dict:
+    return await _infer(request, server, name, label)
 
 
 CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -115,34 +115,34 @@ CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json
 
 @router.post("/{name:model}:classify", summary="Classify: [label, score] pairs of the first "
              "head", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
-async def classify(name: ModelName, request: Request, core: CoreDep) -> dict:
-    return await _infer(request, core, name, None, classify=True)
+async def classify(name: ModelName, request: Request, server: ServerDep) -> dict:
+    return await _infer(request, server, name, None, classify=True)
 
 
 @router.post("/{name:model}/versions/{version:int}:classify", summary="Classify with one "
              "version", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
 async def version_classify(name: ModelName, version: Version, request: Request,
-                           core: CoreDep) -> dict:
-    return await _infer(request, core, name, version, classify=True)
+                           server: ServerDep) -> dict:
+    return await _infer(request, server, name, version, classify=True)
 
 
 @router.post("/{name:model}/labels/{label:model}:classify", responses=ERRORS,
              summary="Classify with the labelled version", openapi_extra=CLASSIFY_BODY)
 async def label_classify(name: ModelName, label: Label, request: Request,
-                         core: CoreDep) -> dict:
-    return await _infer(request, core, name, label, classify=True)
+                         server: ServerDep) -> dict:
+    return await _infer(request, server, name, label, classify=True)
 
 
-async def _infer(request: Request, core: Core, name: str, version: int | str | None,
+async def _infer(request: Request, server: Server, name: str, version: int | str | None,
                  classify: bool = False) -> dict:
-    runner = core.registry.runner(name, version)  # 404 before the body is read
-    async with uploads.admit(request, core):
+    runner = server.registry.runner(name, version)  # 404 before the body is read
+    async with uploads.admit(request, server):
         raw = await request.body()
         body = tfserving.parse(raw, classify)
         meta = runner.model.metadata
-        model_input = tfserving.model_input(body, meta, core.settings.max_images_per_request,
+        model_input = tfserving.model_input(body, meta, server.settings.max_images_per_request,
                                             may_hold_booleans(raw))
-        outputs = await inference.infer(core, runner, model_input, request.is_disconnected)
+        outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
     if classify:
         return tfserving.classification(meta, outputs)
     return tfserving.answer(body, meta, outputs)

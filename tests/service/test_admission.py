@@ -142,7 +142,7 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 first = asyncio.create_task(client.post("/predict", content=slow_body(),
                                                         headers=headers))
-                while app.state.core.admission.requests.used == 0:
+                while app.state.server.admission.requests.used == 0:
                     await asyncio.sleep(0.01)
                 second = await client.post("/predict", content=watched_body(), headers=headers)
                 release.set()

@@ -82,7 +82,7 @@ def test_heatmap_equals_the_keras_io_steps(client, models_dir, case):
     newest = client.get(f"/models/{model}").json()["default_version"]
     assert (body["model"], body["version"], body["output"], body["layer"]) == (model, newest,
                                                                               head, layer)
-    spec = client.app.state.registry.get(model).metadata
+    spec = client.app.state.server.registry.get(model).metadata
     labels = next(o.labels for o in spec.outputs if o.name == head)
     assert body["label"] == labels[body["class_index"]]
     if class_index is not None:

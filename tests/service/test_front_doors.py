@@ -1,4 +1,4 @@
-"""One core, three front doors: requests from the native API, the Open Inference Protocol and
+"""One server, three front doors: requests from the native API, the Open Inference Protocol and
 TF Serving's REST API meet in the same batch and are counted under their own protocol."""
 
 from __future__ import annotations

@@ -44,9 +44,9 @@ def test_predict_does_not_wait_for_the_heavy_thread(models_dir):
     """With the heavy-work thread held, /predict of the same version answers at once, and
     the explain request waiting for that thread answers once it is free."""
     with make_client(model_dir=models_dir) as client:
-        core = client.app.state.core
+        server = client.app.state.server
         release = threading.Event()
-        core.heavy.submit(release.wait, 30)  # the heavy thread is busy until released
+        server.heavy.submit(release.wait, 30)  # the heavy thread is busy until released
         explained: list = []
         waiting = threading.Thread(target=lambda: explained.append(_explain(client)))
         waiting.start()
@@ -61,7 +61,7 @@ def test_predict_does_not_wait_for_the_heavy_thread(models_dir):
 
 def test_explain_and_feature_maps_beyond_a_versions_bound_get_503(models_dir):
     with make_client(model_dir=models_dir, heavy_per_version=1) as client:
-        runner = client.app.state.registry.runner("digit_odd")
+        runner = client.app.state.server.registry.runner("digit_odd")
         assert runner.heavy.try_acquire(1)  # one heavy request of this version in progress
         try:
             _overloaded(_explain(client))
@@ -71,7 +71,7 @@ def test_explain_and_feature_maps_beyond_a_versions_bound_get_503(models_dir):
         finally:
             client.portal.call(runner.heavy.release, 1)
         assert _explain(client).status_code == 200
-        assert runner.heavy.used == 0 and client.app.state.core.admission.heavy.used == 0
+        assert runner.heavy.used == 0 and client.app.state.server.admission.heavy.used == 0
 
 
 def test_heavy_requests_beyond_the_process_bound_get_503(models_dir):
@@ -79,7 +79,7 @@ def test_heavy_requests_beyond_the_process_bound_get_503(models_dir):
     and with waiting allowed it gets 503 at the queue deadline."""
     for overrides in ({"max_heavy_waiting": 0}, {"queue_timeout_s": 0.2}):
         with make_client(model_dir=models_dir, **overrides) as client:
-            budget = client.app.state.core.admission.heavy
+            budget = client.app.state.server.admission.heavy
             assert budget.try_acquire(1)
             try:
                 _overloaded(_explain(client, "cifar10", _photo(0)))
@@ -92,14 +92,14 @@ def test_heavy_requests_beyond_the_process_bound_get_503(models_dir):
 def test_the_gradcam_cache_keeps_the_recently_used_within_its_bounds(models_dir):
     layers = ["image", "conv2d_layer", "maxpool_layer"]
     with make_client(model_dir=models_dir, gradcam_cache_entries=2) as client:
-        cache: TracedCache = client.app.state.core.gradcams
+        cache: TracedCache = client.app.state.server.gradcams
         first = [_explain(client, layer=layer).json()["heatmap"] for layer in layers]
         assert len(cache) == 2  # "image" was evicted
         assert _explain(client, layer="image").json()["heatmap"] == first[0]  # traced again
         assert len(cache) == 2 and 0 < cache.bytes
     one_graph = cache.bytes // 2
     with make_client(model_dir=models_dir, gradcam_cache_bytes=one_graph) as client:
-        cache = client.app.state.core.gradcams
+        cache = client.app.state.server.gradcams
         for layer in layers:
             assert _explain(client, layer=layer).status_code == 200
         assert len(cache) == 1 and cache.bytes <= one_graph * 1.5  # the newest always stays
@@ -135,7 +135,7 @@ def test_feature_maps_over_the_request_limit_get_413_saying_what_fits(models_dir
         # or every image, fewer layers
         r = _maps(client, "cifar10_resnet", photos, format="npz", layers="stage3_block3_out")
         assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
-        assert client.app.state.core.admission.feature_map_bytes.used == 0
+        assert client.app.state.server.admission.feature_map_bytes.used == 0
 
 
 @pytest.mark.parametrize("fmt", ["npz", "json"])
@@ -144,14 +144,14 @@ def test_the_cost_estimate_covers_the_answer(client, fmt):
     photos = [_photo(i) for i in range(10)]
     r = _maps(client, "cifar10_resnet", photos, format=fmt)
     assert r.status_code == 200, r.text
-    meta = client.app.state.registry.get("cifar10_resnet").metadata
+    meta = client.app.state.server.registry.get("cifar10_resnet").metadata
     cost = feature_map_cost(meta, None, len(photos), fmt).total()
     assert len(r.content) < cost < 40 * len(r.content)
 
 
 def test_feature_maps_wait_for_the_process_budget_then_503(models_dir):
     with make_client(model_dir=models_dir, queue_timeout_s=0.2) as client:
-        budget = client.app.state.core.admission.feature_map_bytes
+        budget = client.app.state.server.admission.feature_map_bytes
         assert budget.try_acquire(budget.capacity)  # others' answers hold all of it
         try:
             _overloaded(_maps(client, "digit_odd", [SEVEN]))

@@ -126,7 +126,7 @@ def test_an_import_waits_its_turn_on_the_heavy_thread(repo, model_file):
     nobody allowed to wait, an upload gets 503 + Retry-After and writes nothing."""
     with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
                      max_heavy_waiting=0) as client:
-        budget = client.app.state.core.admission.heavy
+        budget = client.app.state.server.admission.heavy
         assert budget.try_acquire(1)
         try:
             r = _upload(client, "mine", model_file)

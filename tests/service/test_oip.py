@@ -62,7 +62,7 @@ def _expected(client, model: str, files: list[bytes], version: str = ""
 
 def _pixels(model: str, files: list[bytes], client) -> np.ndarray:
     """What ``/predict``'s preprocessing makes of ``files``: the model's FP32 input."""
-    spec = client.app.state.registry.get(model).metadata.input
+    spec = client.app.state.server.registry.get(model).metadata.input
     return np.stack([to_model_input(decode(data, 10**8), spec) for data in files])
 
 

@@ -1,6 +1,6 @@
-"""The core every front door shares: the models, the limits, the budgets and the decoding
-threads. Routes of every API (multipart, Open Inference Protocol, TF Serving) are thin
-codecs over it."""
+"""The server every front door shares: the settings, the models, the limits, the budgets and
+the decoding threads. Routes of every API (multipart, Open Inference Protocol, TF Serving) are
+thin codecs over it; they reach it through one dependency (:data:`service.deps.ServerDep`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.settings import Settings
 
 
 @dataclass
-class Core:
+class Server:
     """Decoding has its own pool of one thread per core: on Starlette's 40 shared threads,
     8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients, bench/run.py
     --photo: 198 req/s with 40 threads, 302 with 2).

@@ -6,6 +6,11 @@ then, and a 64 MB header is parsed and answered (httptools sets no limit). The l
 checked per connection on bytes uvicorn already handles: a counter on each read and one timer
 per request head, nothing per header. ``cnn-serve`` runs uvicorn with this class; the body's
 limits are :class:`service.middleware.BodyGuard`'s.
+
+It subclasses uvicorn's ``httptools_impl.HttpToolsProtocol``, which is not a public API:
+pyproject pins uvicorn to one minor release, and ``tests/service/test_http_guard.py`` (431,
+408, lingering close, against the real process) fails if the class changes under it.
+The limits come from the app's lifespan state (:func:`lifespan_state`), not a global.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ import json
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.errors import error_body
-from service.settings import get_settings
+from service.settings import Settings
 
 LINGER_S = 2.0  # after refusing a request head, how long the client's rest is drained
+HEAD_LIMITS = "cnn_serve.head_limits"  # in the lifespan state: (max bytes, timeout in s)
+DEFAULT_LIMITS = (Settings.model_fields["max_header_bytes"].default,
+                  Settings.model_fields["header_timeout_s"].default)
+
+
+def lifespan_state(settings: Settings) -> dict[str, object]:
+    """What the app's lifespan hands the server (ASGI lifespan state) for this protocol."""
+    return {HEAD_LIMITS: (settings.max_header_bytes, settings.header_timeout_s)}
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -26,11 +39,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     the connection opening or of the request's first byte, and be at most
     ``max_header_bytes`` (counted from the reads that carry it)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        settings = get_settings()
-        self.max_head_bytes, self.head_timeout_s = (settings.max_header_bytes,
-                                                    settings.header_timeout_s)
+    def __init__(self, config, server_state, app_state: dict, *args, **kwargs) -> None:
+        super().__init__(config, server_state, app_state, *args, **kwargs)
+        self.max_head_bytes, self.head_timeout_s = app_state.get(HEAD_LIMITS, DEFAULT_LIMITS)
         self._in_head, self._head_bytes, self._refused = True, 0, False
         self._head_timer: asyncio.TimerHandle | None = None
 

@@ -20,7 +20,7 @@ from typing import Any
 from service import logs, metrics
 from service.admission import Budget
 from service.errors import ClientGone, ModelNotReady, Overloaded
-from service.model import GraphDecodeFailed, Outputs, ServedModel, Task, pixels_task
+from service.model import BatchCall, GraphDecodeFailed, Outputs, ServedModel, pixel_call
 from service.settings import BatchPolicy
 
 log = logging.getLogger("cnn_serve")
@@ -31,8 +31,8 @@ GONE_CHECK_AFTER_S = 0.05  # asking whether a client left costs; only ask those 
 
 @dataclass
 class _Item:
-    task: Task
-    images: Any  # whatever the task's model call takes: pixels [n, H, W, C], PNGs, ...
+    call: BatchCall
+    images: Any  # whatever its call takes: pixels [n, H, W, C], PNGs, ...
     future: asyncio.Future
     is_gone: IsGone | None = None
     batch: int = 0  # images in the model call that computed it
@@ -49,11 +49,11 @@ class Runner:
         self.model, self.policy, self.timeout_s = model, policy, timeout_s
         # explain and feature-map requests of this version, computing or waiting; never more
         self.heavy = Budget("heavy_per_version", heavy_limit, 0)
-        self.pixels = pixels_task(model)
+        self.pixels = pixel_call(model)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.BatchCall | None = None
         self._busy = self._closed = False
         labels = (model.name, str(model.version))
         self._depth = metrics.QUEUE_DEPTH.labels(*labels)
@@ -99,13 +99,13 @@ class Runner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, images: Any, is_gone: IsGone | None = None,
-                      task: Task | None = None) -> Outputs:
-        """Queue ``images`` for ``task`` (default: pixels [n, H, W, C] through the model's
+                      call: BatchCall | None = None) -> Outputs:
+        """Queue ``images`` for ``call`` (default: pixels [n, H, W, C] through the model's
         serving signature) and wait for their outputs (each [n, ...])."""
         if self._closed:
             raise ModelNotReady(f"model {self.model.name} v{self.model.version} is no longer "
                                 "served", headers={"Retry-After": "1"})
-        item = _Item(task or self.pixels, images, asyncio.get_running_loop().create_future(),
+        item = _Item(call or self.pixels, images, asyncio.get_running_loop().create_future(),
                      is_gone)
         try:
             self._queue.put_nowait(item)
@@ -172,17 +172,17 @@ class Runner:
             try:
                 items = await self._live(await self._next_batch())
                 self._depth.set(self._queue.qsize())
-                by_task: dict[Task, list[_Item]] = {}
+                by_call: dict[BatchCall, list[_Item]] = {}
                 for item in items:
-                    by_task.setdefault(item.task, []).append(item)
-                for task, same in by_task.items():
-                    await self._run(task, same)
+                    by_call.setdefault(item.call, []).append(item)
+                for call, same in by_call.items():
+                    await self._run(call, same)
             finally:
                 self._busy = False
 
-    async def _run(self, task: Task, items: list[_Item]) -> None:
+    async def _run(self, call: BatchCall, items: list[_Item]) -> None:
         """One model call for ``items``; each gets its slice of the outputs."""
-        batch = items[0].images if len(items) == 1 else task.join([i.images for i in items])
+        batch = items[0].images if len(items) == 1 else call.join([i.images for i in items])
         total = sum(item.size for item in items)
         self._batch_size.observe(total)
         for item in items:
@@ -190,7 +190,7 @@ class Runner:
         try:
             with self._inference.time():
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, task.call, batch)
+                    self._executor, call.call, batch)
         except Exception as exc:  # a failed call fails its requests, not the runner
             if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
                 log.exception("inference failed for %s v%s", self.model.name,

@@ -3,7 +3,7 @@
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
 the PNG decoding graph, and :mod:`service.gradcam`, which runs the Keras model); everything
 else sees ``predict(batch)`` and ``predict_png(pngs)`` -> ``{output: array}`` (each a
-:class:`Task` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
+:class:`BatchCall` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
 """
 
 from __future__ import annotations
@@ -42,18 +42,18 @@ Outputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
-class Task:
+class BatchCall:
     """One way to call a model: ``call`` computes a batch of inputs, ``join`` makes one batch
-    of several requests' inputs. The batcher batches requests of the same task together (TF
+    of several requests' inputs. The batcher batches requests of the same call together (TF
     Serving's one queue per task type) and needs to know nothing else about their inputs."""
 
     call: Callable[[Any], Outputs]
     join: Callable[[list[Any]], Any]
 
 
-def pixels_task(model: Any) -> Task:
+def pixel_call(model: Any) -> BatchCall:
     """Pixel batches [n, H, W, C] through ``model.predict``: what every model accepts."""
-    return Task(model.predict, np.concatenate)
+    return BatchCall(model.predict, np.concatenate)
 
 
 class Status(str, Enum):
@@ -74,7 +74,7 @@ class ServedModel:
         self.public_metadata: ModelMetadata | None = None
         self._serve = self._maps = self._serve_png = None
         self._gradcam: GradCam | None = None
-        self.pngs = Task(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
+        self.pngs = BatchCall(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""

@@ -61,7 +61,7 @@ def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
     return sorted(found, key=lambda t: (t[0], t[1]))
 
 
-def signature(path: Path) -> tuple[int, int, float]:
+def fingerprint(path: Path) -> tuple[int, int, float]:
     """(files, bytes, newest mtime) of a version directory: a failed version is retried once
     this changes (e.g. a copy that was still in progress has finished)."""
     files = size = 0
@@ -76,7 +76,7 @@ def signature(path: Path) -> tuple[int, int, float]:
     return files, size, newest
 
 
-Version = int | str  # a version number, or a label the settings give one
+VersionRef = int | str  # a version number, or a label the settings give one
 
 
 class ModelRegistry:
@@ -94,7 +94,7 @@ class ModelRegistry:
         self.device = pick_device(settings.device)
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.runners: dict[tuple[str, int], Runner] = {}
-        self._signatures: dict[tuple[str, int], tuple[int, int, float]] = {}
+        self._fingerprints: dict[tuple[str, int], tuple[int, int, float]] = {}
         self._retiring: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task | None = None
@@ -150,14 +150,14 @@ class ModelRegistry:
             for name, version in sorted(wanted):
                 model = self.models.get(name, {}).get(version)
                 if model is None or (model.status is Status.failed and
-                                     await asyncio.to_thread(signature, found[name, version])
-                                     != self._signatures.get((name, version))):
+                                     await asyncio.to_thread(fingerprint, found[name, version])
+                                     != self._fingerprints.get((name, version))):
                     await self._load(name, version, found[name, version])
 
     async def _load(self, name: str, version: int, path: Path) -> None:
         model = ServedModel(name, version, path, self.device)
         self.models.setdefault(name, {})[version] = model  # reported as loading meanwhile
-        self._signatures[(name, version)] = await asyncio.to_thread(signature, path)
+        self._fingerprints[(name, version)] = await asyncio.to_thread(fingerprint, path)
         await asyncio.to_thread(model.load)
         labels = (name, str(version))
         metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
@@ -173,7 +173,7 @@ class ModelRegistry:
         del self.models[name][version]
         if not self.models[name]:
             del self.models[name]
-        self._signatures.pop((name, version), None)
+        self._fingerprints.pop((name, version), None)
         metrics.MODEL_READY.labels(name, str(version)).set(0)
         runner = self.runners.pop((name, version), None)
         log.info("model %s v%s is no longer served%s", name, version,
@@ -207,7 +207,7 @@ class ModelRegistry:
         ready = [v for v, m in versions.items() if m.status is Status.ready]
         return max(ready or versions)
 
-    def resolve(self, name: str, version: Version | None) -> int:
+    def resolve(self, name: str, version: VersionRef | None) -> int:
         """A version number, label or nothing (the newest ready) -> the version number."""
         if version is None:
             return self.latest_version(name)
@@ -219,7 +219,7 @@ class ModelRegistry:
                                   f"(labels: {sorted(labels) or 'none'})")
         return labels[version]
 
-    def get(self, name: str, version: Version | None = None) -> ServedModel:
+    def get(self, name: str, version: VersionRef | None = None) -> ServedModel:
         versions = self.versions(name)
         number = self.resolve(name, version)
         if number not in versions:
@@ -227,7 +227,7 @@ class ModelRegistry:
                                   f"(versions: {sorted(versions)})")
         return versions[number]
 
-    def runner(self, name: str, version: Version | None = None) -> Runner:
+    def runner(self, name: str, version: VersionRef | None = None) -> Runner:
         model = self.get(name, version)
         if model.status is Status.failed:  # retrying will not help: no Retry-After
             raise ModelFailed(f"model {name!r} v{model.version} {model.error}")

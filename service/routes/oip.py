@@ -21,7 +21,7 @@ from service.server import Server
 
 router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
-Version = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
+VersionOrLabel = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
 ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)}
 
 
@@ -64,7 +64,7 @@ async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
 
 @router.get("/models/{name}/versions/{version}", summary="Metadata of one version",
             response_model=oip.ModelMetadataResponse, responses=ERRORS)
-async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+async def version_metadata(name: ModelName, version: VersionOrLabel, registry: RegistryDep) -> dict:
     model = registry.runner(name, version).model
     return oip.model_metadata(name, [model.version], model.metadata)
 
@@ -77,7 +77,7 @@ async def model_ready(name: ModelName, registry: RegistryDep):
 
 @router.get("/models/{name}/versions/{version}/ready", summary="The version serves (503 if "
             "not)", response_model=ModelReady, responses={**ERRORS, 503: {"model": ModelReady}})
-async def version_ready(name: ModelName, version: Version, registry: RegistryDep):
+async def version_ready(name: ModelName, version: VersionOrLabel, registry: RegistryDep):
     return _readiness({"name": name, "ready": _serves(registry, name, version)})
 
 
@@ -108,7 +108,7 @@ async def infer(name: ModelName, request: Request, server: ServerDep) -> Respons
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version",
              response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
-async def version_infer(name: ModelName, version: Version, request: Request,
+async def version_infer(name: ModelName, version: VersionOrLabel, request: Request,
                         server: ServerDep) -> Response:
     return await _infer(request, server, name, version)
 

@@ -33,7 +33,7 @@ class ModelNameConvertor(Convertor[str]):
 register_url_convertor("model", ModelNameConvertor())
 router = APIRouter(prefix="/v1/models", tags=[TF_SERVING.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
-Version = Annotated[int, Path(ge=1)]
+VersionNumber = Annotated[int, Path(ge=1)]
 Label = Annotated[str, Path(pattern=LABEL, description="a version label, e.g. stable")]
 ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 503)}
 
@@ -47,7 +47,7 @@ async def status(name: ModelName, registry: RegistryDep) -> dict:
 
 @router.get("/{name:model}/versions/{version:int}", summary="Status of one version",
             responses=ERRORS)
-async def version_status(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+async def version_status(name: ModelName, version: VersionNumber, registry: RegistryDep) -> dict:
     return {"model_version_status": [tfserving.version_status(registry.get(name, version))]}
 
 
@@ -64,7 +64,7 @@ async def metadata(name: ModelName, registry: RegistryDep) -> dict:
 
 @router.get("/{name:model}/versions/{version:int}/metadata", summary="Signature of one version",
             responses=ERRORS)
-async def version_metadata(name: ModelName, version: Version, registry: RegistryDep) -> dict:
+async def version_metadata(name: ModelName, version: VersionNumber, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name, version).model)
 
 
@@ -93,7 +93,7 @@ async def predict(name: ModelName, request: Request, server: ServerDep) -> dict:
 
 @router.post("/{name:model}/versions/{version:int}:predict", summary="Predict with one version",
              responses=ERRORS, openapi_extra=PREDICT_BODY)
-async def version_predict(name: ModelName, version: Version, request: Request,
+async def version_predict(name: ModelName, version: VersionNumber, request: Request,
                           server: ServerDep) -> dict:
     return await _infer(request, server, name, version)
 
@@ -121,7 +121,7 @@ async def classify(name: ModelName, request: Request, server: ServerDep) -> dict
 
 @router.post("/{name:model}/versions/{version:int}:classify", summary="Classify with one "
              "version", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
-async def version_classify(name: ModelName, version: Version, request: Request,
+async def version_classify(name: ModelName, version: VersionNumber, request: Request,
                            server: ServerDep) -> dict:
     return await _infer(request, server, name, version, classify=True)
 

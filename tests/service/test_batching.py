@@ -173,7 +173,7 @@ def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
 
 
 def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
-    """A batch with decoded images and PNGs runs one call per task; a PNG the graph can't
+    """A batch with decoded images and PNGs runs one model call per kind of call; a PNG the graph can't
     decode fails only the PNG requests of its batch, with the error the caller falls back on."""
     model = digit_odd_model
     pngs = [encode(draw_digit(d, canvas=(28, 28), box=(6, 4, 20))) for d in (2, 7)]
@@ -184,7 +184,7 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
                         timeout_s=5, heavy_limit=1)
         runner.start()
         results = await asyncio.gather(
-            *(runner.predict(i, task=model.pngs if isinstance(i, list) else None)
+            *(runner.predict(i, call=model.pngs if isinstance(i, list) else None)
               for i in items), return_exceptions=True)
         await runner.close()
         return results

@@ -8,8 +8,10 @@ model's inputs — layer by layer, each nested model's own graph in place of the
 every layer's output is a tensor of one graph that a ``keras.Model`` can expose.
 
 The replay walks each functional model with Keras's own graph runner
-(``Functional._run_through_graph``, a private method; keras is pinned below 4 and
-``tests/training/test_graph.py`` fails if it changes).
+(``Functional._run_through_graph``, not a public API: pyproject pins Keras to one minor
+release, and ``tests/training/test_graph.py`` fails if it changes). Nothing else in the
+project reads Keras internals: which heads read raw pixels (``training.train.pixel_heads``)
+comes from this replay too.
 """
 
 from __future__ import annotations

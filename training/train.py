@@ -14,6 +14,7 @@ import numpy as np
 
 from training.averaging import WeightAveraging, recompute_batch_norm
 from training.datasets import Dataset, split
+from training.graph import expand
 from training.metadata import InputSpec, OutputSpec
 
 if TYPE_CHECKING:  # TensorFlow is imported where it is used: Keras on JAX trains without it
@@ -261,17 +262,14 @@ def validation_metrics(model: keras.Model, val_ds) -> dict[str, float]:
 def pixel_heads(model: keras.Model) -> list[keras.Layer]:
     """Output layers that read the raw input through parameter-free layers only
     (digit_odd's odd/even head): linear models of the pixels themselves."""
-    def learned_upstream(layer) -> bool:
-        for node in layer._inbound_nodes:
-            for tensor in node.input_tensors:
-                parent = tensor._keras_history.operation
-                if parent.weights or learned_upstream(parent):
-                    return True
-        return False
+    graph = expand(model, list(model.output_names))
 
-    outputs = {tensor._keras_history.operation.name for tensor in model.outputs}
-    return [layer for layer in model.layers
-            if layer.name in outputs and not learned_upstream(layer)]
+    def learned_upstream(name: str) -> bool:
+        return any(graph.layers[parent].weights or learned_upstream(parent)
+                   for parent in graph.inbound[name])
+
+    heads = [graph.head_layer(head) for head in graph.heads]
+    return [graph.layers[name] for name in heads if not learned_upstream(name)]
 
 
 def _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, history):

@@ -6,6 +6,7 @@ import pytest
 
 from training.architectures import ARCHITECTURES, DIGIT, build_transfer, get_architecture
 from training.cli import main
+from training.train import pixel_heads
 
 EXPECTED = {
     "digit_odd": (63_035, {"conv2d_layer": (26, 26, 32), "maxpool_layer": (13, 13, 32),
@@ -92,3 +93,11 @@ def test_summary_json_lists_layers_with_bias_inclusive_counts(capsys):
     assert rows["class_dense"]["params"] == 64 * 10 + 10
     assert rows["conv2d_2"]["inbound"] == ["maxpool_1"]
     assert sum(row["params"] for row in table["layers"]) == table["total_params"]
+
+
+def test_pixel_heads_are_the_outputs_that_read_raw_pixels_through_no_weights():
+    # digit_odd's odd head is a linear model of the pixels: re-fitted on undistorted digits
+    assert [layer.name for layer in pixel_heads(get_architecture("digit_odd").build())] == [
+        "odd_dense"]
+    assert pixel_heads(get_architecture("digit_odd_plus").build()) == []
+    assert pixel_heads(get_architecture("cifar10").build()) == []

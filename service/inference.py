@@ -26,6 +26,7 @@ from service.errors import (
     shorten,
 )
 from service.model import FEATURE_MAP_CHUNK, GraphDecodeFailed, Outputs
+from service.model_input import ModelInput, of_files
 from service.schemas import (
     ExplainParams,
     FeatureMapsParams,
@@ -35,7 +36,7 @@ from service.schemas import (
     PredictParams,
 )
 from service.server import Server
-from service.uploads import Upload, check
+from service.uploads import Upload
 from training.metadata import InputSpec, ModelMetadata, OutputSpec
 
 INLINE_PIXELS = 64 * 64  # below this, decoding on the event loop beats a thread hop
@@ -109,13 +110,12 @@ def _ms(seconds: float) -> float:
 
 async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
                       is_gone: IsGone | None = None) -> tuple[Outputs, float]:
-    """Image files -> the model's outputs, and the seconds spent decoding: the one
-    preprocessing every API gives a file.
+    """Image files (checked by :func:`~service.model_input.of_files`) -> the model's outputs,
+    and the seconds spent decoding: the one preprocessing every API gives a file.
 
     PNGs already in the model's input format go to the graph as bytes
     (:mod:`service.graph_decode`); the rest are decoded by Pillow first.
     """
-    check(uploads, server.settings.max_images_per_request)
     spec = runner.model.metadata.input
     if all(graph_decode.decodable(u.data, spec) for u in uploads):
         try:
@@ -129,13 +129,13 @@ async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
     return await runner.predict(batch, is_gone), decode_s
 
 
-async def infer(server: Server, runner: Runner, model_input: np.ndarray | list[Upload],
+async def infer(server: Server, runner: Runner, model_input: ModelInput,
                 is_gone: IsGone | None = None) -> Outputs:
-    """A protocol's decoded input -> the model's outputs: pixels go to the batcher as they
+    """A front door's model input -> the model's outputs: pixels go to the batcher as they
     are, image files through :func:`infer_files`."""
-    if isinstance(model_input, list):
-        return (await infer_files(server, runner, model_input, is_gone))[0]
-    return await runner.predict(model_input, is_gone)
+    if model_input.files is not None:
+        return (await infer_files(server, runner, model_input.files, is_gone))[0]
+    return await runner.predict(model_input.pixels, is_gone)
 
 
 async def predict(server: Server, uploads: list[Upload], params: PredictParams,
@@ -144,7 +144,8 @@ async def predict(server: Server, uploads: list[Upload], params: PredictParams,
     start = time.perf_counter()
     runner = server.registry.runner(params.model or server.settings.default_model, params.version)
     metadata = runner.model.metadata
-    outputs, decode_s = await infer_files(server, runner, uploads, is_gone)
+    files = of_files(uploads, server.settings.max_images_per_request).files
+    outputs, decode_s = await infer_files(server, runner, files, is_gone)
     total_s = time.perf_counter() - start
     return {
         "model": metadata.name, "version": runner.model.version,
@@ -253,7 +254,7 @@ async def reserve_feature_maps(server: Server, runner: Runner, uploads: list[Upl
             "signature, so its layers are unknown here; serve its Keras model instead "
             "(cnn-serve import MODEL.keras --name NAME)")
     layers = _chosen_layers(metadata, params.layers)
-    check(uploads, server.settings.max_images_per_request)
+    of_files(uploads, server.settings.max_images_per_request)
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
     limit = server.settings.max_feature_map_bytes
     total = cost.total()
@@ -318,7 +319,7 @@ async def explain(server: Server, uploads: list[Upload], name: str, params: Expl
         raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
                                      "which Grad-CAM needs (cnn-serve import MODEL.keras "
                                      "--name NAME writes one)")
-    if len(check(uploads, server.settings.max_images_per_request)) != 1:
+    if len(of_files(uploads, server.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)
     image = (await to_batch(server, uploads, metadata.input))[0]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import BadRequest, UnsupportedMediaType, clip
 from service.model import Outputs, ServedModel
+from service.model_input import ModelInput, of_files, of_pixels
 from service.tensors import header_length, json_floats, may_hold_booleans
 from service.uploads import Upload
 from training.metadata import ModelMetadata
@@ -159,9 +160,8 @@ def _problems(exc: ValidationError) -> str:
                      for e in exc.errors()[:3])
 
 
-def model_input(request: Request, meta: ModelMetadata, max_items: int
-                ) -> np.ndarray | list[Upload]:
-    """The request's one input: pixels [n, H, W, C] float32, or image files to preprocess."""
+def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput:
+    """The request's one input: FP32 pixels, or BYTES image files to preprocess."""
     inputs = request.header.inputs
     names = [tensor.name for tensor in inputs]
     if len(inputs) != 1:
@@ -170,9 +170,10 @@ def model_input(request: Request, meta: ModelMetadata, max_items: int
     tensor = inputs[0]
     raw = _binary_sections(request)[0]
     if tensor.name == meta.input.name:
-        return _pixels(tensor, raw, meta, max_items, request.may_hold_booleans)
+        pixels = _pixels(tensor, raw, request.may_hold_booleans)
+        return of_pixels(pixels, meta.input, limit, f"input {meta.input.name!r}")
     if tensor.name == BYTES_INPUT:
-        return _files(tensor, raw, max_items)
+        return of_files(_files(tensor, raw), limit)
     raise BadRequest(f"unknown input {clip(tensor.name)}; the model takes {meta.input.name!r} "
                      f"(FP32 pixels) or {BYTES_INPUT!r} (BYTES image files)")
 
@@ -203,35 +204,30 @@ def _binary_sections(request: Request) -> list[memoryview | None]:
     return sections
 
 
-def _pixels(tensor: RequestInput, raw: memoryview | None, meta: ModelMetadata,
-            max_items: int, may_hold_booleans: bool) -> np.ndarray:
-    spec = meta.input
+def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: bool
+            ) -> np.ndarray:
+    """The FP32 tensor as sent, in its declared shape (the declaration must fit the data)."""
+    what = f"input {clip(tensor.name)}"
     if tensor.datatype != "FP32":
-        raise BadRequest(f"input {spec.name!r} is FP32, not {clip(tensor.datatype)}")
-    n = _batch(tensor, max_items)
-    if tensor.shape != [n, *spec.shape]:
-        raise BadRequest(f"input {spec.name!r} has shape [-1, {', '.join(map(str, spec.shape))}]"
-                         f"; got {tensor.shape}")
+        raise BadRequest(f"{what} is FP32, not {clip(tensor.datatype)}")
     count = math.prod(tensor.shape)
     if raw is not None:
         if len(raw) != 4 * count:
-            raise BadRequest(f"input {spec.name!r} of shape {tensor.shape} is {4 * count} bytes "
-                             f"of FP32; binary_data_size says {len(raw)}")
-        pixels = np.frombuffer(raw, "<f4").reshape(tensor.shape)
-        if not np.isfinite(pixels).all():
-            raise BadRequest(f"input {spec.name!r} holds NaN or infinite values")
-        return pixels
-    pixels = json_floats(tensor.data, f"input {spec.name!r}: 'data'", may_hold_booleans)
+            raise BadRequest(f"{what} of shape {tensor.shape} is {4 * count} bytes of FP32; "
+                             f"binary_data_size says {len(raw)}")
+        return np.frombuffer(raw, "<f4").reshape(tensor.shape)
+    pixels = json_floats(tensor.data, f"{what}: 'data'", may_hold_booleans)
     if pixels.size != count:
-        raise BadRequest(f"input {spec.name!r}: 'data' holds {pixels.size} values; shape "
-                         f"{tensor.shape} needs {count}")
+        raise BadRequest(f"{what}: 'data' holds {pixels.size} values; shape {tensor.shape} "
+                         f"needs {count}")
     return pixels.reshape(tensor.shape)
 
 
-def _files(tensor: RequestInput, raw: memoryview | None, max_items: int) -> list[Upload]:
+def _files(tensor: RequestInput, raw: memoryview | None) -> list[Upload]:
+    """The BYTES tensor's elements, one image file each, as many as its shape declares."""
     if tensor.datatype != "BYTES":
         raise BadRequest(f"input {BYTES_INPUT!r} is BYTES, not {clip(tensor.datatype)}")
-    n = _batch(tensor, max_items)
+    n = tensor.shape[0] if tensor.shape else 0
     if tensor.shape not in ([n], [n, 1]):
         raise BadRequest(f"input {BYTES_INPUT!r} has shape [-1] (one file per image); got "
                          f"{tensor.shape}")
@@ -240,14 +236,6 @@ def _files(tensor: RequestInput, raw: memoryview | None, max_items: int) -> list
         raise BadRequest(f"input {BYTES_INPUT!r} holds {len(files)} files; shape "
                          f"{tensor.shape} says {n}")
     return [Upload(f"image {i}", data) for i, data in enumerate(files)]
-
-
-def _batch(tensor: RequestInput, max_items: int) -> int:
-    n = tensor.shape[0] if tensor.shape else 0
-    if not 1 <= n <= max_items:
-        raise BadRequest(f"input {clip(tensor.name)}: batch of {n} images; send 1 to "
-                         f"{max_items}")
-    return n
 
 
 def _split_bytes(raw: memoryview) -> list[bytes]:

@@ -1,6 +1,6 @@
 """Tensors and numbers as clients send them in JSON and in headers, read strictly: what is
-not a finite number of the tensor's type, or a length in plain ASCII digits, is a 400 here,
-never an exception further in."""
+not a number, or a length in plain ASCII digits, is a 400 here, never an exception further
+in. (Whether the numbers fit the model is :mod:`service.model_input`'s to say.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def header_length(value: str | bytes | None) -> int | None:
 
 def json_floats(data: Any, what: str, may_hold_booleans: bool) -> np.ndarray:
     """Nested lists of JSON numbers -> a float32 array; 400 for anything else: strings (even
-    numeric ones), booleans, null, objects, ragged lists, and numbers beyond float32.
+    numeric ones), booleans, null, objects, ragged lists, integers beyond float range.
 
     NumPy's own conversion takes ``"0.5"`` and ``true`` as numbers and raises OverflowError
     on a 400-digit integer, so the shape and kinds are inferred first. A boolean among
@@ -39,11 +39,8 @@ def json_floats(data: Any, what: str, may_hold_booleans: bool) -> np.ndarray:
     if inferred.dtype.kind not in "iuf" or (may_hold_booleans and _any_boolean(inferred, data)):
         raise BadRequest(f"{what} holds values that are not numbers (strings, booleans, null, "
                          "objects or integers too large for float32)")
-    with np.errstate(over="ignore"):
-        floats = inferred.astype(np.float32, copy=False)
-    if not np.isfinite(floats).all():
-        raise BadRequest(f"{what} holds NaN, infinite or out-of-range (float32) values")
-    return floats
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: of_pixels refuses it
+        return inferred.astype(np.float32, copy=False)
 
 
 def may_hold_booleans(json_text: bytes) -> bool:

@@ -17,6 +17,7 @@ from pydantic_core import from_json
 
 from service.errors import BadRequest, clip
 from service.model import ServedModel, Status
+from service.model_input import ModelInput, of_files, of_pixels
 from service.tensors import json_floats
 from service.uploads import Upload
 from training.metadata import ModelMetadata
@@ -83,9 +84,9 @@ def _unwrap(value: object, input_name: str) -> object:
     return value
 
 
-def model_input(request: dict, meta: ModelMetadata, max_items: int, may_hold_booleans: bool
-                ) -> np.ndarray | list[Upload]:
-    """A request's instances: pixels [n, H, W, C] float32, or images to preprocess."""
+def model_input(request: dict, meta: ModelMetadata, limit: int, may_hold_booleans: bool
+                ) -> ModelInput:
+    """A request's instances: pixel tensors, or ``{"b64": ...}`` images to preprocess."""
     spec = meta.input
     if "instances" in request:
         items = request["instances"]
@@ -94,18 +95,14 @@ def model_input(request: dict, meta: ModelMetadata, max_items: int, may_hold_boo
         items = _unwrap(request["inputs"], spec.name)
     if not isinstance(items, list) or not items:
         raise BadRequest("instances must be a non-empty list")
-    if len(items) > max_items:
-        raise BadRequest(f"{len(items)} instances in one request; the limit is {max_items}")
     encoded = [isinstance(item, dict) for item in items]
     if any(encoded):
         if not all(encoded):
             raise BadRequest("mix of encoded images ({'b64': ...}) and pixel tensors")
-        return [Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)]
-    pixels = json_floats(items, "instances", may_hold_booleans)
-    if pixels.shape[1:] != tuple(spec.shape):
-        raise BadRequest(f"instances have shape {clip(list(pixels.shape[1:]))}; input "
-                         f"{spec.name!r} takes {spec.shape} (values in [0, 1])")
-    return pixels
+        return of_files([Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)],
+                        limit)
+    return of_pixels(json_floats(items, "instances", may_hold_booleans), spec, limit,
+                     "instances")
 
 
 def _b64(item: dict) -> bytes:

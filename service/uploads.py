@@ -1,6 +1,6 @@
 """Uploaded images: the one way every upload route admits a request, reads its
-``multipart/form-data`` body, parses it and validates its parameters, and the checks every
-upload passes (declared type, count) before anything decodes it.
+``multipart/form-data`` body, parses it and validates its parameters. What the images must
+be is :mod:`service.model_input`'s to say.
 
 The in-memory body is parsed with the `multipart` library's push parser: ~9 µs for a
 one-image form, against ~70 µs through Starlette's form machinery, which spools each file into
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from service.admission import Reservation
-from service.errors import BadRequest, InvalidParameter, UnsupportedMediaType, clip, shorten
+from service.errors import BadRequest
 from service.server import Server
 from service.tensors import header_length
 
@@ -79,20 +79,6 @@ def _segments(parser: multipart.PushMultipartParser, body: bytes):
             yield segment, b"".join(chunks)
         else:
             chunks.append(event)
-
-
-def check(uploads: list[Upload], max_images: int) -> list[Upload]:
-    """Refuse too many images, and parts whose declared type is not an image."""
-    if len(uploads) > max_images:
-        raise InvalidParameter(f"{len(uploads)} images in one request; the limit is "
-                               f"{max_images}")
-    for upload in uploads:
-        declared = upload.content_type.split(";")[0].strip()
-        if not declared.startswith(ACCEPTED_TYPES):
-            raise UnsupportedMediaType(
-                f"{shorten(upload.filename or 'file')}: {clip(declared)} is not an image type; "
-                "send PNG, JPEG, GIF, BMP, WebP or TIFF")
-    return uploads
 
 
 def admit(request: Request, server: Server) -> Reservation:

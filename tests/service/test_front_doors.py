@@ -3,6 +3,7 @@ TF Serving's REST API meet in the same batch and are counted under their own pro
 
 from __future__ import annotations
 
+import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,3 +64,42 @@ def test_every_operation_is_documented_under_its_apis_tag(client):
                 assert tag == "TensorFlow Serving REST API (v1)", path
             else:
                 assert tag in ("inference", "models", "health"), path
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    draw_digit(7).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_every_api_refuses_a_model_input_by_the_same_rules(models_dir):
+    # one rule (service.model_input), three wire formats: the count, the pixels' finiteness
+    png = _png()
+    b64 = base64.b64encode(png).decode()
+    nan = np.full((1, 28, 28, 1), np.nan, np.float32)
+    too_many = {
+        "native": lambda c: c.post("/predict", files=[("file", ("d.png", png))] * 3),
+        "oip_v2": lambda c: c.post("/v2/models/digit_odd/infer", json={"inputs": [{
+            "name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": [b64] * 3}]}),
+        "tfserving_v1": lambda c: c.post("/v1/models/digit_odd:predict",
+                                         json={"instances": [{"b64": b64}] * 3}),
+    }
+    header = (b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", '
+              b'"parameters": {"binary_data_size": 3136}}]}')
+    not_finite = {
+        "oip_v2": lambda c: c.post(
+            "/v2/models/digit_odd/infer", content=header + nan.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))}),
+        "tfserving_v1": lambda c: c.post("/v1/models/digit_odd:predict",
+                                         json={"instances": [[[[1e39]] * 28] * 28]}),
+    }
+    with make_client(model_dir=models_dir, max_images_per_request=2) as client:
+        counted = {api: send(client) for api, send in too_many.items()}
+        finite = {api: send(client) for api, send in not_finite.items()}
+    assert counted["native"].status_code == 422
+    assert counted["native"].json()["error"]["message"] == "3 images in one request; send 1 to 2"
+    for api in ("oip_v2", "tfserving_v1"):
+        assert counted[api].status_code == 400
+        assert counted[api].json() == {"error": "3 images in one request; send 1 to 2"}
+        assert finite[api].status_code == 400, finite[api].text
+        assert "NaN or infinite values" in finite[api].json()["error"]

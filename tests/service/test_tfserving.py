@@ -137,7 +137,7 @@ def test_classify_answers_label_score_pairs_of_the_first_head(client):
     ({"instances": [[[["0.5"]] * 28] * 28]}, 400, "not numbers"),
     ({"instances": [[[[True]] + [[0.5]] * 27] * 28]}, 400, "not numbers"),
     ({"instances": [[[[None]] * 28] * 28]}, 400, "not numbers"),
-    ({"instances": [[[[1e39]] * 28] * 28]}, 400, "out-of-range"),
+    ({"instances": [[[[1e39]] * 28] * 28]}, 400, "out of float32's range"),
     ({"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400,
      "not a decodable image"),
 ])

@@ -128,7 +128,7 @@ class GradCam:
         """One traced graph per (layer, head): ~10x faster than running the steps eagerly."""
         graph = keras.Model(self.model.inputs, [self.graph.outputs[layer],
                                                 self.graph.heads[output.name]])
-        binary = output.kind == "binary"
+        binary, threshold = output.binary, output.THRESHOLD
         shape = [1, *self.metadata.input.shape]
 
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32),
@@ -138,7 +138,7 @@ class GradCam:
                 tape.watch(x)  # the input layer's "output" is the input itself
                 activation, scores = graph(x, training=False)
                 scores = scores[0]
-                predicted = (tf.cast(scores[0] >= 0.5, tf.int32) if binary
+                predicted = (tf.cast(scores[0] >= threshold, tf.int32) if binary
                              else tf.argmax(scores, output_type=tf.int32))
                 chosen = tf.where(class_index < 0, predicted, class_index)
                 score = (tf.where(chosen == 1, scores[0], 1 - scores[0]) if binary

@@ -87,9 +87,10 @@ def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int
     described = {}
     for spec in metadata.outputs:
         values = outputs[spec.name][index].tolist()
-        if spec.kind == "binary":
+        if spec.binary:
             p = values[0]
-            described[spec.name] = {"kind": "binary", "label": spec.labels[int(p >= 0.5)],
+            described[spec.name] = {"kind": "binary",
+                                    "label": spec.labels[int(p >= spec.THRESHOLD)],
                                     "probability": p}
             continue
         order = sorted(range(len(values)), key=values.__getitem__, reverse=True)

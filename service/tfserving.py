@@ -118,9 +118,7 @@ def classification(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
     """``:classify``: [label, score] pairs of the model's first head, per example, in the
     head's label order (a sigmoid head scores both of its labels)."""
     head = meta.outputs[0]
-    scores = outputs[head.name]
-    if head.kind == "binary":
-        scores = np.concatenate([1 - scores, scores], axis=1)
+    scores = head.label_scores(outputs[head.name])
     return {"results": [[[label, score] for label, score in zip(head.labels, row)]
                         for row in scores.tolist()]}
 

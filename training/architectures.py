@@ -45,6 +45,11 @@ def _image(spec: InputSpec) -> keras.KerasTensor:
     return keras.Input(shape=tuple(spec.shape), name="image")
 
 
+def _head(spec: OutputSpec, name: str) -> layers.Dense:
+    """The output layer of head ``spec``: its units and activation are the spec's."""
+    return layers.Dense(spec.units, activation=spec.activation, name=name)
+
+
 def digit_odd() -> keras.Model:
     image = _image(MNIST_INPUT)
     x = layers.Conv2D(32, 3, activation="relu", name="conv2d_layer")(image)
@@ -52,8 +57,8 @@ def digit_odd() -> keras.Model:
     x = layers.Flatten(name="flatten_layer")(x)
     pixels = layers.Flatten(name="pixels_flatten_layer")(image)
     both = layers.Concatenate(name="concat_layer")([x, pixels])
-    digit = layers.Dense(10, activation="softmax", name="digit_dense")(both)
-    odd = layers.Dense(1, activation="sigmoid", name="odd_dense")(pixels)
+    digit = _head(DIGIT, "digit_dense")(both)
+    odd = _head(ODD, "odd_dense")(pixels)
     return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd")
 
 
@@ -69,9 +74,9 @@ def digit_odd_plus() -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     features = layers.Dense(64, activation="relu", name="features_dense")(x)
-    digit = layers.Dense(10, activation="softmax", name="digit_dense")(features)
+    digit = _head(DIGIT, "digit_dense")(features)
     both = layers.Concatenate(name="features_and_digit")([features, digit])
-    odd = layers.Dense(1, activation="sigmoid", name="odd_dense")(both)
+    odd = _head(ODD, "odd_dense")(both)
     return keras.Model(image, {"digit": digit, "odd": odd}, name="digit_odd_plus")
 
 
@@ -106,7 +111,7 @@ def cifar10_resnet() -> keras.Model:
             stride = 2 if stage > 1 and block == 1 else 1
             x = _residual_block(x, filters, stride, name=f"stage{stage}_block{block}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    out = _head(CIFAR_CLASS, "class_dense")(x)
     return keras.Model(image, {"class": out}, name="cifar10_resnet")
 
 
@@ -119,7 +124,7 @@ def cifar10() -> keras.Model:
     x = layers.Conv2D(64, 3, activation="relu", name="conv2d_3")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, activation="relu", name="dense_1")(x)
-    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    out = _head(CIFAR_CLASS, "class_dense")(x)
     return keras.Model(image, {"class": out}, name="cifar10")
 
 
@@ -128,7 +133,7 @@ def simple_cnn() -> keras.Model:
     x = layers.Conv2D(32, 3, activation="relu", name="conv2d_layer")(image)
     x = layers.MaxPooling2D(2, name="maxpool_layer")(x)
     x = layers.Flatten(name="flatten_layer")(x)
-    out = layers.Dense(10, activation="softmax", name="digit_dense")(x)
+    out = _head(DIGIT, "digit_dense")(x)
     return keras.Model(image, {"digit": out}, name="simple_cnn")
 
 
@@ -141,7 +146,7 @@ def mnist_cnn() -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, activation="relu", name="dense_1024")(x)
     x = layers.Dropout(0.25, name="dropout")(x)
-    out = layers.Dense(10, activation="softmax", name="digit_dense")(x)
+    out = _head(DIGIT, "digit_dense")(x)
     return keras.Model(image, {"digit": out}, name="mnist_cnn")
 
 
@@ -154,7 +159,7 @@ def lenet5() -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(120, activation="relu", name="dense_120")(x)
     x = layers.Dense(84, activation="relu", name="dense_84")(x)
-    out = layers.Dense(10, activation="softmax", name="class_dense")(x)
+    out = _head(CIFAR_CLASS, "class_dense")(x)
     return keras.Model(image, {"class": out}, name="lenet5")
 
 
@@ -220,6 +225,5 @@ def build_transfer(base: keras.Model, up_to: str, outputs: tuple[OutputSpec, ...
         layer.trainable = False
     heads = {}
     for spec in outputs:
-        units, act = (1, "sigmoid") if spec.kind == "binary" else (len(spec.labels), "softmax")
-        heads[spec.name] = layers.Dense(units, activation=act, name=f"{spec.name}_head")(features)
+        heads[spec.name] = _head(spec, f"{spec.name}_head")(features)
     return keras.Model(base.input, heads, name=name)

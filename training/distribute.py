@@ -101,9 +101,7 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
         if not optimizer.built:  # its variables must exist before a restore
             optimizer.build(model.trainable_variables)
         done = tf.Variable(0, dtype=tf.int64, trainable=False)
-        losses = {o.name: keras.losses.BinaryCrossentropy(reduction=None) if o.kind == "binary"
-                  else keras.losses.SparseCategoricalCrossentropy(reduction=None)
-                  for o in outputs}
+        losses = {o.name: keras.losses.get(o.loss) for o in outputs}  # per example
     batches = iter(strategy.experimental_distribute_dataset(shard_per_worker(train_ds.repeat())))
 
     @tf.function
@@ -159,7 +157,7 @@ def evaluate(model: keras.Model, outputs: tuple[OutputSpec, ...], val_ds: tf.dat
         predicted = model(x, training=False)
         for o in outputs:
             p, truth = predicted[o.name].numpy(), y[o.name].numpy()
-            guess = (p[:, 0] >= 0.5).astype(int) if o.kind == "binary" else p.argmax(axis=1)
+            guess = o.decide(p)
             right[o.name] += int((guess == truth.reshape(-1)).sum())
         seen += len(x)
     return {f"{name}_accuracy" if len(outputs) > 1 else "accuracy": round(count / seen, 5)

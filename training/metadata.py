@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 METADATA_FILE = "metadata.json"
@@ -50,10 +51,43 @@ class OutputSpec(BaseModel):
         description="multiclass: class names in index order; binary: [negative, positive]"
     )
 
+    # What a head of each kind is, in one place, for training and serving alike: a binary
+    # head is one sigmoid unit, P(positive), decided at THRESHOLD; a multiclass head is a
+    # softmax over its labels, decided by the largest. (Grad-CAM's graph decides the same
+    # with THRESHOLD in TensorFlow: service.gradcam.)
+    THRESHOLD: ClassVar[float] = 0.5
+
+    @property
+    def binary(self) -> bool:
+        return self.kind == "binary"
+
     @property
     def units(self) -> int:
         """Values per image: one per class, or one probability for a binary head."""
-        return len(self.labels) if self.kind == "multiclass" else 1
+        return 1 if self.binary else len(self.labels)
+
+    @property
+    def activation(self) -> str:
+        return "sigmoid" if self.binary else "softmax"
+
+    @property
+    def loss(self) -> str:
+        """The Keras loss (a name ``keras.losses.get`` knows; per example, unreduced)."""
+        return "binary_crossentropy" if self.binary else "sparse_categorical_crossentropy"
+
+    def target(self, digits: np.ndarray) -> np.ndarray:
+        """Training targets from class labels: a binary head answers "is the label odd"."""
+        return (digits % 2).astype(np.float32)[:, None] if self.binary else digits
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """The class index of each row of outputs [n, units]."""
+        if self.binary:
+            return (scores[:, 0] >= self.THRESHOLD).astype(np.int64)
+        return scores.argmax(axis=1)
+
+    def label_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Outputs [n, units] -> a score per label [n, len(labels)] (binary: 1 - p, p)."""
+        return np.concatenate([1 - scores, scores], axis=1) if self.binary else scores
 
 
 class LayerInfo(BaseModel):

@@ -53,10 +53,7 @@ class TrainResult:
 
 def targets(outputs: tuple[OutputSpec, ...], labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per-output targets from class labels: a binary output answers "is the label odd"."""
-    return {
-        o.name: (labels % 2).astype(np.float32)[:, None] if o.kind == "binary" else labels
-        for o in outputs
-    }
+    return {o.name: o.target(labels) for o in outputs}
 
 
 def on_tensorflow() -> bool:
@@ -162,8 +159,7 @@ def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float
                   optimizer: keras.optimizers.Optimizer | None = None) -> None:
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(lr),
-        loss={o.name: "binary_crossentropy" if o.kind == "binary"
-              else "sparse_categorical_crossentropy" for o in outputs},
+        loss={o.name: o.loss for o in outputs},
         metrics={o.name: ["accuracy"] for o in outputs},
     )
 

@@ -6,6 +6,7 @@ import pytest
 
 from training.architectures import ARCHITECTURES, DIGIT, build_transfer, get_architecture
 from training.cli import main
+from training.metadata import OutputSpec
 from training.train import pixel_heads
 
 EXPECTED = {
@@ -101,3 +102,18 @@ def test_pixel_heads_are_the_outputs_that_read_raw_pixels_through_no_weights():
         "odd_dense"]
     assert pixel_heads(get_architecture("digit_odd_plus").build()) == []
     assert pixel_heads(get_architecture("cifar10").build()) == []
+
+
+def test_a_head_decides_as_its_kind_says():
+    binary = OutputSpec(name="odd", kind="binary", labels=["even", "odd"])
+    scores = np.array([[0.2], [0.5], [0.9]], np.float32)
+    assert binary.decide(scores).tolist() == [0, 1, 1]
+    np.testing.assert_allclose(binary.label_scores(scores), [[0.8, 0.2], [0.5, 0.5], [0.1, 0.9]],
+                               rtol=1e-6)
+    assert binary.target(np.array([3, 4])).tolist() == [[1.0], [0.0]]
+    assert DIGIT.decide(np.eye(10, dtype=np.float32)[[7, 2]]).tolist() == [7, 2]
+    assert DIGIT.target(np.array([3, 4])).tolist() == [3, 4]
+    built = get_architecture("digit_odd").build()
+    for spec, layer in ((DIGIT, "digit_dense"), (binary, "odd_dense")):
+        dense = built.get_layer(layer)
+        assert (dense.units, dense.activation.__name__) == (spec.units, spec.activation)

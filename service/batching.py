@@ -53,7 +53,7 @@ class Runner:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
-        self._task: asyncio.BatchCall | None = None
+        self._task: asyncio.Task | None = None
         self._busy = self._closed = False
         labels = (model.name, str(model.version))
         self._depth = metrics.QUEUE_DEPTH.labels(*labels)

@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers, log_level=settings.log_level, access_log=False,
                 log_config=None,  # the app configures logging (JSON lines, request IDs)
                 http="service.http_guard:GuardedHttpToolsProtocol",
-                timeout_keep_alive=settings.keepalive_timeout_s,
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                # seconds as floats: uvicorn hands them to call_later; its hints say int
+                timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)  # type: ignore[arg-type]
     return 0
 
 

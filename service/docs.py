@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from service.apis import is_probe
 from service.settings import Settings
 
+OPENAPI_URL = "/openapi.json"  # FastAPI's default, which the app keeps
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
                     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline' blob:; "
@@ -24,7 +25,7 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
     """Offline Swagger UI and ReDoc, and an OpenAPI schema whose file fields Swagger UI can
     fill in (and that asks for a key when ``settings`` require one)."""
     _mount_docs(app)
-    app.openapi = _openapi(app, bool(settings.api_keys))
+    app.openapi = _openapi(app, bool(settings.api_keys))  # type: ignore[method-assign]  # as FastAPI's docs do
 
 
 def _mount_docs(app: FastAPI) -> None:
@@ -34,14 +35,14 @@ def _mount_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+            openapi_url=app.openapi_url or OPENAPI_URL, title=f"{app.title} - Swagger UI",
             swagger_js_url="/static/docs/swagger-ui-bundle.js",
             swagger_css_url="/static/docs/swagger-ui.css",
             swagger_favicon_url="/static/docs/favicon.png")
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+        page = get_redoc_html(openapi_url=app.openapi_url or OPENAPI_URL, title=f"{app.title} - ReDoc",
                               redoc_js_url="/static/docs/redoc.standalone.js",
                               redoc_favicon_url="/static/docs/favicon.png",
                               with_google_fonts=False)

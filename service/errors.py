@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope, Send
 
 from service.apis import api_of
 
@@ -152,7 +153,7 @@ def shaped_error(path: str, status: int, code: str, message: str) -> tuple[int, 
     return status, error_body(status, code, message)
 
 
-async def send_error(scope: dict, send, status: int, code: str, message: str,
+async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """The same error answered from ASGI middleware, before or instead of the app."""
     status, payload = shaped_error(scope["path"], status, code, message)
@@ -187,7 +188,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return _error(request, exc.status_code, code, str(exc.detail), exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return _error(request, exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_: Request, __: ClientDisconnect) -> JSONResponse:

@@ -100,11 +100,13 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> str:
     height, width = heatmap.shape
     scale = max(1, math.ceil(OVERLAY_SIDE / max(height, width)))
     size = (width * scale, height * scale)
-    base = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8).squeeze(-1)
-                           if image.shape[-1] == 1 else
-                           (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-    base = np.asarray(base.convert("RGB").resize(size, Image.NEAREST), np.float32)
-    heat = Image.fromarray(heatmap.astype(np.float32), "F").resize(size, Image.BILINEAR)
+    picture = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8).squeeze(-1)
+                              if image.shape[-1] == 1 else
+                              (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+    base = np.asarray(picture.convert("RGB").resize(size, Image.Resampling.NEAREST),
+                      np.float32)
+    heat = Image.fromarray(heatmap.astype(np.float32), "F").resize(
+        size, Image.Resampling.BILINEAR)
     position = np.clip(np.asarray(heat), 0, 1) * (len(HEAT_STOPS) - 1)
     low = np.minimum(position.astype(int), len(HEAT_STOPS) - 2)
     frac = (position - low)[..., None]
@@ -116,5 +118,5 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> str:
 def to_npz(activations: dict[str, np.ndarray]) -> bytes:
     """Raw float activations keyed by layer name, batch axis first."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **activations)
+    np.savez_compressed(buf, **activations)  # type: ignore[arg-type]  # numpy's stub: **kwds
     return buf.getvalue()

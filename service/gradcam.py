@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import keras
 import numpy as np
@@ -44,7 +45,8 @@ class Explanation:
 BYTES_PER_NODE = 10_000  # memory of a traced graph per node (forward + backward), measured:
 # cifar10_resnet's 994 nodes took 8-12 MB of RSS per graph, digit_odd's 125 nodes 0.3-1.4 MB
 
-Traced = tf.types.experimental.ConcreteFunction  # (image [1, H, W, C], class) -> (heat, class)
+# a TensorFlow ConcreteFunction: (image [1, H, W, C], class) -> (heat, class)
+Traced: TypeAlias = Any
 
 
 def estimated_bytes(traced: Traced) -> int:

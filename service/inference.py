@@ -145,8 +145,8 @@ async def predict(server: Server, uploads: list[Upload], params: PredictParams,
     start = time.perf_counter()
     runner = server.registry.runner(params.model or server.settings.default_model, params.version)
     metadata = runner.model.metadata
-    files = of_files(uploads, server.settings.max_images_per_request).files
-    outputs, decode_s = await infer_files(server, runner, files, is_gone)
+    of_files(uploads, server.settings.max_images_per_request)
+    outputs, decode_s = await infer_files(server, runner, uploads, is_gone)
     total_s = time.perf_counter() - start
     return {
         "model": metadata.name, "version": runner.model.version,
@@ -204,7 +204,7 @@ class FeatureMapCost:
     def advice(self, limit: int) -> str:
         """How to fit: fewer images, or fewer (named) layers."""
         fit = next((n for n in range(self.images - 1, 0, -1) if self.total(n) <= limit), 0)
-        largest = sorted(self.layers, key=self.layers.get, reverse=True)[:3]
+        largest = sorted(self.layers, key=self.layers.__getitem__, reverse=True)[:3]
         mb = ", ".join(f"{name!r} {self.layers[name] / 2**20:.2f} MB" for name in largest)
         images = f"send at most {fit} image(s), or " if fit else ""
         return f"{images}ask for fewer layers with layers= (per image the largest are {mb})"
@@ -212,7 +212,8 @@ class FeatureMapCost:
 
 def feature_map_cost(metadata: ModelMetadata, layers: list[str] | None, images: int,
                      fmt: str) -> FeatureMapCost:
-    sizes = {layer.name: math.prod(layer.output_shape) for layer in metadata.layers}
+    sizes = {layer.name: math.prod(d or 1 for d in layer.output_shape)
+             for layer in metadata.layers}
     per_value = RAW_BYTES + ANSWER_BYTES[fmt]
     return FeatureMapCost(images, sum(sizes.values()) * RAW_BYTES,
                           {name: size * per_value for name, size in sizes.items()

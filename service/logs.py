@@ -70,12 +70,17 @@ class JsonFormatter(logging.Formatter):
                     timespec="milliseconds"),
                 "level": record.levelname.lower(), "logger": record.name,
                 "message": record.getMessage()}
-        if getattr(record, "request_id", None):
-            line["request_id"] = record.request_id
+        request = getattr(record, "request_id", None)
+        if request:
+            line["request_id"] = request
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+class _Handler(logging.StreamHandler):
+    """The handler :func:`configure` installs (and replaces on the next call)."""
 
 
 def configure(level: str, fmt: str) -> None:
@@ -86,10 +91,9 @@ def configure(level: str, fmt: str) -> None:
     # line is written for every request, and skips the caller lookup: see access())
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "cnn_serve", False)]:
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
-    handler = logging.StreamHandler()
-    handler.cnn_serve = True
+    handler = _Handler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     root.addHandler(handler)

@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Callable
 
 log = logging.getLogger("cnn_serve")
 
@@ -22,7 +23,8 @@ TRIM_EVERY_S = 1.0
 
 try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _mallopt, _malloc_trim = _libc.mallopt, _libc.malloc_trim
+    _mallopt: Callable[..., int] | None = _libc.mallopt
+    _malloc_trim: Callable[..., int] | None = _libc.malloc_trim
 except (OSError, AttributeError):  # not glibc
     _mallopt = _malloc_trim = None
 

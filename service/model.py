@@ -23,6 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from service import graph_decode
+from service.errors import ModelNotReady
 from service.gradcam import Explanation, GradCam, TracedCache
 from training import savedmodel
 from training.export import KERAS_FILE
@@ -70,9 +71,11 @@ class ServedModel:
         self.status = Status.loading
         self.error: str | None = None
         self.load_seconds: float | None = None
-        self.metadata: ModelMetadata | None = None
-        self.public_metadata: ModelMetadata | None = None
-        self._serve = self._maps = self._serve_png = None
+        self._metadata: ModelMetadata | None = None
+        self.public_metadata: ModelMetadata | None = None  # None until loaded
+        self._serve: Any = None  # TensorFlow concrete functions, once loaded
+        self._maps: Any = None
+        self._serve_png: Any = None
         self._gradcam: GradCam | None = None
         self.pngs = BatchCall(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
@@ -88,23 +91,22 @@ class ServedModel:
             self._loaded = loaded  # keeps the variables alive
             stage = "reading metadata.json"
             if (self.path / METADATA_FILE).is_file():
-                self.metadata = ModelMetadata.read(self.path)
+                metadata = ModelMetadata.read(self.path)
             else:  # a drop-in SavedModel: what the service needs, from its signature
                 stage = "reading the serving_default signature"
-                self.metadata = savedmodel.metadata(self.name, self.version, self.path,
-                                                self._serve)
-            if "feature_maps" not in self.metadata.signatures:
+                metadata = savedmodel.metadata(self.name, self.version, self.path, self._serve)
+            self._metadata = metadata
+            if "feature_maps" not in metadata.signatures:
                 self._maps = None  # its layers are unknown without the Keras model
             # as clients see it: without the training machine's dataset path
-            dataset = self.metadata.dataset
-            self.public_metadata = self.metadata if dataset is None else self.metadata.model_copy(
+            dataset = metadata.dataset
+            self.public_metadata = metadata if dataset is None else metadata.model_copy(
                 update={"dataset": dataset.model_copy(update={"path": None})})
             stage = "warming up"
-            self._serve_png = graph_decode.serving(self.metadata.input, self._serve,
-                                                   model_tensor)
-            warm = np.zeros((1, *self.metadata.input.shape), np.float32)
+            self._serve_png = graph_decode.serving(metadata.input, self._serve, model_tensor)
+            warm = np.zeros((1, *metadata.input.shape), np.float32)
             self.predict(warm)
-            self.predict_png([_blank_png(self.metadata.input)])
+            self.predict_png([_blank_png(metadata.input)])
             if self._maps is not None:
                 self.feature_maps(warm)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
@@ -117,6 +119,13 @@ class ServedModel:
         self.status = Status.ready
         log.info("model %s v%s ready on %s in %.2fs", self.name, self.version, self.device,
                  self.load_seconds)
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """Known once loaded; requests only ever reach versions that are ready."""
+        if self._metadata is None:
+            raise ModelNotReady(f"model {self.name!r} v{self.version} is not loaded")
+        return self._metadata
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with tf.device(self.device):

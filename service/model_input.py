@@ -29,7 +29,10 @@ class ModelInput:
     files: list[Upload] | None = None
 
     def __len__(self) -> int:
-        return len(self.files) if self.files is not None else len(self.pixels)
+        if self.files is not None:
+            return len(self.files)
+        assert self.pixels is not None
+        return len(self.pixels)
 
 
 def of_pixels(pixels: np.ndarray, spec: InputSpec, limit: int, what: str) -> ModelInput:

@@ -20,6 +20,7 @@ import base64
 import binascii
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -137,7 +138,7 @@ class Request:
     may_hold_booleans: bool  # "true" or "false" appear in the JSON header
 
 
-def parse(body: bytes, headers: dict[str, str]) -> Request:
+def parse(body: bytes, headers: Mapping[str, str]) -> Request:
     """Split and validate the body (400 naming what is wrong)."""
     if headers.get("content-encoding", "identity").strip().lower() != "identity":
         raise UnsupportedMediaType("compressed request bodies are not accepted; send the "
@@ -181,7 +182,8 @@ def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput
 def _binary_sections(request: Request) -> list[memoryview | None]:
     """Each input's slice of the binary section (None for inputs sent as JSON ``data``);
     the sizes must account for the section exactly."""
-    sections, offset = [], 0
+    sections: list[memoryview | None] = []
+    offset = 0
     for tensor in request.header.inputs:
         size = tensor.parameters.binary_data_size if tensor.parameters else None
         if size is None:
@@ -290,7 +292,7 @@ def answer(request: Request, model: ServedModel, outputs: Outputs,
     tensors, binary = [], []
     for name, in_binary in chosen:
         value = outputs[name]
-        tensor = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
+        tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
         if in_binary:
             raw = value.astype("<f4", copy=False).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}

@@ -161,7 +161,7 @@ class ModelRegistry:
         await asyncio.to_thread(model.load)
         labels = (name, str(version))
         metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
-        if model.status is Status.ready:
+        if model.status is Status.ready and model.load_seconds is not None:
             metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
             runner = Runner(model, self.settings.batch_policy(name),
                             self.settings.queue_timeout_s, self.settings.heavy_per_version)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -253,9 +253,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-# what an upload route can answer besides 200 (OpenAPI ``responses``)
-UPLOAD_ERRORS = {code: {"model": ErrorResponse}
-                 for code in (400, 404, 408, 413, 415, 422, 503)}
+Responses = dict[int | str, dict[str, Any]]  # a route's OpenAPI ``responses``
+
+# what an upload route can answer besides 200
+UPLOAD_ERRORS: Responses = {code: {"model": ErrorResponse}
+                            for code in (400, 404, 408, 413, 415, 422, 503)}
 
 
 NUMBER_PAIR = r"^-?[0-9]{1,6}(\.[0-9]{1,6})?,-?[0-9]{1,6}(\.[0-9]{1,6})?$"

@@ -71,7 +71,7 @@ def parse_form(body: bytes, content_type: str | None, file_field: str = "file") 
 
 def _segments(parser: multipart.PushMultipartParser, body: bytes):
     """(segment, its bytes) for each part; the body is already in memory."""
-    segment, chunks = None, []
+    segment, chunks = None, list[bytes]()
     for event in parser.parse(body):
         if isinstance(event, multipart.MultipartSegment):
             segment, chunks = event, []

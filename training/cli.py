@@ -123,7 +123,8 @@ def train(args: argparse.Namespace) -> int:
                        f"from {base_path.parent}) + new trainable head")
     else:
         arch = get_architecture(args.name)
-        outputs, build, description = arch.outputs, arch.build, arch.description
+        outputs, description = arch.outputs, arch.description
+        build = functools.partial(arch.build)
     initialized_from = None
     if args.init_from:
         build, initialized_from = _warm_start(build, args.init_from)
@@ -246,6 +247,9 @@ def export_bundle(bundle: Path, data_path: Path | None, out: Path) -> int:
         raise SystemExit(f"cnn-train export: {bundle}: not a training bundle ({exc})") from exc
     update: dict = {}
     if data_path is not None:
+        if meta.dataset is None or meta.training is None:
+            raise SystemExit(f"cnn-train export: {bundle}: its metadata does not say what it "
+                             "was trained on")
         try:
             data = datasets.load(meta.dataset.name, data_path)
         except datasets.DatasetError as exc:

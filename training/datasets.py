@@ -158,8 +158,9 @@ def _read_cifar_tar(path: Path) -> tuple[np.ndarray, np.ndarray]:
             blobs = {}
             for member in tar.getmembers():
                 name = Path(member.name).name
-                if member.isfile() and name in CIFAR_BATCHES:
-                    blobs[name] = tar.extractfile(member).read()
+                member_file = tar.extractfile(member) if member.isfile() else None
+                if member_file is not None and name in CIFAR_BATCHES:
+                    blobs[name] = member_file.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable tar archive ({exc})") from exc
     return _cifar_from_batches(blobs, str(path))

@@ -97,6 +97,7 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
     import tensorflow as tf
 
     strategy = cluster.strategy
+    assert strategy is not None, "a multi-worker cluster runs on TensorFlow"
     with strategy.scope():
         if not optimizer.built:  # its variables must exist before a restore
             optimizer.build(model.trainable_variables)

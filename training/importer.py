@@ -134,7 +134,7 @@ def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None
             raise Refused(f"the model has {len(names)} heads ({', '.join(names)}): name one, "
                           "--labels HEAD=FILE")
         files[names[0]] = files.pop(None)
-    unknown = sorted(set(files) - set(names))
+    unknown = sorted(str(head) for head in set(files) - set(names))
     if unknown:
         raise Refused(f"--labels for {', '.join(unknown)}: the model's heads are "
                       f"{', '.join(names)}")

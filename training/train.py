@@ -169,7 +169,7 @@ def _optimizer_and_callbacks(cfg: TrainConfig, steps_per_epoch: int
     """The schedule's optimizer and callbacks, plus checkpoints (--resume) and TensorBoard."""
     if cfg.average_weights:  # the averaging needs the walk to keep moving: no decay
         optimizer = keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, nesterov=True)
-        callbacks = []
+        callbacks: list[keras.callbacks.Callback] = []
     elif cfg.schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate,
                                                       cfg.epochs * steps_per_epoch)

@@ -1,5 +1,5 @@
 import asyncio
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from service import featuremaps, inference, model_uploads, uploads
 from service.deps import RegistryDep, ServerDep, SettingsDep
 from service.model import ServedModel
+from service.registry import ModelRegistry
 from service.schemas import (
     UPLOAD_ERRORS,
     VERSION_OR_LABEL,
@@ -26,6 +27,7 @@ from service.schemas import (
     upload_body,
 )
 
+S = TypeVar("S", bound=ModelSummary)
 router = APIRouter(prefix="/models", tags=["models"])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 VersionPath = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
@@ -36,23 +38,24 @@ def _status(m: ServedModel) -> VersionStatus:
                          device=m.device, load_seconds=m.load_seconds)
 
 
-def _summary(registry, name: str, schema: type[ModelSummary] = ModelSummary, **extra
-             ) -> ModelSummary:
+def _summary(registry: ModelRegistry, name: str, schema: type[S], **extra) -> S:
     versions = registry.versions(name)
     default = registry.get(name)
     return schema(name=name, default_version=default.version,
                   labels=registry.settings.version_labels.get(name, {}),
                   ready=any(m.status.value == "ready" for m in versions.values()),
                   versions=[_status(versions[v]) for v in sorted(versions)],
-                  input=default.metadata.input if default.metadata else None,
-                  outputs=default.metadata.outputs if default.metadata else [], **extra)
+                  input=default.public_metadata.input if default.public_metadata else None,
+                  outputs=default.public_metadata.outputs if default.public_metadata else [],
+                  **extra)
 
 
 @router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
 async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
     return ModelList(device=registry.device, default_model=settings.default_model,
                      model_uploads=settings.model_uploads,
-                     models=[_summary(registry, n) for n in sorted(registry.models)])
+                     models=[_summary(registry, n, ModelSummary)
+                             for n in sorted(registry.models)])
 
 
 @router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}},

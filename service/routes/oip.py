@@ -16,13 +16,14 @@ from service import __version__, inference, oip, uploads
 from service.apis import OIP
 from service.deps import RegistryDep, ServerDep
 from service.model import Status
-from service.schemas import VERSION_OR_LABEL
+from service.schemas import VERSION_OR_LABEL, Responses
 from service.server import Server
 
 router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 VersionOrLabel = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
-ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)}
+ERRORS: Responses = {code: {"description": '{"error": "..."}'}
+                     for code in (400, 404, 413, 415, 503)}
 
 
 class Live(BaseModel):

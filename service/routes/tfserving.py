@@ -12,6 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from service import inference, tfserving, uploads
 from service.apis import TF_SERVING
 from service.deps import RegistryDep, ServerDep
+from service.schemas import Responses
 from service.server import Server
 from service.settings import LABEL
 from service.tensors import may_hold_booleans
@@ -35,7 +36,7 @@ router = APIRouter(prefix="/v1/models", tags=[TF_SERVING.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 VersionNumber = Annotated[int, Path(ge=1)]
 Label = Annotated[str, Path(pattern=LABEL, description="a version label, e.g. stable")]
-ERRORS = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 503)}
+ERRORS: Responses = {code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 503)}
 
 
 @router.get("/{name:model}", summary="Status of every version", responses=ERRORS)

@@ -20,8 +20,9 @@ from tests.service.test_explorer_browser import SEVEN, _draw
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--model", default="digit_odd")
     args = parser.parse_args()
@@ -52,9 +53,11 @@ def main() -> int:
         proc.terminate()
         proc.wait(10)
     times = sorted(times[1:])
-    print(f"explorer, {args.model}: pen up -> prediction and every layer's picture, "
-          f"{len(times)} drawings: median {statistics.median(times):.0f} ms, "
-          f"p90 {times[int(0.9 * (len(times) - 1))]:.0f} ms, max {times[-1]:.0f} ms")
+    print(
+        f"explorer, {args.model}: pen up -> prediction and every layer's picture, "
+        f"{len(times)} drawings: median {statistics.median(times):.0f} ms, "
+        f"p90 {times[int(0.9 * (len(times) - 1))]:.0f} ms, max {times[-1]:.0f} ms"
+    )
     return 0
 
 

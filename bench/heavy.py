@@ -44,11 +44,17 @@ CONTENT_TYPE = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
 def form(files: list[bytes], **fields: str) -> bytes:
-    parts = [f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{i}.png\""
-             f"\r\nContent-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
-             for i, data in enumerate(files)]
-    parts += [f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
-              f"{value}\r\n".encode() for name, value in fields.items()]
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"'
+        f"\r\nContent-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    parts += [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -116,8 +122,11 @@ def combinations(port: int) -> list[tuple[str, int, str, str]]:
             meta = get(port, f"/models/{model['name']}/versions/{version['version']}")
             layers = [layer["name"] for layer in meta["layers"] if len(layer["output_shape"]) == 3]
             heads = [o["name"] for o in meta["metadata"]["outputs"]]
-            found += [(model["name"], version["version"], layer, head)
-                      for layer in layers for head in heads]
+            found += [
+                (model["name"], version["version"], layer, head)
+                for layer in layers
+                for head in heads
+            ]
     return found
 
 
@@ -131,14 +140,19 @@ def sweep(port: int, pid: int) -> str:
         while (i := next(cursor)) < len(todo):
             model, version, layer, head = todo[i]
             image = images["colour" if "cifar" in model else "digit"]
-            yield post(port, f"/models/{model}/explain",
-                       form([image], version=str(version), layer=layer, output=head))[0]
+            yield post(
+                port,
+                f"/models/{model}/explain",
+                form([image], version=str(version), layer=layer, output=head),
+            )[0]
 
     statuses = run_clients(2, work)
     peak = sampler.stop()
-    return (f"sweep: {len(todo)} combinations in {time.monotonic() - t0:.0f} s; answers "
-            f"{dict(sorted(statuses.items()))}; RSS {start_rss:.0f} MB at start, peak "
-            f"{peak:.0f} MB, {rss_mb(pid):.0f} MB after")
+    return (
+        f"sweep: {len(todo)} combinations in {time.monotonic() - t0:.0f} s; answers "
+        f"{dict(sorted(statuses.items()))}; RSS {start_rss:.0f} MB at start, peak "
+        f"{peak:.0f} MB, {rss_mb(pid):.0f} MB after"
+    )
 
 
 def starve(port: int, pid: int, duration: float) -> str:
@@ -161,17 +175,20 @@ def starve(port: int, pid: int, duration: float) -> str:
     def work(_):
         while time.monotonic() < until:
             layer = layers[next(cursor) % len(layers)]
-            yield post(port, f"/models/{RESNET}/explain",
-                       form([image], version=str(newest), layer=layer))[0]
+            yield post(
+                port, f"/models/{RESNET}/explain", form([image], version=str(newest), layer=layer)
+            )[0]
 
     timer = threading.Thread(target=predictor)
     timer.start()
     statuses = run_clients(4, work)
     timer.join()
     ms = sorted(1000 * s for s in latencies)
-    return (f"starve: /predict on {RESNET} v{newest} beside 4 explain clients ({len(ms)} "
-            f"requests {dict(predict_statuses)}): p50 {statistics.median(ms):.1f} ms, max "
-            f"{ms[-1]:.0f} ms; explain answers {dict(sorted(statuses.items()))}")
+    return (
+        f"starve: /predict on {RESNET} v{newest} beside 4 explain clients ({len(ms)} "
+        f"requests {dict(predict_statuses)}): p50 {statistics.median(ms):.1f} ms, max "
+        f"{ms[-1]:.0f} ms; explain answers {dict(sorted(statuses.items()))}"
+    )
 
 
 def burst(port: int, pid: int, duration: float) -> str:
@@ -193,9 +210,11 @@ def burst(port: int, pid: int, duration: float) -> str:
         statuses = run_clients(16, work)
         peak = sampler.stop()
         time.sleep(5)
-        lines.append(f"burst: 16 clients x {n}-image npz for {duration:.0f} s: answers "
-                     f"{dict(sorted(statuses.items()))}; RSS {before:.0f} MB before, peak "
-                     f"{peak:.0f} MB, {rss_mb(pid):.0f} MB 5 s after")
+        lines.append(
+            f"burst: 16 clients x {n}-image npz for {duration:.0f} s: answers "
+            f"{dict(sorted(statuses.items()))}; RSS {before:.0f} MB before, peak "
+            f"{peak:.0f} MB, {rss_mb(pid):.0f} MB 5 s after"
+        )
     return "\n".join(lines)
 
 
@@ -219,8 +238,12 @@ def attack(label: str, root: Path, scenarios: list[str], duration: float) -> Non
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["sweep", "starve", "burst"],
-                        default=["sweep", "starve", "burst"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["sweep", "starve", "burst"],
+        default=["sweep", "starve", "burst"],
+    )
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--baseline", metavar="GIT_REF")
     args = parser.parse_args()

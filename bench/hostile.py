@@ -32,9 +32,15 @@ UNFINISHED = 100
 
 
 def form(*images: tuple[str, bytes]) -> bytes:
-    parts = [(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-              f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-              ).encode() + data + b"\r\n" for name, data in images]
+    parts = [
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + b"\r\n"
+        for name, data in images
+    ]
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -42,20 +48,27 @@ def payloads() -> dict[str, list[bytes]]:
     """Request bodies by kind: bombs and large images."""
     rgba = encode(Image.new("RGBA", (6000, 6000), (0, 0, 0, 0)), "PNG")
     bomb = encode(Image.new("1", (12_000, 12_000)), "PNG")
-    photo = encode(draw_digit(5, canvas=(4032, 3024), box=(1500, 900, 1200), mode="RGB"),
-                   "JPEG", quality=85)
+    photo = encode(
+        draw_digit(5, canvas=(4032, 3024), box=(1500, 900, 1200), mode="RGB"), "JPEG", quality=85
+    )
     noise = np.random.default_rng(0).integers(0, 255, (1700, 1700, 3), np.uint8)
     bmp = encode(Image.fromarray(noise), "BMP")
-    return {"bombs": [form(("bomb.png", bomb)), form(*[(f"{i}.png", rgba) for i in range(32)])],
-            "large": [form(("rgba.png", rgba)), form(*[(f"{i}.jpg", photo) for i in range(4)]),
-                      form(("noise.bmp", bmp))]}
+    return {
+        "bombs": [form(("bomb.png", bomb)), form(*[(f"{i}.png", rgba) for i in range(32)])],
+        "large": [
+            form(("rgba.png", rgba)),
+            form(*[(f"{i}.jpg", photo) for i in range(4)]),
+            form(("noise.bmp", bmp)),
+        ],
+    }
 
 
 def post(port: int, body: bytes, statuses: Counter, lock: threading.Lock) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        conn.request("POST", "/predict", body, {
-            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        conn.request(
+            "POST", "/predict", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+        )
         status = str(conn.getresponse().status)
     except OSError as exc:
         status = type(exc).__name__
@@ -65,8 +78,9 @@ def post(port: int, body: bytes, statuses: Counter, lock: threading.Lock) -> Non
         statuses[status] += 1
 
 
-def sender(port: int, bodies: list[bytes], until: float, statuses: Counter,
-           lock: threading.Lock) -> None:
+def sender(
+    port: int, bodies: list[bytes], until: float, statuses: Counter, lock: threading.Lock
+) -> None:
     i = 0
     while time.monotonic() < until:
         post(port, bodies[i % len(bodies)], statuses, lock)
@@ -76,8 +90,10 @@ def sender(port: int, bodies: list[bytes], until: float, statuses: Counter,
 def staller(port: int, until: float, statuses: Counter, lock: threading.Lock) -> None:
     """Keep an upload of 9.5 MB half sent; open another when the server closes it."""
     size = 9_500_000
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-            f"boundary={BOUNDARY}\r\nContent-Length: {size}\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        f"boundary={BOUNDARY}\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
     half = b"\0" * (size // 2)
     while time.monotonic() < until:
         try:
@@ -110,10 +126,15 @@ def attack(label: str, root: Path, duration: int) -> None:
     statuses: Counter = Counter()
     lock = threading.Lock()
     until = time.monotonic() + duration
-    threads = [threading.Thread(target=sender, args=(port, bodies[kind], until, statuses, lock))
-               for kind in ("bombs", "large") for _ in range(4)]
-    threads += [threading.Thread(target=staller, args=(port, until, statuses, lock))
-                for _ in range(UNFINISHED)]
+    threads = [
+        threading.Thread(target=sender, args=(port, bodies[kind], until, statuses, lock))
+        for kind in ("bombs", "large")
+        for _ in range(4)
+    ]
+    threads += [
+        threading.Thread(target=staller, args=(port, until, statuses, lock))
+        for _ in range(UNFINISHED)
+    ]
     for t in threads:
         t.start()
     peak, slowest = idle, 0.0
@@ -135,14 +156,20 @@ def attack(label: str, root: Path, duration: int) -> None:
         t.join(70)
     digit = encode(draw_digit(3, canvas=(600, 450), box=(200, 100, 250), mode="RGB"), "JPEG")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/predict", form(("after.jpg", digit)),
-                 {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    conn.request(
+        "POST",
+        "/predict",
+        form(("after.jpg", digit)),
+        {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     after = conn.getresponse().read().decode()
     hwm = rss_mb(proc.pid, "VmHWM:")
     proc.terminate()
     proc.wait(10)
-    print(f"{label}: idle RSS {idle:.0f} MB, peak RSS {max(peak, hwm):.0f} MB (sampled "
-          f"{peak:.0f}, VmHWM {hwm:.0f}); slowest /health/live {slowest * 1000:.0f} ms")
+    print(
+        f"{label}: idle RSS {idle:.0f} MB, peak RSS {max(peak, hwm):.0f} MB (sampled "
+        f"{peak:.0f}, VmHWM {hwm:.0f}); slowest /health/live {slowest * 1000:.0f} ms"
+    )
     print(f"{label}: answers {dict(sorted(statuses.items()))}")
     read = "3" if '"label":"3"' in after else after[:200]
     print(f"{label}: after the attack a pen 3 reads as {read}")

@@ -21,12 +21,23 @@ app = FastAPI()
 def predict(file: Annotated[list[UploadFile], File()]) -> dict:
     spec = META.input
     mode = "L" if spec.channels == 1 else "RGB"
-    batch = np.stack([np.asarray(Image.open(f.file).convert(mode).resize(
-        (spec.width, spec.height)), np.float32).reshape(spec.shape) / 255 for f in file])
+    batch = np.stack(
+        [
+            np.asarray(
+                Image.open(f.file).convert(mode).resize((spec.width, spec.height)), np.float32
+            ).reshape(spec.shape)
+            / 255
+            for f in file
+        ]
+    )
     out = SERVE(image=tf.constant(batch))
     first = META.outputs[0]
-    return {"model": META.name, "predictions": [
-        {"label": first.labels[int(np.argmax(p))]} for p in out[first.name].numpy()]}
+    return {
+        "model": META.name,
+        "predictions": [
+            {"label": first.labels[int(np.argmax(p))]} for p in out[first.name].numpy()
+        ],
+    }
 
 
 @app.get("/health/ready")

@@ -22,8 +22,7 @@ from service.settings import BatchPolicy
 WRK_TIMEOUT_S = 10
 
 
-def run_server(label: str, root, model: str, body: str, levels: list[int], duration: int
-               ) -> None:
+def run_server(label: str, root, model: str, body: str, levels: list[int], duration: int) -> None:
     port = free_port()
     proc, _ = start("cnn-serve", model, port, root)
     try:
@@ -33,9 +32,11 @@ def run_server(label: str, root, model: str, body: str, levels: list[int], durat
         proc.wait(10)
     peak = runs[levels[0]]["goodput"]
     for c, r in runs.items():
-        print(f"{label:<10}{c:>6}{r['rps']:>9.0f}{r['goodput']:>10.0f}{r['non2xx']:>9}"
-              f"{r['p50']:>9.1f}{r['p99']:>9.1f}{r['goodput'] / peak:>8.2f}  "
-              f"{r['socket_errors']}")
+        print(
+            f"{label:<10}{c:>6}{r['rps']:>9.0f}{r['goodput']:>10.0f}{r['non2xx']:>9}"
+            f"{r['p50']:>9.1f}{r['p99']:>9.1f}{r['goodput'] / peak:>8.2f}  "
+            f"{r['socket_errors']}"
+        )
 
 
 def main() -> int:
@@ -50,10 +51,14 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
         body.write(multipart(sample_image(args.model), args.model))
-    print(f"## overload: {args.model}, input-size PNG, one worker, max_queue {queue}, wrk "
-          f"{args.duration} s per level, timeout {WRK_TIMEOUT_S} s, {os.cpu_count()} cores")
-    print(f"{'server':<10}{'conc':>6}{'req/s':>9}{'goodput':>10}{'non-2xx':>9}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'vs c32':>8}")
+    print(
+        f"## overload: {args.model}, input-size PNG, one worker, max_queue {queue}, wrk "
+        f"{args.duration} s per level, timeout {WRK_TIMEOUT_S} s, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'server':<10}{'conc':>6}{'req/s':>9}{'goodput':>10}{'non-2xx':>9}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'vs c32':>8}"
+    )
     try:
         with worktree(args.baseline) as baseline:
             from bench.run import ROOT

@@ -40,9 +40,16 @@ def pages(size: tuple[int, int], count: int, seed: int = 0):
         left = int(rng.uniform(0, width - 0.7 * h))
         top = int(rng.uniform(0, height - h))
         paper = int(rng.integers(160, 250))
-        page = draw_digit(digit, canvas=size, box=(left, top, h), pen=rng.uniform(0.03, 0.12),
-                          ink=int(rng.integers(10, paper - 70)), paper=paper,
-                          gradient=int(rng.integers(0, 90)), mode="RGB")
+        page = draw_digit(
+            digit,
+            canvas=size,
+            box=(left, top, h),
+            pen=rng.uniform(0.03, 0.12),
+            ink=int(rng.integers(10, paper - 70)),
+            paper=paper,
+            gradient=int(rng.integers(0, 90)),
+            mode="RGB",
+        )
         yield digit, encode(page, "JPEG", quality=80)
 
 
@@ -55,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     from service.model import ServedModel
     from training.metadata import ModelMetadata
 
-    path = max((p for p in (ROOT / "models" / "digit_odd").iterdir() if p.name.isdigit()),
-               key=lambda p: int(p.name))
+    path = max(
+        (p for p in (ROOT / "models" / "digit_odd").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
     spec = ModelMetadata.read(path).input
     model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
     model.load()
-    print(f"digit_odd v{path.name}, {args.per_size} JPEG photos per size, best of "
-          f"{args.repeat} runs per photo, one thread")
+    print(
+        f"digit_odd v{path.name}, {args.per_size} JPEG photos per size, best of "
+        f"{args.repeat} runs per photo, one thread"
+    )
     for size in SIZES:
         times, inputs, truth = [], [], []
         for digit, data in pages(size, args.per_size):
@@ -75,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             truth.append(digit)
         predicted = model.predict(np.stack(inputs))["digit"].argmax(axis=1)
         correct = int((predicted == np.array(truth)).sum())
-        print(f"{size[0]}x{size[1]}: decode + normalise median {statistics.median(times):.2f} "
-              f"ms, p90 {np.percentile(times, 90):.2f} ms, max {max(times):.2f} ms; digits "
-              f"read right {correct}/{len(truth)} ({100 * correct / len(truth):.1f} %)")
+        print(
+            f"{size[0]}x{size[1]}: decode + normalise median {statistics.median(times):.2f} "
+            f"ms, p90 {np.percentile(times, 90):.2f} ms, max {max(times):.2f} ms; digits "
+            f"read right {correct}/{len(truth)} ({100 * correct / len(truth):.1f} %)"
+        )
     return 0
 
 

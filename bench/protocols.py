@@ -32,13 +32,18 @@ BATCH = 64
 
 
 def _png_multipart(png: bytes, n: int) -> bytes:
-    part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + b"\r\n"
+    part = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + png
+        + b"\r\n"
+    )
     return part * n + f"--{BOUNDARY}--\r\n".encode()
 
 
-def requests(model: str, shape: list[int]
-             ) -> dict[str, tuple[str, bytes, str | None, int | None]]:
+def requests(model: str, shape: list[int]) -> dict[str, tuple[str, bytes, str | None, int | None]]:
     """API -> (path, body, content type, Inference-Header-Content-Length)."""
     pixels = np.random.default_rng(0).random((BATCH, *shape), np.float32)
     png = sample_image(model)
@@ -47,33 +52,62 @@ def requests(model: str, shape: list[int]
     binary_out = {"binary_data_output": True}  # tritonclient's default when no outputs named
 
     def binary(tensor: dict, raw: bytes) -> tuple[bytes, int]:
-        head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
-                           "parameters": binary_out}).encode()
+        head = json.dumps(
+            {
+                "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                "parameters": binary_out,
+            }
+        ).encode()
         return head + raw, len(head)
 
-    fp32_body, fp32_len = binary({"name": "image", "shape": [BATCH, *shape],
-                                  "datatype": "FP32"}, pixels.tobytes())
+    fp32_body, fp32_len = binary(
+        {"name": "image", "shape": [BATCH, *shape], "datatype": "FP32"}, pixels.tobytes()
+    )
     files = b"".join(struct.pack("<I", len(png)) + png for _ in range(BATCH))
-    bytes_body, bytes_len = binary({"name": "image_bytes", "shape": [BATCH],
-                                    "datatype": "BYTES"}, files)
-    json_body = json.dumps({"inputs": [{"name": "image", "shape": [BATCH, *shape],
-                                        "datatype": "FP32", "data": pixels.ravel().tolist()}]})
+    bytes_body, bytes_len = binary(
+        {"name": "image_bytes", "shape": [BATCH], "datatype": "BYTES"}, files
+    )
+    json_body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [BATCH, *shape],
+                    "datatype": "FP32",
+                    "data": pixels.ravel().tolist(),
+                }
+            ]
+        }
+    )
     b64 = base64.b64encode(png).decode()
     return {
         "OIP binary FP32": (oip, fp32_body, None, fp32_len),
         "OIP JSON FP32": (oip, json_body.encode(), "application/json", None),
         "OIP binary BYTES PNG": (oip, bytes_body, None, bytes_len),
-        "TFS JSON instances": (tfs, json.dumps({"instances": pixels.tolist()}).encode(),
-                               "application/json", None),
-        "TFS b64 PNG": (tfs, json.dumps({"instances": [{"b64": b64}] * BATCH}).encode(),
-                        "application/json", None),
-        "native multipart PNG": ("/predict", _png_multipart(png, BATCH),
-                                 f"multipart/form-data; boundary={BOUNDARY}", None),
+        "TFS JSON instances": (
+            tfs,
+            json.dumps({"instances": pixels.tolist()}).encode(),
+            "application/json",
+            None,
+        ),
+        "TFS b64 PNG": (
+            tfs,
+            json.dumps({"instances": [{"b64": b64}] * BATCH}).encode(),
+            "application/json",
+            None,
+        ),
+        "native multipart PNG": (
+            "/predict",
+            _png_multipart(png, BATCH),
+            f"multipart/form-data; boundary={BOUNDARY}",
+            None,
+        ),
     }
 
 
-def check(port: int, path: str, body: bytes, content_type: str | None,
-          header_length: int | None) -> None:
+def check(
+    port: int, path: str, body: bytes, content_type: str | None, header_length: int | None
+) -> None:
     """One request before the load: it must answer 200."""
     headers = {"Content-Type": content_type} if content_type else {}
     if header_length is not None:
@@ -84,8 +118,9 @@ def check(port: int, path: str, body: bytes, content_type: str | None,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="digit_odd")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -99,22 +134,38 @@ def main() -> int:
             check(port, path, body, ctype, length)
             with tempfile.NamedTemporaryFile(delete=False) as f:
                 f.write(body)
-            results[name] = (len(body), wrk(port, f.name, args.concurrency, args.duration,
-                                            timeout_s=10, path=path, content_type=ctype,
-                                            header_length=length))
+            results[name] = (
+                len(body),
+                wrk(
+                    port,
+                    f.name,
+                    args.concurrency,
+                    args.duration,
+                    timeout_s=10,
+                    path=path,
+                    content_type=ctype,
+                    header_length=length,
+                ),
+            )
             os.unlink(f.name)
     finally:
         proc.terminate()
         proc.wait(10)
     alone = model_only(args.model, (BATCH,))[BATCH]
-    print(f"\n## {args.model}: {BATCH} images per request, c={args.concurrency}  ({date.today()}, "
-          f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)")
-    print(f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
-          f"{'x model':>9}")
+    print(
+        f"\n## {args.model}: {BATCH} images per request, c={args.concurrency}  ({date.today()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
+    )
+    print(
+        f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
+        f"{'x model':>9}"
+    )
     for name, (size, run) in results.items():
         rate = run["rps"] * BATCH
-        print(f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}{run['p99']:>9.1f}"
-              f"{run['non2xx']:>9}{rate / alone:>9.2f}")
+        print(
+            f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}{run['p99']:>9.1f}"
+            f"{run['non2xx']:>9}{rate / alone:>9.2f}"
+        )
     print(f"model only, batch {BATCH}: {alone:,.0f} images/s")
     return 0
 

@@ -60,10 +60,17 @@ def sample_image(model: str, fmt: str = "PNG", photo: bool = False) -> bytes:
 
 def multipart(image: bytes, model: str, fmt: str = "PNG") -> bytes:
     ext = fmt.lower()
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"x.{ext}\"\r\nContent-Type: image/{ext}\r\n\r\n").encode() + image + (
-        f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n"
-        f"{model}\r\n--{BOUNDARY}--\r\n").encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="x.{ext}"\r\nContent-Type: image/{ext}\r\n\r\n'
+        ).encode()
+        + image
+        + (
+            f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            f"{model}\r\n--{BOUNDARY}--\r\n"
+        ).encode()
+    )
 
 
 def free_port() -> int:
@@ -77,8 +84,9 @@ def latest(model: str) -> Path:
     return max((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def start(kind: str, model: str, port: int, root: Path = ROOT, **env_extra: str
-          ) -> tuple[subprocess.Popen, float]:
+def start(
+    kind: str, model: str, port: int, root: Path = ROOT, **env_extra: str
+) -> tuple[subprocess.Popen, float]:
     """Start a server (``floor``, ``naive``, or ``cnn-serve`` from the source tree ``root``)
     and wait until it is ready: (process, cold start in seconds)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root), **env_extra}
@@ -88,8 +96,19 @@ def start(kind: str, model: str, port: int, root: Path = ROOT, **env_extra: str
         env.setdefault("CNN_SERVE_LOG_LEVEL", "warning")  # info: with the access log
     else:
         app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app"}[kind]
-        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
-               str(port), "--log-level", "warning", "--no-access-log"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
     if kind == "naive":
         env["NAIVE_MODEL_PATH"] = str(latest(model))
     t0 = time.perf_counter()
@@ -117,10 +136,16 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: int = 2,
-        path: str = "/predict",
-        content_type: str | None = f"multipart/form-data; boundary={BOUNDARY}",
-        header_length: int | None = None) -> dict:
+def wrk(
+    port: int,
+    body_file: str,
+    connections: int,
+    duration: int,
+    timeout_s: int = 2,
+    path: str = "/predict",
+    content_type: str | None = f"multipart/form-data; boundary={BOUNDARY}",
+    header_length: int | None = None,
+) -> dict:
     """wrk POSTing ``body_file`` to ``path``: req/s, p50/p99 ms, non-2xx, goodput."""
     env = {**os.environ, "BENCH_BODY": body_file, "BENCH_PATH": path}
     if content_type:
@@ -128,10 +153,26 @@ def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: i
     if header_length is not None:
         env["BENCH_HEADER_LENGTH"] = str(header_length)
     out = subprocess.run(
-        ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{duration}s",
-         "--timeout", f"{timeout_s}s", "--latency", "-s", str(ROOT / "bench" / "post.lua"),
-         f"http://127.0.0.1:{port}"],
-        env=env, capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            "-t",
+            str(min(connections, 2)),
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration}s",
+            "--timeout",
+            f"{timeout_s}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            f"http://127.0.0.1:{port}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE).group(1))
@@ -139,9 +180,14 @@ def wrk(port: int, body_file: str, connections: int, duration: int, timeout_s: i
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     failed = int(non2xx.group(1)) if non2xx else 0
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": failed,
-            "goodput": (total - failed) / duration,
-            "socket_errors": errors.group(0) if errors else ""}
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": failed,
+        "goodput": (total - failed) / duration,
+        "socket_errors": errors.group(0) if errors else "",
+    }
 
 
 def model_only(model: str, batches: tuple[int, ...] = (1, 8, 32, 128)) -> dict[int, float]:
@@ -170,17 +216,20 @@ def worktree(ref: str | None):
         yield None
         return
     path = Path(tempfile.mkdtemp(prefix="cnn-serve-baseline-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path),
-                    ref], check=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref], check=True
+    )
     try:
         yield path
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-                       check=False)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+        )
 
 
-def bench_model(model: str, concurrency: list[int], duration: int, fmt: str, photo: bool,
-                baseline: Path | None) -> None:
+def bench_model(
+    model: str, concurrency: list[int], duration: int, fmt: str, photo: bool, baseline: Path | None
+) -> None:
     if photo:
         fmt = "JPEG"
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
@@ -199,24 +248,32 @@ def bench_model(model: str, concurrency: list[int], duration: int, fmt: str, pho
             proc.terminate()
             proc.wait(10)
     os.unlink(body.name)
-    print(f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, "
-          f"{platform.machine()}, {os.cpu_count()} cores, wrk {duration}s per run, one uvicorn "
-          f"worker)")
+    print(
+        f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, wrk {duration}s per run, one uvicorn "
+        f"worker)"
+    )
     print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for kind, r in results.items():
         for c, run in r["runs"].items():
-            print(f"{kind:<10}{c:>5}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
-                  f"{run['non2xx']:>9}  {run['socket_errors']}")
+            print(
+                f"{kind:<10}{c:>5}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
+                f"{run['non2xx']:>9}  {run['socket_errors']}"
+            )
     for c in concurrency:
         ours = results["cnn-serve"]["runs"][c]
-        print(f"c={c:<3} cnn-serve/floor = {ours['rps'] / results['floor']['runs'][c]['rps']:.2f}"
-              f"   cnn-serve/naive = {ours['rps'] / results['naive']['runs'][c]['rps']:.2f}"
-              f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
-              f"   p50 cnn-serve/naive = "
-              f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}"
-              + (f"   cnn-serve/baseline = "
-                 f"{ours['rps'] / results['baseline']['runs'][c]['rps']:.2f}"
-                 if "baseline" in results else ""))
+        print(
+            f"c={c:<3} cnn-serve/floor = {ours['rps'] / results['floor']['runs'][c]['rps']:.2f}"
+            f"   cnn-serve/naive = {ours['rps'] / results['naive']['runs'][c]['rps']:.2f}"
+            f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
+            f"   p50 cnn-serve/naive = "
+            f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}"
+            + (
+                f"   cnn-serve/baseline = {ours['rps'] / results['baseline']['runs'][c]['rps']:.2f}"
+                if "baseline" in results
+                else ""
+            )
+        )
     for kind, r in results.items():
         print(f"{kind:<10} cold start {r['cold']:.2f} s   peak RSS {r['rss']:.0f} MB")
     rates = model_only(model)
@@ -224,26 +281,34 @@ def bench_model(model: str, concurrency: list[int], duration: int, fmt: str, pho
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["digit_odd", "cifar10"])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "BMP"],
-                        help="image format posted; PNGs at the input size are decoded in the "
-                             "model graph, other formats by Pillow")
-    parser.add_argument("--photo", action="store_true",
-                        help="post a 1200x900 JPEG photo of a pen digit instead")
-    parser.add_argument("--baseline", metavar="GIT_REF",
-                        help="also run cnn-serve as of this commit, in the same run")
+    parser.add_argument(
+        "--format",
+        default="PNG",
+        choices=["PNG", "JPEG", "BMP"],
+        help="image format posted; PNGs at the input size are decoded in the "
+        "model graph, other formats by Pillow",
+    )
+    parser.add_argument(
+        "--photo", action="store_true", help="post a 1200x900 JPEG photo of a pen digit instead"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run cnn-serve as of this commit, in the same run",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     with worktree(args.baseline) as baseline:
         for model in args.models:
-            bench_model(model, args.concurrency, args.duration, args.format, args.photo,
-                        baseline)
+            bench_model(model, args.concurrency, args.duration, args.format, args.photo, baseline)
     return 0
 
 

@@ -64,8 +64,9 @@ class Budget:
     def _expire(self, entry: tuple[int, asyncio.Future]) -> None:
         if not entry[1].done():
             self.refused.inc()
-            entry[1].set_exception(Overloaded(
-                f"waited too long for capacity ({self.name}); retry shortly"))
+            entry[1].set_exception(
+                Overloaded(f"waited too long for capacity ({self.name}); retry shortly")
+            )
             self._give_up(entry)
 
     def _give_up(self, entry: tuple[int, asyncio.Future]) -> None:
@@ -99,9 +100,17 @@ class Budget:
 class Admission:
     """The budgets of one process, and the one deadline for waiting on them."""
 
-    def __init__(self, *, max_requests: int, max_waiting: int, body_bytes: int,
-                 decode_pixels: int, timeout_s: float, heavy_waiting: int,
-                 feature_map_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_requests: int,
+        max_waiting: int,
+        body_bytes: int,
+        decode_pixels: int,
+        timeout_s: float,
+        heavy_waiting: int,
+        feature_map_bytes: int,
+    ) -> None:
         self.requests = Budget("requests", max_requests, max_waiting)
         self.body_bytes = Budget("body_bytes", body_bytes, max_waiting)
         self.decode_pixels = Budget("decode_pixels", decode_pixels, max_waiting)
@@ -113,12 +122,15 @@ class Admission:
 
     @classmethod
     def from_settings(cls, settings) -> Admission:
-        return cls(max_requests=settings.max_concurrent_requests,
-                   max_waiting=settings.max_waiting_requests,
-                   body_bytes=settings.body_bytes_budget,
-                   decode_pixels=settings.decode_pixels_budget,
-                   timeout_s=settings.queue_timeout_s, heavy_waiting=settings.max_heavy_waiting,
-                   feature_map_bytes=settings.feature_map_bytes_budget)
+        return cls(
+            max_requests=settings.max_concurrent_requests,
+            max_waiting=settings.max_waiting_requests,
+            body_bytes=settings.body_bytes_budget,
+            decode_pixels=settings.decode_pixels_budget,
+            timeout_s=settings.queue_timeout_s,
+            heavy_waiting=settings.max_heavy_waiting,
+            feature_map_bytes=settings.feature_map_bytes_budget,
+        )
 
     def reserve(self, **amounts: int) -> Reservation:
         """Hold ``amounts`` of the named budgets (e.g. ``requests=1, body_bytes=n``) for an
@@ -154,7 +166,7 @@ class Reservation:
             return
         deadline = asyncio.get_running_loop().time() + self.admission.timeout_s
         try:
-            for budget, amount in self.amounts[self.held:]:
+            for budget, amount in self.amounts[self.held :]:
                 await budget.acquire(amount, deadline)
                 self.held += 1
         except BaseException:
@@ -166,6 +178,6 @@ class Reservation:
 
     def release(self) -> None:
         """Give everything back (at most once); on the event loop's thread."""
-        for budget, amount in self.amounts[:self.held]:
+        for budget, amount in self.amounts[: self.held]:
             budget.release(amount)
         self.held = 0

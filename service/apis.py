@@ -29,15 +29,36 @@ class Api:
 
 
 PLAIN_ERRORS = 'errors are {"error": "..."}'
-OIP = Api("oip_v2", "/v2", plain_errors=True, probes=("/v2/health/",), tags=(
-    ("Open Inference Protocol (v2)",
-     f"KServe V2 / Triton HTTP API, with the binary tensor data extension; {PLAIN_ERRORS}"),))
-TF_SERVING = Api("tfserving_v1", "/v1", plain_errors=True, probes=(), tags=(
-    ("TensorFlow Serving REST API (v1)", f"TensorFlow Serving's REST API; {PLAIN_ERRORS}"),))
-NATIVE = Api("native", "", plain_errors=False, probes=("/health/",), tags=(
-    ("inference", "cnn-serve's own API: classify uploaded images"),
-    ("models", "cnn-serve's own API: models, versions, feature maps"),
-    ("health", "cnn-serve's own API: liveness and readiness")))
+OIP = Api(
+    "oip_v2",
+    "/v2",
+    plain_errors=True,
+    probes=("/v2/health/",),
+    tags=(
+        (
+            "Open Inference Protocol (v2)",
+            f"KServe V2 / Triton HTTP API, with the binary tensor data extension; {PLAIN_ERRORS}",
+        ),
+    ),
+)
+TF_SERVING = Api(
+    "tfserving_v1",
+    "/v1",
+    plain_errors=True,
+    probes=(),
+    tags=(("TensorFlow Serving REST API (v1)", f"TensorFlow Serving's REST API; {PLAIN_ERRORS}"),),
+)
+NATIVE = Api(
+    "native",
+    "",
+    plain_errors=False,
+    probes=("/health/",),
+    tags=(
+        ("inference", "cnn-serve's own API: classify uploaded images"),
+        ("models", "cnn-serve's own API: models, versions, feature maps"),
+        ("health", "cnn-serve's own API: liveness and readiness"),
+    ),
+)
 APIS = (OIP, TF_SERVING, NATIVE)  # the catch-all last
 
 

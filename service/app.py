@@ -45,13 +45,19 @@ def _lifespan(settings: Settings):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = ModelRegistry(settings)
-        decoder = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 1,
-                                     thread_name_prefix="decode")
+        decoder = ThreadPoolExecutor(
+            settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
+        )
         heavy = ThreadPoolExecutor(1, thread_name_prefix="heavy")
-        app.state.server = Server(registry, settings, Admission.from_settings(settings),
-                                  decoder, heavy, TracedCache(settings.gradcam_cache_entries,
-                                                              settings.gradcam_cache_bytes),
-                                  memory.Trimmer())
+        app.state.server = Server(
+            registry,
+            settings,
+            Admission.from_settings(settings),
+            decoder,
+            heavy,
+            TracedCache(settings.gradcam_cache_entries, settings.gradcam_cache_bytes),
+            memory.Trimmer(),
+        )
         await registry.load_all()
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)
@@ -65,9 +71,13 @@ def _lifespan(settings: Settings):
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         memory.tune_allocator()  # large answers' arrays go back to the OS when freed
         app.state.drain.install()
-        poller = (asyncio.get_running_loop().create_task(
-            registry.poll(settings.model_poll_seconds), name="model-poller")
-            if settings.model_poll_seconds > 0 else None)
+        poller = (
+            asyncio.get_running_loop().create_task(
+                registry.poll(settings.model_poll_seconds), name="model-poller"
+            )
+            if settings.model_poll_seconds > 0
+            else None
+        )
         try:
             yield http_guard.lifespan_state(settings)
         finally:
@@ -84,12 +94,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure(settings.log_level, settings.log_format)
     logs.ACCESS.disabled = not settings.access_log
-    app = FastAPI(title="cnn-serve", version=__version__, description=DESCRIPTION,
-                  lifespan=_lifespan(settings), docs_url=None, redoc_url=None,
-                  openapi_tags=OPENAPI_TAGS,
-                  # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
-                  # looked for global providers on every request (~3 % of the hot path)
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
+    app = FastAPI(
+        title="cnn-serve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings),
+        docs_url=None,
+        redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
+        # metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks
+        # looked for global providers on every request (~3 % of the hot path)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.drain = Drain(settings.drain_seconds)
     install_handlers(app)
     for router in (predict.router, models.router, health.router, oip.router, tfserving.router):
@@ -103,15 +119,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=media_type)
 
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodyGuard, limit=settings.max_upload_bytes,
-                       idle_s=settings.body_idle_timeout_s, total_s=settings.body_timeout_s,
-                       model_uploads=(UPLOAD_PATH, settings.max_model_bytes)
-                       if settings.model_uploads else None)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(
+        BodyGuard,
+        limit=settings.max_upload_bytes,
+        idle_s=settings.body_idle_timeout_s,
+        total_s=settings.body_timeout_s,
+        model_uploads=(UPLOAD_PATH, settings.max_model_bytes) if settings.model_uploads else None,
+    )
     if settings.api_keys:
-        app.add_middleware(ApiKeyGuard, keys=[k.get_secret_value() for k in settings.api_keys],
-                           public_paths=settings.public_paths, cors=bool(settings.cors_origins))
+        app.add_middleware(
+            ApiKeyGuard,
+            keys=[k.get_secret_value() for k in settings.api_keys],
+            public_paths=settings.public_paths,
+            cors=bool(settings.cors_origins),
+        )
     app.add_middleware(RequestTelemetry)
     return app
 

@@ -35,8 +35,7 @@ def offered_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class ApiKeyGuard:
-    def __init__(self, app: ASGIApp, keys: list[str], public_paths: list[str],
-                 cors: bool) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], public_paths: list[str], cors: bool) -> None:
         self.app, self.cors = app, cors
         self.digests = [_digest(key) for key in keys]
         self.public = [p.rstrip("/") or "/" for p in public_paths]
@@ -55,15 +54,25 @@ class ApiKeyGuard:
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_public(scope["path"]) or \
-                self._authorised(scope["headers"]) or self._preflight(scope):
+        if (
+            scope["type"] != "http"
+            or self._is_public(scope["path"])
+            or self._authorised(scope["headers"])
+            or self._preflight(scope)
+        ):
             return await self.app(scope, receive, send)
         missing = offered_key(scope["headers"]) is None
-        message = ("an API key is required: send 'Authorization: Bearer <key>' or "
-                   "'X-API-Key: <key>'" if missing else "the API key is not valid")
+        message = (
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            if missing
+            else "the API key is not valid"
+        )
         await send_error(scope, send, 401, "unauthorized", message, (CHALLENGE,))
 
     def _preflight(self, scope: Scope) -> bool:
         """A browser's CORS preflight carries no credentials; CORS answers it."""
-        return self.cors and scope["method"] == "OPTIONS" and any(
-            name == b"access-control-request-method" for name, _ in scope["headers"])
+        return (
+            self.cors
+            and scope["method"] == "OPTIONS"
+            and any(name == b"access-control-request-method" for name, _ in scope["headers"])
+        )

@@ -44,8 +44,9 @@ class _Item:
 
 
 class Runner:
-    def __init__(self, model: ServedModel, policy: BatchPolicy, timeout_s: float,
-                 heavy_limit: int) -> None:
+    def __init__(
+        self, model: ServedModel, policy: BatchPolicy, timeout_s: float, heavy_limit: int
+    ) -> None:
         self.model, self.policy, self.timeout_s = model, policy, timeout_s
         # explain and feature-map requests of this version, computing or waiting; never more
         self.heavy = Budget("heavy_per_version", heavy_limit, 0)
@@ -98,21 +99,27 @@ class Runner:
                 item.future.set_exception(ModelNotReady("the service is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(self, images: Any, is_gone: IsGone | None = None,
-                      call: BatchCall | None = None) -> Outputs:
+    async def predict(
+        self, images: Any, is_gone: IsGone | None = None, call: BatchCall | None = None
+    ) -> Outputs:
         """Queue ``images`` for ``call`` (default: pixels [n, H, W, C] through the model's
         serving signature) and wait for their outputs (each [n, ...])."""
         if self._closed:
-            raise ModelNotReady(f"model {self.model.name} v{self.model.version} is no longer "
-                                "served", headers={"Retry-After": "1"})
-        item = _Item(call or self.pixels, images, asyncio.get_running_loop().create_future(),
-                     is_gone)
+            raise ModelNotReady(
+                f"model {self.model.name} v{self.model.version} is no longer served",
+                headers={"Retry-After": "1"},
+            )
+        item = _Item(
+            call or self.pixels, images, asyncio.get_running_loop().create_future(), is_gone
+        )
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self._rejected.inc()
-            raise Overloaded(f"model {self.model.name} v{self.model.version} has "
-                             f"{self.policy.max_queue} requests queued; retry shortly") from None
+            raise Overloaded(
+                f"model {self.model.name} v{self.model.version} has "
+                f"{self.policy.max_queue} requests queued; retry shortly"
+            ) from None
         self._requests.inc()
         outputs = await item.future  # the depth gauge is set once per batch, by _loop
         logs.note(model=self.model.name, version=self.model.version, batch_size=item.batch)
@@ -154,13 +161,15 @@ class Runner:
             if item.future.done():
                 continue
             if item.queued_at < expired:
-                item.future.set_exception(Overloaded(
-                    f"waited {self.timeout_s:g} s in the queue of model {self.model.name}; "
-                    "retry shortly"))
+                item.future.set_exception(
+                    Overloaded(
+                        f"waited {self.timeout_s:g} s in the queue of model {self.model.name}; "
+                        "retry shortly"
+                    )
+                )
                 self._rejected.inc()
                 continue
-            if (item.is_gone is not None and item.queued_at < waited_since
-                    and await item.is_gone()):
+            if item.is_gone is not None and item.queued_at < waited_since and await item.is_gone():
                 item.future.set_exception(ClientGone("client disconnected"))
                 self._skipped.inc()
                 continue
@@ -190,11 +199,11 @@ class Runner:
         try:
             with self._inference.time():
                 outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, call.call, batch)
+                    self._executor, call.call, batch
+                )
         except Exception as exc:  # a failed call fails its requests, not the runner
             if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
-                log.exception("inference failed for %s v%s", self.model.name,
-                              self.model.version)
+                log.exception("inference failed for %s v%s", self.model.name, self.model.version)
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -203,5 +212,6 @@ class Runner:
         for item in items:
             if not item.future.done():
                 item.future.set_result(
-                    {name: value[start:start + item.size] for name, value in outputs.items()})
+                    {name: value[start : start + item.size] for name, value in outputs.items()}
+                )
             start += item.size

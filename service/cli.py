@@ -26,17 +26,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()  # fail fast, naming the variables, before forking workers
     except ValidationError as exc:  # without the values given: they may be secrets
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors(include_url=False, include_input=False))
-        print(f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{problems}",
-              file=sys.stderr)
+        problems = "\n".join(
+            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        print(
+            f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{problems}",
+            file=sys.stderr,
+        )
         return 2
-    parser = argparse.ArgumentParser(prog="cnn-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cnn-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
-    parser.add_argument("--workers", type=int, default=settings.workers,
-                        help="processes; each loads every model (see README for memory)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="processes; each loads every model (see README for memory)",
+    )
     args = parser.parse_args(argv)
 
     import tempfile
@@ -49,13 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         # workers are separate processes: let prometheus-client aggregate them
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cnn-serve-metrics-")
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=settings.log_level, access_log=False,
-                log_config=None,  # the app configures logging (JSON lines, request IDs)
-                http="service.http_guard:GuardedHttpToolsProtocol",
-                # seconds as floats: uvicorn hands them to call_later; its hints say int
-                timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)  # type: ignore[arg-type]
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        log_config=None,  # the app configures logging (JSON lines, request IDs)
+        http="service.http_guard:GuardedHttpToolsProtocol",
+        # seconds as floats: uvicorn hands them to call_later; its hints say int
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+    )
     return 0
 
 

@@ -16,9 +16,11 @@ from service.settings import Settings
 
 OPENAPI_URL = "/openapi.json"  # FastAPI's default, which the app keeps
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-SAME_ORIGIN_ONLY = ("default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
-                    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline' blob:; "
-                    "worker-src 'self' blob:")
+SAME_ORIGIN_ONLY = (
+    "default-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline' blob:; "
+    "worker-src 'self' blob:"
+)
 
 
 def install_docs(app: FastAPI, settings: Settings) -> None:
@@ -35,17 +37,22 @@ def _mount_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or OPENAPI_URL, title=f"{app.title} - Swagger UI",
+            openapi_url=app.openapi_url or OPENAPI_URL,
+            title=f"{app.title} - Swagger UI",
             swagger_js_url="/static/docs/swagger-ui-bundle.js",
             swagger_css_url="/static/docs/swagger-ui.css",
-            swagger_favicon_url="/static/docs/favicon.png")
+            swagger_favicon_url="/static/docs/favicon.png",
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        page = get_redoc_html(openapi_url=app.openapi_url or OPENAPI_URL, title=f"{app.title} - ReDoc",
-                              redoc_js_url="/static/docs/redoc.standalone.js",
-                              redoc_favicon_url="/static/docs/favicon.png",
-                              with_google_fonts=False)
+        page = get_redoc_html(
+            openapi_url=app.openapi_url or OPENAPI_URL,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url="/static/docs/redoc.standalone.js",
+            redoc_favicon_url="/static/docs/favicon.png",
+            with_google_fonts=False,
+        )
         page.headers["Content-Security-Policy"] = SAME_ORIGIN_ONLY  # ReDoc links a CDN logo
         return page
 
@@ -56,7 +63,8 @@ def _mark_file_fields(node: object) -> None:
     (swagger-ui#10825, fastapi#15069)."""
     if isinstance(node, dict):
         if node.get("type") == "string" and node.get("contentMediaType") == (
-                "application/octet-stream"):
+            "application/octet-stream"
+        ):
             node.setdefault("format", "binary")
         for value in node.values():
             _mark_file_fields(value)
@@ -85,10 +93,14 @@ def _declare_keys(schema: dict) -> None:
 def _openapi(app: FastAPI, keys: bool):
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 openapi_version=app.openapi_version,
-                                 description=app.description, routes=app.routes,
-                                 tags=app.openapi_tags)
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                openapi_version=app.openapi_version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
             _mark_file_fields(schema)
             if keys:
                 _declare_keys(schema)

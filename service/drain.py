@@ -43,8 +43,11 @@ class Drain:
                 then(sig, frame)
                 return
             self.active = True
-            log.info("%s: draining for %g s (readiness 503), then finishing every request",
-                     signal.Signals(sig).name, self.seconds)
+            log.info(
+                "%s: draining for %g s (readiness 503), then finishing every request",
+                signal.Signals(sig).name,
+                self.seconds,
+            )
             loop.call_soon_threadsafe(loop.call_later, self.seconds, then, sig, frame)
 
         return handle

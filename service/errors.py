@@ -137,13 +137,20 @@ def error_body(status: int, code: str, message: str) -> dict:
     return {"error": {"status": status, "code": code, "message": message}}
 
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+}
 
 
 def shaped_error(path: str, status: int, code: str, message: str) -> tuple[int, dict]:
@@ -153,19 +160,34 @@ def shaped_error(path: str, status: int, code: str, message: str) -> tuple[int, 
     return status, error_body(status, code, message)
 
 
-async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     """The same error answered from ASGI middleware, before or instead of the app."""
     status, payload = shaped_error(scope["path"], status, code, message)
     body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def _error(request: Request, status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     status, body = shaped_error(request.url.path, status, code, message)
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -180,8 +202,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}"
-            for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
         )
         return _error(request, 422, "invalid_parameter", problems or "invalid request")
 
@@ -199,5 +220,6 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path[:200])
-        return error_response(500, "internal_error", "internal error; see the server log",
-                              {"Connection": "close"})
+        return error_response(
+            500, "internal_error", "internal error; see the server log", {"Connection": "close"}
+        )

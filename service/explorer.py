@@ -11,8 +11,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = Path(__file__).parent / "static" / "explorer"
-POLICY = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
-          "style-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+    "style-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+)
 
 
 def install_explorer(app: FastAPI) -> None:

@@ -19,12 +19,16 @@ STRIP_WIDTH = 64  # long vectors wrap into rows of this many cells
 
 def stats(activation: np.ndarray) -> ActivationStats:
     a = activation.astype(np.float64, copy=False)
-    return ActivationStats(min=float(a.min()), max=float(a.max()), mean=float(a.mean()),
-                           std=float(a.std()), zero_fraction=float(np.mean(a == 0)))
+    return ActivationStats(
+        min=float(a.min()),
+        max=float(a.max()),
+        mean=float(a.mean()),
+        std=float(a.std()),
+        zero_fraction=float(np.mean(a == 0)),
+    )
 
 
-def _normalise(values: np.ndarray, low: np.ndarray | float, high: np.ndarray | float
-               ) -> np.ndarray:
+def _normalise(values: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
     """low..high -> 0..255; a constant (no range) is mid-gray, not black: the picture shows
     that there is a value, its range label says which."""
     span = np.asarray(high, np.float64) - np.asarray(low, np.float64)
@@ -32,8 +36,7 @@ def _normalise(values: np.ndarray, low: np.ndarray | float, high: np.ndarray | f
     return np.where(span > 1e-12, np.clip(scaled, 0, 255), 128).astype(np.uint8)
 
 
-def _grid(activation: np.ndarray, scaling: Scaling
-          ) -> tuple[np.ndarray, str, ColorScale, Grid]:
+def _grid(activation: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, str, ColorScale, Grid]:
     """[H, W, C] -> one picture of C tiles separated by 1-pixel gaps."""
     height, width, channels = activation.shape
     lows, highs = activation.min(axis=(0, 1)), activation.max(axis=(0, 1))
@@ -42,19 +45,20 @@ def _grid(activation: np.ndarray, scaling: Scaling
         low, high = lows, highs
     else:
         low, high = lows.min(), highs.max()
-    scale = ColorScale(scaling=scaling, range=[float(lows.min()), float(highs.max())],
-                       channel_ranges=ranges)
+    scale = ColorScale(
+        scaling=scaling, range=[float(lows.min()), float(highs.max())], channel_ranges=ranges
+    )
     tiles = _normalise(activation, low, high)
     cols = math.ceil(math.sqrt(channels))
     rows = math.ceil(channels / cols)
     canvas = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1), 32, np.uint8)
     for c in range(channels):
         r, k = divmod(c, cols)
-        canvas[r * (height + 1):r * (height + 1) + height,
-               k * (width + 1):k * (width + 1) + width] = tiles[..., c]
+        canvas[
+            r * (height + 1) : r * (height + 1) + height, k * (width + 1) : k * (width + 1) + width
+        ] = tiles[..., c]
     layout = f"{cols}x{rows} grid of {channels} channels, {width}x{height} each"
-    return canvas, layout, scale, Grid(cols=cols, rows=rows, tile_width=width,
-                                       tile_height=height)
+    return canvas, layout, scale, Grid(cols=cols, rows=rows, tile_width=width, tile_height=height)
 
 
 def _strip(activation: np.ndarray) -> tuple[np.ndarray, str, ColorScale]:
@@ -64,7 +68,7 @@ def _strip(activation: np.ndarray) -> tuple[np.ndarray, str, ColorScale]:
     cols = min(len(values), STRIP_WIDTH)
     rows = math.ceil(len(values) / cols)
     padded = np.full(rows * cols, low, np.float64)
-    padded[:len(values)] = values
+    padded[: len(values)] = values
     pixels = _normalise(padded.reshape(rows, cols), low, high)
     layout = f"strip of {len(values)} units" + (f", {cols} per row" if rows > 1 else "")
     return pixels, layout, ColorScale(scaling="per_layer", range=[low, high])
@@ -77,8 +81,14 @@ def render(activation: np.ndarray, scaling: Scaling = "per_layer") -> LayerImage
         pixels, layout, scale, grid = _grid(activation, scaling)
     else:
         pixels, layout, scale = _strip(activation)
-    return LayerImage(png_base64=_png(Image.fromarray(pixels, "L")), width=pixels.shape[1],
-                      height=pixels.shape[0], layout=layout, grid=grid, color_scale=scale)
+    return LayerImage(
+        png_base64=_png(Image.fromarray(pixels, "L")),
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        layout=layout,
+        grid=grid,
+        color_scale=scale,
+    )
 
 
 def _png(image: Image.Image) -> str:
@@ -88,8 +98,9 @@ def _png(image: Image.Image) -> str:
 
 
 # a blue -> cyan -> yellow -> red ramp (like "jet"), for heatmaps over a gray or colour image
-HEAT_STOPS = np.array([[0, 0, 128], [0, 96, 255], [0, 224, 255], [255, 224, 0],
-                       [255, 64, 0], [160, 0, 0]], np.float32)
+HEAT_STOPS = np.array(
+    [[0, 0, 128], [0, 96, 255], [0, 224, 255], [255, 224, 0], [255, 64, 0], [160, 0, 0]], np.float32
+)
 OVERLAY_SIDE = 224  # the overlay is drawn at least this large: heatmaps are smooth
 OVERLAY_ALPHA = 0.45
 
@@ -100,13 +111,13 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> str:
     height, width = heatmap.shape
     scale = max(1, math.ceil(OVERLAY_SIDE / max(height, width)))
     size = (width * scale, height * scale)
-    picture = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8).squeeze(-1)
-                              if image.shape[-1] == 1 else
-                              (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-    base = np.asarray(picture.convert("RGB").resize(size, Image.Resampling.NEAREST),
-                      np.float32)
-    heat = Image.fromarray(heatmap.astype(np.float32), "F").resize(
-        size, Image.Resampling.BILINEAR)
+    picture = Image.fromarray(
+        (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8).squeeze(-1)
+        if image.shape[-1] == 1
+        else (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    )
+    base = np.asarray(picture.convert("RGB").resize(size, Image.Resampling.NEAREST), np.float32)
+    heat = Image.fromarray(heatmap.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)
     position = np.clip(np.asarray(heat), 0, 1) * (len(HEAT_STOPS) - 1)
     low = np.minimum(position.astype(int), len(HEAT_STOPS) - 2)
     frac = (position - low)[..., None]

@@ -77,8 +77,9 @@ class TracedCache:
         self._entries[key] = (traced, size)
         self.bytes += size
         evicted = False
-        while len(self._entries) > 1 and (len(self._entries) > self.max_entries
-                                          or self.bytes > self.max_bytes):
+        while len(self._entries) > 1 and (
+            len(self._entries) > self.max_entries or self.bytes > self.max_bytes
+        ):
             _, (_, freed) = self._entries.popitem(last=False)
             self.bytes -= freed
             evicted = True
@@ -111,40 +112,54 @@ class GradCam:
                 if parent not in ancestors:
                     ancestors.add(parent)
                     todo.append(parent)
-        return [layer.name for layer in self.metadata.layers
-                if layer.name in ancestors and len(layer.output_shape) == 3][-1]
+        return [
+            layer.name
+            for layer in self.metadata.layers
+            if layer.name in ancestors and len(layer.output_shape) == 3
+        ][-1]
 
-    def __call__(self, image: np.ndarray, output: OutputSpec, class_index: int | None,
-                 layer: str | None) -> Explanation:
+    def __call__(
+        self, image: np.ndarray, output: OutputSpec, class_index: int | None, layer: str | None
+    ) -> Explanation:
         """Grad-CAM of one image [H, W, C] for ``class_index`` of head ``output`` (default: the
         predicted class) at ``layer`` (default: :meth:`default_layer`)."""
         layer = layer or self.default_layer(output.name)
-        traced = self.cache.get((self._token, layer, output.name),
-                                lambda: self._compile(layer, output))
-        heatmap, chosen = traced(tf.convert_to_tensor(image[None], tf.float32),
-                                            tf.constant(-1 if class_index is None
-                                                        else class_index, tf.int32))
+        traced = self.cache.get(
+            (self._token, layer, output.name), lambda: self._compile(layer, output)
+        )
+        heatmap, chosen = traced(
+            tf.convert_to_tensor(image[None], tf.float32),
+            tf.constant(-1 if class_index is None else class_index, tf.int32),
+        )
         return Explanation(layer, int(chosen), np.clip(heatmap.numpy(), 0.0, 1.0))
 
     def _compile(self, layer: str, output: OutputSpec) -> Traced:
         """One traced graph per (layer, head): ~10x faster than running the steps eagerly."""
-        graph = keras.Model(self.model.inputs, [self.graph.outputs[layer],
-                                                self.graph.heads[output.name]])
+        graph = keras.Model(
+            self.model.inputs, [self.graph.outputs[layer], self.graph.heads[output.name]]
+        )
         binary, threshold = output.binary, output.THRESHOLD
         shape = [1, *self.metadata.input.shape]
 
-        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32),
-                                      tf.TensorSpec([], tf.int32)])
+        @tf.function(
+            input_signature=[tf.TensorSpec(shape, tf.float32), tf.TensorSpec([], tf.int32)]
+        )
         def cam(x, class_index):
             with tf.GradientTape() as tape:
                 tape.watch(x)  # the input layer's "output" is the input itself
                 activation, scores = graph(x, training=False)
                 scores = scores[0]
-                predicted = (tf.cast(scores[0] >= threshold, tf.int32) if binary
-                             else tf.argmax(scores, output_type=tf.int32))
+                predicted = (
+                    tf.cast(scores[0] >= threshold, tf.int32)
+                    if binary
+                    else tf.argmax(scores, output_type=tf.int32)
+                )
                 chosen = tf.where(class_index < 0, predicted, class_index)
-                score = (tf.where(chosen == 1, scores[0], 1 - scores[0]) if binary
-                         else tf.gather(scores, chosen))
+                score = (
+                    tf.where(chosen == 1, scores[0], 1 - scores[0])
+                    if binary
+                    else tf.gather(scores, chosen)
+                )
             grads = tape.gradient(score, activation)
             if grads is None:  # the head does not depend on this layer
                 grads = tf.zeros_like(activation)

@@ -24,8 +24,20 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY, RGB = 0, 2  # PNG colour types
 # chunks that change no pixel as Pillow decodes them (it applies neither gamma nor ICC);
 # anything else (tRNS, eXIf, PLTE, bKGD, ...) sends the image down the Pillow path
-NEUTRAL_CHUNKS = {b"IDAT", b"IEND", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs", b"gAMA",
-                  b"cHRM", b"sRGB", b"iCCP", b"sBIT"}
+NEUTRAL_CHUNKS = {
+    b"IDAT",
+    b"IEND",
+    b"tEXt",
+    b"zTXt",
+    b"iTXt",
+    b"tIME",
+    b"pHYs",
+    b"gAMA",
+    b"cHRM",
+    b"sRGB",
+    b"iCCP",
+    b"sBIT",
+}
 
 
 def decodable(data: bytes, spec: InputSpec) -> bool:
@@ -36,10 +48,16 @@ def decodable(data: bytes, spec: InputSpec) -> bool:
     if not data.startswith(SIGNATURE) or len(data) < 45:
         return False
     length, kind, width, height, depth, colour = struct.unpack_from(">I4sIIBB", data, 8)
-    colours = (GRAY,) if spec.color_mode == "grayscale" or spec.preprocessing == "mnist" else (
-        GRAY, RGB)
-    if (kind != b"IHDR" or length != 13 or (width, height) != (spec.width, spec.height)
-            or depth != 8 or colour not in colours):
+    colours = (
+        (GRAY,) if spec.color_mode == "grayscale" or spec.preprocessing == "mnist" else (GRAY, RGB)
+    )
+    if (
+        kind != b"IHDR"
+        or length != 13
+        or (width, height) != (spec.width, spec.height)
+        or depth != 8
+        or colour not in colours
+    ):
         return False
     pos = 33  # after the signature and IHDR
     while pos + 12 <= len(data):
@@ -56,13 +74,15 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
     """A graph function: PNG bytes [n] -> float32 [n, H, W, C], as :mod:`service.preprocess`
     makes it for :func:`decodable` images. One per kind of input, shared by every version
     that takes it."""
-    return _decoder((spec.height, spec.width, spec.channels), spec.preprocessing == "mnist",
-                    value_scale(spec))
+    return _decoder(
+        (spec.height, spec.width, spec.channels), spec.preprocessing == "mnist", value_scale(spec)
+    )
 
 
 @functools.cache
-def _decoder(shape: tuple[int, int, int], mnist: bool,
-             scale: tuple[float, float] | None) -> tf.types.experimental.PolymorphicFunction:
+def _decoder(
+    shape: tuple[int, int, int], mnist: bool, scale: tuple[float, float] | None
+) -> tf.types.experimental.PolymorphicFunction:
     """``scale`` maps [0, 1] to the model's value range, as preprocess does."""
 
     def one(png: tf.Tensor) -> tf.Tensor:
@@ -72,10 +92,12 @@ def _decoder(shape: tuple[int, int, int], mnist: bool,
     def decode(pngs: tf.Tensor) -> tf.Tensor:
         pixels = tf.map_fn(one, pngs, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
         if mnist:  # polarity: dark ink on a mostly light border flips
-            border = tf.concat([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]],
-                               axis=1)
+            border = tf.concat(
+                [pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1
+            )
             light = tf.math.count_nonzero(border > 127, axis=[1, 2]) * 2 > tf.size(
-                border[0], tf.int64)
+                border[0], tf.int64
+            )
             pixels = tf.where(light[:, None, None, None], 255 - pixels, pixels)
         unit = tf.cast(pixels, tf.float32) * tf.constant(TO_UNIT)
         return unit if scale is None else unit * scale[0] + scale[1]

@@ -25,8 +25,10 @@ from service.settings import Settings
 
 LINGER_S = 2.0  # after refusing a request head, how long the client's rest is drained
 HEAD_LIMITS = "cnn_serve.head_limits"  # in the lifespan state: (max bytes, timeout in s)
-DEFAULT_LIMITS = (Settings.model_fields["max_header_bytes"].default,
-                  Settings.model_fields["header_timeout_s"].default)
+DEFAULT_LIMITS = (
+    Settings.model_fields["max_header_bytes"].default,
+    Settings.model_fields["header_timeout_s"].default,
+)
 
 
 def lifespan_state(settings: Settings) -> dict[str, object]:
@@ -60,8 +62,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(431, "request_header_too_large",
-                             f"request line and headers exceed {self.max_head_bytes:,} bytes")
+                self._refuse(
+                    431,
+                    "request_header_too_large",
+                    f"request line and headers exceed {self.max_head_bytes:,} bytes",
+                )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -98,9 +103,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         self._refused = True
         body = json.dumps(error_body(status, code, message)).encode()
-        self.transport.write(b"".join([
-            STATUS_LINE[status], b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)

@@ -66,18 +66,22 @@ async def to_batch(server: Server, uploads: list[Upload], spec: InputSpec) -> np
         images.append((name, preprocess.draft(opened, spec)))
     pixels = sum(image.width * image.height for _, image in images)
     if pixels > settings.max_request_pixels:
-        raise DecompressionBomb(f"these {len(images)} images would decode to {pixels:,} "
-                                f"pixels; the limit per request is "
-                                f"{settings.max_request_pixels:,}")
+        raise DecompressionBomb(
+            f"these {len(images)} images would decode to {pixels:,} "
+            f"pixels; the limit per request is "
+            f"{settings.max_request_pixels:,}"
+        )
     if pixels <= INLINE_PIXELS:
         return _finish_all(images, spec)
     async with server.admission.reserve(decode_pixels=pixels):
-        return await asyncio.get_running_loop().run_in_executor(server.decoder, _finish_all,
-                                                                images, spec)
+        return await asyncio.get_running_loop().run_in_executor(
+            server.decoder, _finish_all, images, spec
+        )
 
 
-def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int,
-             top_k: int) -> dict[str, dict]:
+def describe(
+    metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int, top_k: int
+) -> dict[str, dict]:
     """One image's raw outputs -> labels, confidences and top-k, per the metadata.
 
     Plain dicts of the shape of :data:`~service.schemas.Output` (tests validate every answer
@@ -89,17 +93,23 @@ def describe(metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int
         values = outputs[spec.name][index].tolist()
         if spec.binary:
             p = values[0]
-            described[spec.name] = {"kind": "binary",
-                                    "label": spec.labels[int(p >= spec.THRESHOLD)],
-                                    "probability": p}
+            described[spec.name] = {
+                "kind": "binary",
+                "label": spec.labels[int(p >= spec.THRESHOLD)],
+                "probability": p,
+            }
             continue
         order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
         best = order[0]
         described[spec.name] = {
-            "kind": "multiclass", "label": spec.labels[best], "index": best,
+            "kind": "multiclass",
+            "label": spec.labels[best],
+            "index": best,
             "confidence": values[best],
-            "top_k": [{"label": spec.labels[i], "index": i, "confidence": values[i]}
-                      for i in order[:top_k]],
+            "top_k": [
+                {"label": spec.labels[i], "index": i, "confidence": values[i]}
+                for i in order[:top_k]
+            ],
             "probabilities": dict(zip(spec.labels, values)),
         }
     return described
@@ -109,8 +119,9 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
-                      is_gone: IsGone | None = None) -> tuple[Outputs, float]:
+async def infer_files(
+    server: Server, runner: Runner, uploads: list[Upload], is_gone: IsGone | None = None
+) -> tuple[Outputs, float]:
     """Image files (checked by :func:`~service.model_input.of_files`) -> the model's outputs,
     and the seconds spent decoding: the one preprocessing every API gives a file.
 
@@ -120,8 +131,7 @@ async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
     spec = runner.model.metadata.input
     if all(graph_decode.decodable(u.data, spec) for u in uploads):
         try:
-            return await runner.predict([u.data for u in uploads], is_gone,
-                                        runner.model.pngs), 0.0
+            return await runner.predict([u.data for u in uploads], is_gone, runner.model.pngs), 0.0
         except GraphDecodeFailed:
             pass  # corrupt data behind a valid header: Pillow says what is wrong with it
     decoding = time.perf_counter()
@@ -130,8 +140,9 @@ async def infer_files(server: Server, runner: Runner, uploads: list[Upload],
     return await runner.predict(batch, is_gone), decode_s
 
 
-async def infer(server: Server, runner: Runner, model_input: ModelInput,
-                is_gone: IsGone | None = None) -> Outputs:
+async def infer(
+    server: Server, runner: Runner, model_input: ModelInput, is_gone: IsGone | None = None
+) -> Outputs:
     """A front door's model input -> the model's outputs: pixels go to the batcher as they
     are, image files through :func:`infer_files`."""
     if model_input.files is not None:
@@ -139,8 +150,9 @@ async def infer(server: Server, runner: Runner, model_input: ModelInput,
     return await runner.predict(model_input.pixels, is_gone)
 
 
-async def predict(server: Server, uploads: list[Upload], params: PredictParams,
-                  is_gone: IsGone | None = None) -> dict:
+async def predict(
+    server: Server, uploads: list[Upload], params: PredictParams, is_gone: IsGone | None = None
+) -> dict:
     """Classify ``uploads``: a :class:`~service.schemas.PredictResponse` as a plain dict."""
     start = time.perf_counter()
     runner = server.registry.runner(params.model or server.settings.default_model, params.version)
@@ -149,12 +161,17 @@ async def predict(server: Server, uploads: list[Upload], params: PredictParams,
     outputs, decode_s = await infer_files(server, runner, uploads, is_gone)
     total_s = time.perf_counter() - start
     return {
-        "model": metadata.name, "version": runner.model.version,
-        "predictions": [{"filename": u.filename,
-                         "outputs": describe(metadata, outputs, i, params.top_k)}
-                        for i, u in enumerate(uploads)],
-        "timings": {"decode_ms": _ms(decode_s), "inference_ms": _ms(total_s - decode_s),
-                    "total_ms": _ms(total_s)},
+        "model": metadata.name,
+        "version": runner.model.version,
+        "predictions": [
+            {"filename": u.filename, "outputs": describe(metadata, outputs, i, params.top_k)}
+            for i, u in enumerate(uploads)
+        ],
+        "timings": {
+            "decode_ms": _ms(decode_s),
+            "inference_ms": _ms(total_s - decode_s),
+            "total_ms": _ms(total_s),
+        },
     }
 
 
@@ -198,8 +215,9 @@ class FeatureMapCost:
 
     def total(self, images: int | None = None) -> int:
         images = self.images if images is None else images
-        return (min(images, FEATURE_MAP_CHUNK) * self.every_layer
-                + images * sum(self.layers.values()))
+        return min(images, FEATURE_MAP_CHUNK) * self.every_layer + images * sum(
+            self.layers.values()
+        )
 
     def advice(self, limit: int) -> str:
         """How to fit: fewer images, or fewer (named) layers."""
@@ -210,14 +228,16 @@ class FeatureMapCost:
         return f"{images}ask for fewer layers with layers= (per image the largest are {mb})"
 
 
-def feature_map_cost(metadata: ModelMetadata, layers: list[str] | None, images: int,
-                     fmt: str) -> FeatureMapCost:
-    sizes = {layer.name: math.prod(d or 1 for d in layer.output_shape)
-             for layer in metadata.layers}
+def feature_map_cost(
+    metadata: ModelMetadata, layers: list[str] | None, images: int, fmt: str
+) -> FeatureMapCost:
+    sizes = {layer.name: math.prod(d or 1 for d in layer.output_shape) for layer in metadata.layers}
     per_value = RAW_BYTES + ANSWER_BYTES[fmt]
-    return FeatureMapCost(images, sum(sizes.values()) * RAW_BYTES,
-                          {name: size * per_value for name, size in sizes.items()
-                           if not layers or name in layers})
+    return FeatureMapCost(
+        images,
+        sum(sizes.values()) * RAW_BYTES,
+        {name: size * per_value for name, size in sizes.items() if not layers or name in layers},
+    )
 
 
 @dataclass
@@ -238,14 +258,15 @@ def _chosen_layers(metadata: ModelMetadata, layers: str | None) -> list[str] | N
         known = [layer.name for layer in metadata.layers]
         unknown = [layer for layer in chosen if layer not in known]
         if unknown:
-            raise LayerNotFound(f"model {metadata.name!r} has no layer(s) {clip(unknown)}; "
-                                f"layers: {known}")
+            raise LayerNotFound(
+                f"model {metadata.name!r} has no layer(s) {clip(unknown)}; layers: {known}"
+            )
     return chosen
 
 
-async def reserve_feature_maps(server: Server, runner: Runner, uploads: list[Upload],
-                               params: FeatureMapsParams) -> tuple[list[str] | None,
-                                                                   Reservation]:
+async def reserve_feature_maps(
+    server: Server, runner: Runner, uploads: list[Upload], params: FeatureMapsParams
+) -> tuple[list[str] | None, Reservation]:
     """The layers asked for, and their answer's memory reserved (entered: the caller
     releases it once the answer is sent): 413 over the per-request limit, with what would
     fit; the process budget waited for like the others."""
@@ -254,29 +275,32 @@ async def reserve_feature_maps(server: Server, runner: Runner, uploads: list[Upl
         raise FeatureMapsUnavailable(
             f"model {model.name!r} v{model.version} is a SavedModel without a feature_maps "
             "signature, so its layers are unknown here; serve its Keras model instead "
-            "(cnn-serve import MODEL.keras --name NAME)")
+            "(cnn-serve import MODEL.keras --name NAME)"
+        )
     layers = _chosen_layers(metadata, params.layers)
     of_files(uploads, server.settings.max_images_per_request)
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
     limit = server.settings.max_feature_map_bytes
     total = cost.total()
     if total > limit:
-        raise PayloadTooLarge(f"feature maps of {len(uploads)} image(s) would take "
-                              f"{total / 2**20:.0f} MB; the limit per request is "
-                              f"{limit / 2**20:.0f} MB: {cost.advice(limit)}")
+        raise PayloadTooLarge(
+            f"feature maps of {len(uploads)} image(s) would take "
+            f"{total / 2**20:.0f} MB; the limit per request is "
+            f"{limit / 2**20:.0f} MB: {cost.advice(limit)}"
+        )
     return layers, await server.admission.reserve(feature_map_bytes=total).acquire()
 
 
-async def activations(server: Server, runner: Runner, uploads: list[Upload],
-                      layers: list[str] | None) -> Activations:
+async def activations(
+    server: Server, runner: Runner, uploads: list[Upload], layers: list[str] | None
+) -> Activations:
     metadata = runner.model.metadata
     batch = await to_batch(server, uploads, metadata.input)
     maps = await heavy(server, runner, runner.model.feature_maps, batch, layers)
     source = input_layer(metadata)  # the input as preprocessing made it
     if source is not None and (not layers or source in layers):
         maps = {source: batch, **maps}
-    return Activations(metadata, runner.model.version, uploads, maps,
-                       await runner.predict(batch))
+    return Activations(metadata, runner.model.version, uploads, maps, await runner.predict(batch))
 
 
 def input_layer(metadata: ModelMetadata) -> str | None:
@@ -297,19 +321,23 @@ def _head(metadata: ModelMetadata, params: ExplainParams) -> OutputSpec:
     heads = {o.name: o for o in metadata.outputs}
     head = heads.get(params.output or metadata.outputs[0].name)
     if head is None:
-        raise InvalidParameter(f"model {metadata.name!r} has no output {clip(params.output)}; "
-                               f"outputs: {list(heads)}")
+        raise InvalidParameter(
+            f"model {metadata.name!r} has no output {clip(params.output)}; outputs: {list(heads)}"
+        )
     classes = len(head.labels)
     if params.class_index is not None and params.class_index >= classes:
         raise InvalidParameter(f"output {head.name!r} has classes 0 to {classes - 1}")
     if params.layer is not None:
         layers = {layer.name: layer for layer in metadata.layers}
         if params.layer not in layers:
-            raise LayerNotFound(f"model {metadata.name!r} has no layer {clip(params.layer)}; "
-                                f"layers: {list(layers)}")
+            raise LayerNotFound(
+                f"model {metadata.name!r} has no layer {clip(params.layer)}; layers: {list(layers)}"
+            )
         if len(layers[params.layer].output_shape) != 3:
-            raise InvalidParameter(f"layer {clip(params.layer)} has no [h, w, k] output; "
-                                   "Grad-CAM needs a convolution, pooling or the input layer")
+            raise InvalidParameter(
+                f"layer {clip(params.layer)} has no [h, w, k] output; "
+                "Grad-CAM needs a convolution, pooling or the input layer"
+            )
     return head
 
 
@@ -318,21 +346,41 @@ async def explain(server: Server, uploads: list[Upload], name: str, params: Expl
     runner = server.registry.runner(name, params.version)
     model, metadata = runner.model, runner.model.metadata
     if not model.explainable:
-        raise ExplanationUnavailable(f"model {name!r} v{model.version} ships no model.keras, "
-                                     "which Grad-CAM needs (cnn-serve import MODEL.keras "
-                                     "--name NAME writes one)")
+        raise ExplanationUnavailable(
+            f"model {name!r} v{model.version} ships no model.keras, "
+            "which Grad-CAM needs (cnn-serve import MODEL.keras "
+            "--name NAME writes one)"
+        )
     if len(of_files(uploads, server.settings.max_images_per_request)) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)
     image = (await to_batch(server, uploads, metadata.input))[0]
-    result = await heavy(server, runner, model.explain, image, head, params.class_index,
-                         params.layer, server.gradcams)
+    result = await heavy(
+        server,
+        runner,
+        model.explain,
+        image,
+        head,
+        params.class_index,
+        params.layer,
+        server.gradcams,
+    )
     picture = await asyncio.get_running_loop().run_in_executor(
-        server.decoder, featuremaps.overlay, preprocess.to_unit_range(image, metadata.input),
-        result.heatmap)
-    return {"model": name, "version": model.version, "output": head.name,
-            "class_index": result.class_index, "label": head.labels[result.class_index],
-            "layer": result.layer, "heatmap": result.heatmap.tolist(), "overlay": picture}
+        server.decoder,
+        featuremaps.overlay,
+        preprocess.to_unit_range(image, metadata.input),
+        result.heatmap,
+    )
+    return {
+        "model": name,
+        "version": model.version,
+        "output": head.name,
+        "class_index": result.class_index,
+        "label": head.labels[result.class_index],
+        "layer": result.layer,
+        "heatmap": result.heatmap.tolist(),
+        "overlay": picture,
+    }
 
 
 def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> FeatureMapsResponse:
@@ -340,14 +388,24 @@ def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> Feat
     images = []
     for i, upload in enumerate(acts.uploads):
         layers = [
-            LayerActivation(name=name, type=table[name].type,
-                            output_shape=table[name].output_shape, params=table[name].params,
-                            inbound=table[name].inbound, stats=featuremaps.stats(value[i]),
-                            image=featuremaps.render(value[i], scaling))
+            LayerActivation(
+                name=name,
+                type=table[name].type,
+                output_shape=table[name].output_shape,
+                params=table[name].params,
+                inbound=table[name].inbound,
+                stats=featuremaps.stats(value[i]),
+                image=featuremaps.render(value[i], scaling),
+            )
             for name, value in acts.layers.items()
         ]
-        images.append(ImageFeatureMaps(filename=upload.filename,
-                                       outputs=describe(acts.metadata, acts.outputs, i, 3),
-                                       layers=layers))
-    return FeatureMapsResponse(model=acts.metadata.name, version=acts.version, scaling=scaling,
-                               images=images)
+        images.append(
+            ImageFeatureMaps(
+                filename=upload.filename,
+                outputs=describe(acts.metadata, acts.outputs, i, 3),
+                layers=layers,
+            )
+        )
+    return FeatureMapsResponse(
+        model=acts.metadata.name, version=acts.version, scaling=scaling, images=images
+    )

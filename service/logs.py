@@ -66,10 +66,12 @@ class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message", "request_id", ...fields}`` per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                    timespec="milliseconds"),
-                "level": record.levelname.lower(), "logger": record.name,
-                "message": record.getMessage()}
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         request = getattr(record, "request_id", None)
         if request:
             line["request_id"] = request
@@ -94,16 +96,24 @@ def configure(level: str, fmt: str) -> None:
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
     handler = _Handler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+    )
     root.addHandler(handler)
     root.setLevel(level.upper())
     _quieten_libraries(debug=level.lower() == "debug")
 
 
 # uvicorn's start-up chatter; its "Uvicorn running on <address>" line stays
-UVICORN_CHATTER = frozenset({"Started server process [%d]", "Waiting for application startup.",
-                             "Application startup complete."})
+UVICORN_CHATTER = frozenset(
+    {
+        "Started server process [%d]",
+        "Waiting for application startup.",
+        "Application startup complete.",
+    }
+)
 
 
 def _quieten_libraries(debug: bool) -> None:
@@ -138,5 +148,15 @@ def access(record: RequestRecord, **fields: object) -> None:
             if value is not None:
                 fields[name] = value
         # made directly: Logger.info would walk the stack for a caller nobody reads
-        ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, __file__, 0, "request", (),
-                                        None, extra={"fields": fields}))
+        ACCESS.handle(
+            ACCESS.makeRecord(
+                ACCESS.name,
+                logging.INFO,
+                __file__,
+                0,
+                "request",
+                (),
+                None,
+                extra={"fields": fields},
+            )
+        )

@@ -33,8 +33,10 @@ def tune_allocator() -> bool:
     """Fix malloc's mmap threshold (no dynamic raise); the process entry point calls it."""
     if _mallopt is None:
         return False
-    return bool(_mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+    return bool(
+        _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        and _mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+    )
 
 
 def trim() -> None:

@@ -27,31 +27,72 @@ MODEL = ("model", "version")
 # and versions, known methods, the status codes the service sends. Names a client makes up
 # never become labels.
 OTHER = "other"
-REQUESTS = Counter("cnn_serve_requests_total", "HTTP requests by route, API and status",
-                   ("route", "method", "protocol", "status"))
-LATENCY = Histogram("cnn_serve_request_seconds", "HTTP request latency by route and API",
-                    ("route", "protocol"),
-                    buckets=(.001, .0025, .005, .0075, .01, .015, .025, .05, .075, .1, .25, .5,
-                             1, 2.5, 5, 10))
-MODEL_REQUESTS = Counter("cnn_serve_model_requests_total", "Requests queued for a model "
-                         "version, from every API", MODEL)
-INFERENCE = Histogram("cnn_serve_inference_seconds", "Model call latency", MODEL,
-                      buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-BATCH_SIZE = Histogram("cnn_serve_batch_size", "Images per model call", MODEL,
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-QUEUE_DEPTH = Gauge("cnn_serve_queue_depth", "Requests waiting for the model", MODEL,
-                    multiprocess_mode="livesum")
-REJECTED = Counter("cnn_serve_rejected_total", "Requests refused (503): the model's queue was "
-                   "full, or they waited in it past the deadline",
-                   MODEL)
-SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the client had gone",
-                  MODEL)
-LOAD_SECONDS = Gauge("cnn_serve_model_load_seconds", "Time to load and warm up a model", MODEL,
-                     multiprocess_mode="max")
-ADMISSION_REFUSED = Counter("cnn_serve_admission_refused_total", "Requests refused (503) "
-                            "while waiting for a budget", ("budget",))
-MODEL_READY = Gauge("cnn_serve_model_ready", "1 when the model version serves", MODEL,
-                    multiprocess_mode="livemin")
+REQUESTS = Counter(
+    "cnn_serve_requests_total",
+    "HTTP requests by route, API and status",
+    ("route", "method", "protocol", "status"),
+)
+LATENCY = Histogram(
+    "cnn_serve_request_seconds",
+    "HTTP request latency by route and API",
+    ("route", "protocol"),
+    buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.0075,
+        0.01,
+        0.015,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+    ),
+)
+MODEL_REQUESTS = Counter(
+    "cnn_serve_model_requests_total", "Requests queued for a model version, from every API", MODEL
+)
+INFERENCE = Histogram(
+    "cnn_serve_inference_seconds",
+    "Model call latency",
+    MODEL,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "cnn_serve_batch_size",
+    "Images per model call",
+    MODEL,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_DEPTH = Gauge(
+    "cnn_serve_queue_depth", "Requests waiting for the model", MODEL, multiprocess_mode="livesum"
+)
+REJECTED = Counter(
+    "cnn_serve_rejected_total",
+    "Requests refused (503): the model's queue was full, or they waited in it past the deadline",
+    MODEL,
+)
+SKIPPED = Counter("cnn_serve_skipped_total", "Queued requests dropped: the client had gone", MODEL)
+LOAD_SECONDS = Gauge(
+    "cnn_serve_model_load_seconds",
+    "Time to load and warm up a model",
+    MODEL,
+    multiprocess_mode="max",
+)
+ADMISSION_REFUSED = Counter(
+    "cnn_serve_admission_refused_total",
+    "Requests refused (503) while waiting for a budget",
+    ("budget",),
+)
+MODEL_READY = Gauge(
+    "cnn_serve_model_ready", "1 when the model version serves", MODEL, multiprocess_mode="livemin"
+)
 
 
 def exposition() -> tuple[bytes, str]:

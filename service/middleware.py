@@ -40,14 +40,23 @@ class BodyGuard:
     error, and the connection is closed (the rest of the body is never read).
     """
 
-    def __init__(self, app: ASGIApp, limit: int, idle_s: float, total_s: float,
-                 model_uploads: tuple[re.Pattern, int] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        idle_s: float,
+        total_s: float,
+        model_uploads: tuple[re.Pattern, int] | None = None,
+    ) -> None:
         self.app, self.limit, self.idle_s, self.total_s = app, limit, idle_s, total_s
         self.model_uploads = model_uploads  # (POST path, its larger limit): a model file
 
     def _limit(self, scope: Scope) -> int:
-        if (self.model_uploads is not None and scope["method"] == "POST"
-                and self.model_uploads[0].fullmatch(scope["path"])):
+        if (
+            self.model_uploads is not None
+            and scope["method"] == "POST"
+            and self.model_uploads[0].fullmatch(scope["path"])
+        ):
             return self.model_uploads[1]
         return self.limit
 
@@ -59,11 +68,13 @@ class BodyGuard:
             if key == b"content-length":
                 length = header_length(value)
                 if length is None:
-                    return await _send_error(scope, send, 400, "bad_request",
-                                             "invalid Content-Length")
+                    return await _send_error(
+                        scope, send, 400, "bad_request", "invalid Content-Length"
+                    )
                 if length > limit:
-                    return await _send_error(scope, send, 413, "payload_too_large",
-                                             _too_large(limit))
+                    return await _send_error(
+                        scope, send, 413, "payload_too_large", _too_large(limit)
+                    )
                 counting = False  # the server delivers no more than Content-Length bytes
         body = _Body(self, receive, counting, limit)
         started = False
@@ -86,7 +97,6 @@ class BodyGuard:
             body.stop()
         if body.failure is not None and not started:
             await _send_error(scope, send, *body.failure)
-
 
 
 class _Body:
@@ -124,8 +134,9 @@ class _Body:
         if self.timer is None:  # the first read: arm the watchdog
             self.deadline = self.last_read + self.guard.total_s
             self.task = asyncio.current_task()
-            self.timer = loop.call_at(min(self.last_read + self.guard.idle_s, self.deadline),
-                                      self._check)
+            self.timer = loop.call_at(
+                min(self.last_read + self.guard.idle_s, self.deadline), self._check
+            )
         self.waiting = True
         try:
             msg = await self.raw_receive()
@@ -180,8 +191,7 @@ class RequestTelemetry:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
-        offered = next((v for k, v in scope["headers"] if k == logs.REQUEST_ID_HEADER_BYTES),
-                       None)
+        offered = next((v for k, v in scope["headers"] if k == logs.REQUEST_ID_HEADER_BYTES), None)
         record = logs.RequestRecord(logs.request_id(offered))
         token = logs.CURRENT.set(record)
         echoed = (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode())
@@ -206,8 +216,14 @@ class RequestTelemetry:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"][:200])
             if started:
                 raise
-            await send_error(scope, record_send, 500, "internal_error",
-                             "internal error; see the server log", CLOSE)
+            await send_error(
+                scope,
+                record_send,
+                500,
+                "internal_error",
+                "internal error; see the server log",
+                CLOSE,
+            )
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             protocol = api_of(scope["path"]).label
@@ -215,6 +231,12 @@ class RequestTelemetry:
             seconds = time.perf_counter() - start
             metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
             metrics.LATENCY.labels(route, protocol).observe(seconds)
-            logs.access(record, method=method, route=route, protocol=protocol, status=status,
-                        latency_ms=round(seconds * 1000, 3))
+            logs.access(
+                record,
+                method=method,
+                route=route,
+                protocol=protocol,
+                status=status,
+                latency_ms=round(seconds * 1000, 3),
+            )
             logs.CURRENT.reset(token)

@@ -100,8 +100,13 @@ class ServedModel:
                 self._maps = None  # its layers are unknown without the Keras model
             # as clients see it: without the training machine's dataset path
             dataset = metadata.dataset
-            self.public_metadata = metadata if dataset is None else metadata.model_copy(
-                update={"dataset": dataset.model_copy(update={"path": None})})
+            self.public_metadata = (
+                metadata
+                if dataset is None
+                else metadata.model_copy(
+                    update={"dataset": dataset.model_copy(update={"path": None})}
+                )
+            )
             stage = "warming up"
             self._serve_png = graph_decode.serving(metadata.input, self._serve, model_tensor)
             warm = np.zeros((1, *metadata.input.shape), np.float32)
@@ -112,13 +117,25 @@ class ServedModel:
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
             # clients see the stage only; paths and exception text stay in the log
             self.status, self.error = Status.failed, f"failed while {stage}; see the server log"
-            log.error("model %s v%s failed to load from %s while %s: %s: %s", self.name,
-                      self.version, self.path, stage, type(exc).__name__, exc)
+            log.error(
+                "model %s v%s failed to load from %s while %s: %s: %s",
+                self.name,
+                self.version,
+                self.path,
+                stage,
+                type(exc).__name__,
+                exc,
+            )
             return
         self.load_seconds = round(time.perf_counter() - start, 3)
         self.status = Status.ready
-        log.info("model %s v%s ready on %s in %.2fs", self.name, self.version, self.device,
-                 self.load_seconds)
+        log.info(
+            "model %s v%s ready on %s in %.2fs",
+            self.name,
+            self.version,
+            self.device,
+            self.load_seconds,
+        )
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -129,8 +146,13 @@ class ServedModel:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         with tf.device(self.device):
-            out = self._serve(**{self.metadata.input.name: model_tensor(
-                tf.convert_to_tensor(batch, tf.float32), self.metadata.input)})
+            out = self._serve(
+                **{
+                    self.metadata.input.name: model_tensor(
+                        tf.convert_to_tensor(batch, tf.float32), self.metadata.input
+                    )
+                }
+            )
         return {name: value.numpy() for name, value in out.items()}
 
     @property
@@ -151,32 +173,41 @@ class ServedModel:
         """Grad-CAM needs the Keras model that training saves beside the SavedModel."""
         return (self.path / KERAS_FILE).is_file()
 
-    def explain(self, image: np.ndarray, output: OutputSpec, class_index: int | None,
-                layer: str | None, cache: TracedCache) -> Explanation:
+    def explain(
+        self,
+        image: np.ndarray,
+        output: OutputSpec,
+        class_index: int | None,
+        layer: str | None,
+        cache: TracedCache,
+    ) -> Explanation:
         """Grad-CAM for one image; the Keras model loads on the first call (~0.1 s)."""
         if self._gradcam is None:
             self._gradcam = GradCam(self.path / KERAS_FILE, self.metadata, cache)
         with tf.device(self.device):
             return self._gradcam(image, output, class_index, layer)
 
-    def feature_maps(self, batch: np.ndarray, layers: list[str] | None = None,
-                     chunk: int = FEATURE_MAP_CHUNK) -> dict[str, np.ndarray]:
+    def feature_maps(
+        self, batch: np.ndarray, layers: list[str] | None = None, chunk: int = FEATURE_MAP_CHUNK
+    ) -> dict[str, np.ndarray]:
         """Every layer's activations (or ``layers``'), graph order as in the metadata. The
         signature computes every layer, so images go through ``chunk`` at a time and only
         the layers asked for are kept: memory is that of the answer, not of every layer."""
-        order = [layer.name for layer in self.metadata.layers if not layers
-                 or layer.name in layers]
+        order = [layer.name for layer in self.metadata.layers if not layers or layer.name in layers]
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(batch), chunk):
             with tf.device(self.device):
-                out = self._maps(image=tf.convert_to_tensor(batch[start:start + chunk],
-                                                            tf.float32))
+                out = self._maps(
+                    image=tf.convert_to_tensor(batch[start : start + chunk], tf.float32)
+                )
             for name in order:
                 if name in out:
                     parts.setdefault(name, []).append(out[name].numpy())
             del out
-        return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-                for name, chunks in parts.items()}
+        return {
+            name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            for name, chunks in parts.items()
+        }
 
 
 def model_tensor(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:

@@ -39,13 +39,14 @@ def of_pixels(pixels: np.ndarray, spec: InputSpec, limit: int, what: str) -> Mod
     """``pixels`` as the model's input, or a 400 that says what is wrong with them."""
     _count(len(pixels) if pixels.ndim else 0, limit)
     if pixels.shape[1:] != tuple(spec.shape):
-        raise BadRequest(f"{what} has shape {clip(list(pixels.shape))}; input {spec.name!r} "
-                         f"takes [n, {', '.join(map(str, spec.shape))}]")
+        raise BadRequest(
+            f"{what} has shape {clip(list(pixels.shape))}; input {spec.name!r} "
+            f"takes [n, {', '.join(map(str, spec.shape))}]"
+        )
     if pixels.dtype != np.float32:
         raise BadRequest(f"{what} is {pixels.dtype}; input {spec.name!r} takes float32")
     if not np.isfinite(pixels).all():
-        raise BadRequest(f"{what} holds NaN or infinite values, or numbers out of float32's "
-                         "range")
+        raise BadRequest(f"{what} holds NaN or infinite values, or numbers out of float32's range")
     return ModelInput(pixels=pixels)
 
 
@@ -57,7 +58,8 @@ def of_files(files: list[Upload], limit: int) -> ModelInput:
         if not declared.startswith(ACCEPTED_TYPES):
             raise UnsupportedMediaType(
                 f"{shorten(upload.filename or 'file')}: {clip(declared)} is not an image type; "
-                "send PNG, JPEG, GIF, BMP, WebP or TIFF")
+                "send PNG, JPEG, GIF, BMP, WebP or TIFF"
+            )
     return ModelInput(files=files)
 
 

@@ -35,8 +35,9 @@ async def upload(server: Server, request: Request, name: str) -> ServedModel:
     """Import the request's model file as the next (or the asked) version of ``name`` and
     wait (at most ``LOAD_WAIT_S``) until it serves; the version as it is then."""
     if not server.settings.model_uploads:
-        raise ModelUploadsDisabled("model uploads are off; the operator turns them on with "
-                                   "CNN_SERVE_MODEL_UPLOADS=true")
+        raise ModelUploadsDisabled(
+            "model uploads are off; the operator turns them on with CNN_SERVE_MODEL_UPLOADS=true"
+        )
     async with server.admission.reserve(model_uploads=1):
         form = await request.form(max_files=2, max_fields=MAX_FIELDS)
         try:
@@ -57,8 +58,9 @@ async def _options(form, name: str, scratch: Path, model_dir: Path) -> Options:
         raise InvalidParameter("file: the model, a .keras or .h5 file, is required")
     suffix = Path(model.filename or "").suffix.lower()
     if suffix not in KERAS_SUFFIXES:
-        raise InvalidModel(f"{clip(model.filename)}: send a Keras model file "
-                           "(.keras, .h5 or .hdf5)")
+        raise InvalidModel(
+            f"{clip(model.filename)}: send a Keras model file (.keras, .h5 or .hdf5)"
+        )
     source = scratch / f"model{suffix}"
     await asyncio.to_thread(_save, model, source)
     labels = form.get("labels")
@@ -70,11 +72,19 @@ async def _options(form, name: str, scratch: Path, model_dir: Path) -> Options:
     try:
         params = ModelUploadParams.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidParameter("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                         for e in exc.errors()[:3])) from None
-    return Options(source, name, model_dir, params.version,
-                   {None: labels_path} if labels_path else None, params.value_range_pair,
-                   params.preprocessing, params.input_size_pair)
+        raise InvalidParameter(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        ) from None
+    return Options(
+        source,
+        name,
+        model_dir,
+        params.version,
+        {None: labels_path} if labels_path else None,
+        params.value_range_pair,
+        params.preprocessing,
+        params.input_size_pair,
+    )
 
 
 def _save(upload: UploadFile, target: Path) -> None:

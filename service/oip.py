@@ -48,9 +48,12 @@ class _Open(BaseModel):
 
 
 class TensorParameters(_Open):
-    binary_data_size: int | None = Field(None, ge=0, le=2**40, description="bytes of this "
-                                         "tensor in the binary section (binary tensor data "
-                                         "extension)")
+    binary_data_size: int | None = Field(
+        None,
+        ge=0,
+        le=2**40,
+        description="bytes of this tensor in the binary section (binary tensor data extension)",
+    )
 
 
 class RequestInput(_Open):
@@ -58,13 +61,15 @@ class RequestInput(_Open):
     shape: list[Annotated[int, Field(ge=0, le=2**40)]] = Field(max_length=8)
     datatype: str = Field(max_length=16)
     parameters: TensorParameters | None = None
-    data: Any = Field(None, description="row-major values, flat or nested; absent when the "
-                                        "tensor is in the binary section")
+    data: Any = Field(
+        None,
+        description="row-major values, flat or nested; absent when the "
+        "tensor is in the binary section",
+    )
 
 
 class OutputParameters(_Open):
-    binary_data: bool | None = Field(None, description="answer this output in the binary "
-                                                       "section")
+    binary_data: bool | None = Field(None, description="answer this output in the binary section")
 
 
 class RequestOutput(_Open):
@@ -73,8 +78,9 @@ class RequestOutput(_Open):
 
 
 class RequestParameters(_Open):
-    binary_data_output: bool = Field(False, description="every output in the binary section "
-                                                        "unless the output says otherwise")
+    binary_data_output: bool = Field(
+        False, description="every output in the binary section unless the output says otherwise"
+    )
 
 
 class InferenceRequest(_Open):
@@ -121,12 +127,18 @@ class ServerMetadata(BaseModel):
 
 def model_metadata(name: str, versions: list[int], meta: ModelMetadata) -> dict:
     """``GET /v2/models/{name}[/versions/{v}]``."""
-    return {"name": name, "versions": [str(v) for v in versions], "platform": PLATFORM,
-            "inputs": [{"name": meta.input.name, "datatype": "FP32",
-                        "shape": [-1, *meta.input.shape]},
-                       {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": o.name, "datatype": "FP32", "shape": [-1, o.units]}
-                        for o in meta.outputs]}
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": meta.input.name, "datatype": "FP32", "shape": [-1, *meta.input.shape]},
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "outputs": [
+            {"name": o.name, "datatype": "FP32", "shape": [-1, o.units]} for o in meta.outputs
+        ],
+    }
 
 
 @dataclass
@@ -141,13 +153,16 @@ class Request:
 def parse(body: bytes, headers: Mapping[str, str]) -> Request:
     """Split and validate the body (400 naming what is wrong)."""
     if headers.get("content-encoding", "identity").strip().lower() != "identity":
-        raise UnsupportedMediaType("compressed request bodies are not accepted; send the "
-                                   "request without compression")
+        raise UnsupportedMediaType(
+            "compressed request bodies are not accepted; send the request without compression"
+        )
     given = headers.get(HEADER_LENGTH)
     json_size = len(body) if given is None else header_length(given)
     if json_size is None or json_size > len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {clip(given)} is not a length "
-                         f"within the {len(body)}-byte body")
+        raise BadRequest(
+            f"Inference-Header-Content-Length {clip(given)} is not a length "
+            f"within the {len(body)}-byte body"
+        )
     try:
         header = InferenceRequest.model_validate_json(body[:json_size])
     except ValidationError as exc:
@@ -157,8 +172,9 @@ def parse(body: bytes, headers: Mapping[str, str]) -> Request:
 
 def _problems(exc: ValidationError) -> str:
     """A pydantic error in a line: where and what, for the first few problems."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                     for e in exc.errors()[:3])
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+    )
 
 
 def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput:
@@ -166,8 +182,9 @@ def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput
     inputs = request.header.inputs
     names = [tensor.name for tensor in inputs]
     if len(inputs) != 1:
-        raise BadRequest(f"send one input, {meta.input.name!r} or {BYTES_INPUT!r}; got "
-                         f"{clip(names)}")
+        raise BadRequest(
+            f"send one input, {meta.input.name!r} or {BYTES_INPUT!r}; got {clip(names)}"
+        )
     tensor = inputs[0]
     raw = _binary_sections(request)[0]
     if tensor.name == meta.input.name:
@@ -175,8 +192,10 @@ def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput
         return of_pixels(pixels, meta.input, limit, f"input {meta.input.name!r}")
     if tensor.name == BYTES_INPUT:
         return of_files(_files(tensor, raw), limit)
-    raise BadRequest(f"unknown input {clip(tensor.name)}; the model takes {meta.input.name!r} "
-                     f"(FP32 pixels) or {BYTES_INPUT!r} (BYTES image files)")
+    raise BadRequest(
+        f"unknown input {clip(tensor.name)}; the model takes {meta.input.name!r} "
+        f"(FP32 pixels) or {BYTES_INPUT!r} (BYTES image files)"
+    )
 
 
 def _binary_sections(request: Request) -> list[memoryview | None]:
@@ -188,26 +207,29 @@ def _binary_sections(request: Request) -> list[memoryview | None]:
         size = tensor.parameters.binary_data_size if tensor.parameters else None
         if size is None:
             if tensor.data is None:
-                raise BadRequest(f"input {clip(tensor.name)} has neither 'data' nor "
-                                 "'binary_data_size'")
+                raise BadRequest(
+                    f"input {clip(tensor.name)} has neither 'data' nor 'binary_data_size'"
+                )
             sections.append(None)
             continue
         if tensor.data is not None:
-            raise BadRequest(f"input {clip(tensor.name)} has both 'data' and "
-                             "'binary_data_size'")
+            raise BadRequest(f"input {clip(tensor.name)} has both 'data' and 'binary_data_size'")
         if offset + size > len(request.binary):
-            raise BadRequest(f"input {clip(tensor.name)} declares {size} bytes of binary data but "
-                             f"only {len(request.binary) - offset} follow the JSON header")
-        sections.append(request.binary[offset:offset + size])
+            raise BadRequest(
+                f"input {clip(tensor.name)} declares {size} bytes of binary data but "
+                f"only {len(request.binary) - offset} follow the JSON header"
+            )
+        sections.append(request.binary[offset : offset + size])
         offset += size
     if offset != len(request.binary):
-        raise BadRequest(f"{len(request.binary) - offset} bytes after the JSON header belong to "
-                         "no input (check Inference-Header-Content-Length and binary_data_size)")
+        raise BadRequest(
+            f"{len(request.binary) - offset} bytes after the JSON header belong to "
+            "no input (check Inference-Header-Content-Length and binary_data_size)"
+        )
     return sections
 
 
-def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: bool
-            ) -> np.ndarray:
+def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: bool) -> np.ndarray:
     """The FP32 tensor as sent, in its declared shape (the declaration must fit the data)."""
     what = f"input {clip(tensor.name)}"
     if tensor.datatype != "FP32":
@@ -215,13 +237,16 @@ def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: boo
     count = math.prod(tensor.shape)
     if raw is not None:
         if len(raw) != 4 * count:
-            raise BadRequest(f"{what} of shape {tensor.shape} is {4 * count} bytes of FP32; "
-                             f"binary_data_size says {len(raw)}")
+            raise BadRequest(
+                f"{what} of shape {tensor.shape} is {4 * count} bytes of FP32; "
+                f"binary_data_size says {len(raw)}"
+            )
         return np.frombuffer(raw, "<f4").reshape(tensor.shape)
     pixels = json_floats(tensor.data, f"{what}: 'data'", may_hold_booleans)
     if pixels.size != count:
-        raise BadRequest(f"{what}: 'data' holds {pixels.size} values; shape {tensor.shape} "
-                         f"needs {count}")
+        raise BadRequest(
+            f"{what}: 'data' holds {pixels.size} values; shape {tensor.shape} needs {count}"
+        )
     return pixels.reshape(tensor.shape)
 
 
@@ -231,12 +256,14 @@ def _files(tensor: RequestInput, raw: memoryview | None) -> list[Upload]:
         raise BadRequest(f"input {BYTES_INPUT!r} is BYTES, not {clip(tensor.datatype)}")
     n = tensor.shape[0] if tensor.shape else 0
     if tensor.shape not in ([n], [n, 1]):
-        raise BadRequest(f"input {BYTES_INPUT!r} has shape [-1] (one file per image); got "
-                         f"{tensor.shape}")
+        raise BadRequest(
+            f"input {BYTES_INPUT!r} has shape [-1] (one file per image); got {tensor.shape}"
+        )
     files = _split_bytes(raw) if raw is not None else _base64_strings(tensor.data)
     if len(files) != n:
-        raise BadRequest(f"input {BYTES_INPUT!r} holds {len(files)} files; shape "
-                         f"{tensor.shape} says {n}")
+        raise BadRequest(
+            f"input {BYTES_INPUT!r} holds {len(files)} files; shape {tensor.shape} says {n}"
+        )
     return [Upload(f"image {i}", data) for i, data in enumerate(files)]
 
 
@@ -250,7 +277,7 @@ def _split_bytes(raw: memoryview) -> list[bytes]:
         offset += 4
         if offset + size > len(raw):
             raise BadRequest(f"BYTES element of {size} bytes runs past its binary_data_size")
-        items.append(bytes(raw[offset:offset + size]))
+        items.append(bytes(raw[offset : offset + size]))
         offset += size
     return items
 
@@ -286,8 +313,9 @@ def requested_outputs(request: Request, meta: ModelMetadata) -> list[tuple[str, 
     return chosen
 
 
-def answer(request: Request, model: ServedModel, outputs: Outputs,
-           chosen: list[tuple[str, bool]]) -> tuple[dict, list[bytes]]:
+def answer(
+    request: Request, model: ServedModel, outputs: Outputs, chosen: list[tuple[str, bool]]
+) -> tuple[dict, list[bytes]]:
     """The response header and the binary section (empty when every output is JSON)."""
     tensors, binary = [], []
     for name, in_binary in chosen:
@@ -300,8 +328,7 @@ def answer(request: Request, model: ServedModel, outputs: Outputs,
         else:
             tensor["data"] = value.ravel().tolist()
         tensors.append(tensor)
-    header = {"model_name": model.name, "model_version": str(model.version),
-              "outputs": tensors}
+    header = {"model_name": model.name, "model_version": str(model.version), "outputs": tensors}
     if request.header.id is not None:
         header["id"] = request.header.id
     return header, binary

@@ -45,12 +45,14 @@ def open_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image
     if image.format not in FORMATS:
         raise UnsupportedMediaType(
             f"{name}: {image.format} images are not supported; send PNG, JPEG, GIF, BMP, WebP "
-            "or TIFF")
+            "or TIFF"
+        )
     width, height = image.size
     if width * height > max_pixels:
         raise DecompressionBomb(
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{max_pixels:,}")
+            f"{max_pixels:,}"
+        )
     return image
 
 
@@ -189,9 +191,12 @@ def _paper(arr: np.ndarray) -> np.ndarray:
     """
     height, width = arr.shape
     image = Image.fromarray(arr, "F")
-    small = np.asarray(image.resize((max(1, width * 32 // max(arr.shape)),
-                                     max(1, height * 32 // max(arr.shape))),
-                                    Image.Resampling.BOX))
+    small = np.asarray(
+        image.resize(
+            (max(1, width * 32 // max(arr.shape)), max(1, height * 32 // max(arr.shape))),
+            Image.Resampling.BOX,
+        )
+    )
     small = ndimage.median_filter(small, size=PAPER_MEDIAN, mode="reflect")
     pad = min(2 * PAPER_SIGMA, *(n - 1 for n in small.shape))
     if pad > 0:
@@ -199,21 +204,24 @@ def _paper(arr: np.ndarray) -> np.ndarray:
     blurred = ndimage.gaussian_filter(small, sigma=PAPER_SIGMA, mode="nearest")
     if pad > 0:
         blurred = np.ascontiguousarray(blurred[pad:-pad, pad:-pad])
-    return np.asarray(Image.fromarray(blurred, "F").resize((width, height),
-                                                            Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(blurred, "F").resize((width, height), Image.Resampling.BILINEAR)
+    )
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
     """Otsu's threshold: the level that best separates ink from paper."""
     top = float(values.max()) or 1.0
-    hist = np.bincount(np.minimum((values * ((bins - 1) / top)).astype(np.intp), bins - 1).ravel(),
-                       minlength=bins)
+    hist = np.bincount(
+        np.minimum((values * ((bins - 1) / top)).astype(np.intp), bins - 1).ravel(), minlength=bins
+    )
     centers = (np.arange(bins) + 0.5) * (top / bins)
     weight = np.cumsum(hist)
     mean = np.cumsum(hist * centers)
     total, total_mean = weight[-1], mean[-1]
     between = (total_mean * weight - mean * total) ** 2 / np.maximum(
-        weight * (total - weight), 1e-12)
+        weight * (total - weight), 1e-12
+    )
     return float(centers[np.argmax(between)])
 
 
@@ -283,13 +291,16 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     crop = crop / max(float(np.percentile(crop[crop > 0], 90)), 1e-6)  # strokes reach full ink
     h = max(1, round((bottom - top) * scale))
     w = max(1, round((right - left) * scale))
-    small = np.asarray(Image.fromarray(np.clip(crop, 0, 1).astype(np.float32), "F").resize(
-        (w, h), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    small = np.asarray(
+        Image.fromarray(np.clip(crop, 0, 1).astype(np.float32), "F").resize(
+            (w, h), Image.Resampling.LANCZOS, reducing_gap=3.0
+        )
+    )
     small = np.clip(small, 0.0, 1.0)
     cy, cx = ndimage.center_of_mass(small) if small.sum() > 0 else (h / 2, w / 2)
     y0 = int(np.clip(round(MNIST_SIZE / 2 - cy), 0, MNIST_SIZE - h))
     x0 = int(np.clip(round(MNIST_SIZE / 2 - cx), 0, MNIST_SIZE - w))
-    out[y0:y0 + h, x0:x0 + w] = small
+    out[y0 : y0 + h, x0 : x0 + w] = small
     return out[..., None]
 
 

@@ -39,8 +39,10 @@ def pick_device(requested: str) -> str:
             pass
     gpus = tf.config.list_logical_devices("GPU")
     if requested == "gpu" and not gpus:
-        raise RuntimeError("CNN_SERVE_DEVICE=gpu but TensorFlow sees no GPU "
-                           "(install the 'gpu' extra and run with the NVIDIA runtime)")
+        raise RuntimeError(
+            "CNN_SERVE_DEVICE=gpu but TensorFlow sees no GPU "
+            "(install the 'gpu' extra and run with the NVIDIA runtime)"
+        )
     if requested in ("gpu", "auto") and gpus:
         return gpus[0].name
     return "/device:CPU:0"
@@ -56,8 +58,9 @@ def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
         except OSError as exc:
             log.error("cannot list %s: %s", model_root, exc)
             continue
-        found += [(model_root.name, int(p.name), p) for p in entries
-                  if p.name.isdigit() and p.is_dir()]
+        found += [
+            (model_root.name, int(p.name), p) for p in entries if p.name.isdigit() and p.is_dir()
+        ]
     return sorted(found, key=lambda t: (t[0], t[1]))
 
 
@@ -135,23 +138,33 @@ class ModelRegistry:
 
     async def sync(self) -> None:
         async with self._lock:
-            found = {(name, version): path for name, version, path in  # file I/O: off the loop
-                     await asyncio.to_thread(discover, self.settings.model_dir)}
+            found = {
+                (name, version): path
+                for name, version, path in await asyncio.to_thread(  # file I/O: off the loop
+                    discover, self.settings.model_dir
+                )
+            }
             by_model: dict[str, list[int]] = {}
             for name, version in found:
                 by_model.setdefault(name, []).append(version)
-            wanted = {(name, version) for name, versions in by_model.items()
-                      if name not in self.unloaded
-                      for version in self.settings.versions_to_serve(name, versions)}
-            served = {(name, version) for name, versions in self.models.items()
-                      for version in versions}
+            wanted = {
+                (name, version)
+                for name, versions in by_model.items()
+                if name not in self.unloaded
+                for version in self.settings.versions_to_serve(name, versions)
+            }
+            served = {
+                (name, version) for name, versions in self.models.items() for version in versions
+            }
             for name, version in sorted(served - wanted):
                 self._retire(name, version)
             for name, version in sorted(wanted):
                 model = self.models.get(name, {}).get(version)
-                if model is None or (model.status is Status.failed and
-                                     await asyncio.to_thread(fingerprint, found[name, version])
-                                     != self._fingerprints.get((name, version))):
+                if model is None or (
+                    model.status is Status.failed
+                    and await asyncio.to_thread(fingerprint, found[name, version])
+                    != self._fingerprints.get((name, version))
+                ):
                     await self._load(name, version, found[name, version])
 
     async def _load(self, name: str, version: int, path: Path) -> None:
@@ -163,8 +176,12 @@ class ModelRegistry:
         metrics.MODEL_READY.labels(*labels).set(model.status is Status.ready)
         if model.status is Status.ready and model.load_seconds is not None:
             metrics.LOAD_SECONDS.labels(*labels).set(model.load_seconds)
-            runner = Runner(model, self.settings.batch_policy(name),
-                            self.settings.queue_timeout_s, self.settings.heavy_per_version)
+            runner = Runner(
+                model,
+                self.settings.batch_policy(name),
+                self.settings.queue_timeout_s,
+                self.settings.heavy_per_version,
+            )
             runner.start()
             self.runners[(name, version)] = runner
 
@@ -176,17 +193,21 @@ class ModelRegistry:
         self._fingerprints.pop((name, version), None)
         metrics.MODEL_READY.labels(name, str(version)).set(0)
         runner = self.runners.pop((name, version), None)
-        log.info("model %s v%s is no longer served%s", name, version,
-                 "; finishing its requests" if runner else "")
+        log.info(
+            "model %s v%s is no longer served%s",
+            name,
+            version,
+            "; finishing its requests" if runner else "",
+        )
         if runner is not None:
             task = asyncio.get_running_loop().create_task(
-                runner.drain_and_close(self.settings.queue_timeout_s))
+                runner.drain_and_close(self.settings.queue_timeout_s)
+            )
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
-        await asyncio.gather(*(runner.close() for runner in self.runners.values()),
-                             *self._retiring)
+        await asyncio.gather(*(runner.close() for runner in self.runners.values()), *self._retiring)
         self.runners.clear()
 
     @property
@@ -215,16 +236,19 @@ class ModelRegistry:
             return int(version)
         labels = self.settings.version_labels.get(name, {})
         if version not in labels:
-            raise VersionNotFound(f"model {name!r} has no version label {clip(version)} "
-                                  f"(labels: {sorted(labels) or 'none'})")
+            raise VersionNotFound(
+                f"model {name!r} has no version label {clip(version)} "
+                f"(labels: {sorted(labels) or 'none'})"
+            )
         return labels[version]
 
     def get(self, name: str, version: VersionRef | None = None) -> ServedModel:
         versions = self.versions(name)
         number = self.resolve(name, version)
         if number not in versions:
-            raise VersionNotFound(f"model {name!r} has no version {clip(number)} "
-                                  f"(versions: {sorted(versions)})")
+            raise VersionNotFound(
+                f"model {name!r} has no version {clip(number)} (versions: {sorted(versions)})"
+            )
         return versions[number]
 
     def runner(self, name: str, version: VersionRef | None = None) -> Runner:
@@ -232,6 +256,8 @@ class ModelRegistry:
         if model.status is Status.failed:  # retrying will not help: no Retry-After
             raise ModelFailed(f"model {name!r} v{model.version} {model.error}")
         if model.status is not Status.ready:
-            raise ModelNotReady(f"model {name!r} v{model.version} is {model.status.value}",
-                                headers={"Retry-After": "5"})
+            raise ModelNotReady(
+                f"model {name!r} v{model.version} is {model.status.value}",
+                headers={"Retry-After": "5"},
+            )
         return self.runners[(model.name, model.version)]

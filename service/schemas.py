@@ -10,8 +10,11 @@ from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
 VERSION_OR_LABEL = r"^([1-9][0-9]{0,9}|[a-z][a-z0-9_-]{0,63})$"
 VersionRef = Annotated[str, StringConstraints(pattern=VERSION_OR_LABEL)]
-VERSION_FIELD = Field(None, description="a version number or label (e.g. stable); default: the "
-                                        "newest ready version", examples=["1"])
+VERSION_FIELD = Field(
+    None,
+    description="a version number or label (e.g. stable); default: the newest ready version",
+    examples=["1"],
+)
 
 
 class PredictParams(BaseModel):
@@ -19,8 +22,9 @@ class PredictParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="model name (default: the service's)",
-                              examples=["digit_odd"])
+    model: str | None = Field(
+        None, description="model name (default: the service's)", examples=["digit_odd"]
+    )
     version: VersionRef | None = VERSION_FIELD
     top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
 
@@ -31,12 +35,20 @@ class ExplainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: VersionRef | None = VERSION_FIELD
-    output: str | None = Field(None, description="the head to explain (default: the first)",
-                               examples=["digit"])
-    class_index: int | None = Field(None, ge=0, description="default: the predicted class; "
-                                    "for a 1-unit sigmoid head 1 = positive, 0 = negative")
-    layer: str | None = Field(None, description="a layer with a [h, w, k] output (default: "
-                              "the last such layer the head depends on)")
+    output: str | None = Field(
+        None, description="the head to explain (default: the first)", examples=["digit"]
+    )
+    class_index: int | None = Field(
+        None,
+        ge=0,
+        description="default: the predicted class; "
+        "for a 1-unit sigmoid head 1 = positive, 0 = negative",
+    )
+    layer: str | None = Field(
+        None,
+        description="a layer with a [h, w, k] output (default: "
+        "the last such layer the head depends on)",
+    )
 
 
 class FeatureMapsParams(BaseModel):
@@ -45,8 +57,9 @@ class FeatureMapsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: VersionRef | None = VERSION_FIELD
-    layers: str | None = Field(None, description="comma-separated layer names; default: every "
-                                                 "layer")
+    layers: str | None = Field(
+        None, description="comma-separated layer names; default: every layer"
+    )
     scaling: Literal["per_layer", "per_channel"] = "per_layer"
     format: Literal["json", "npz"] = Field("json", description="npz: raw float32 activations")
 
@@ -70,18 +83,37 @@ def _form_field(schema: dict) -> dict:
 def upload_body(params: type[BaseModel]) -> dict:
     """The OpenAPI ``requestBody`` of an upload route: ``file`` (repeatable) plus ``params``'
     fields, nothing else."""
-    fields = {name: _form_field(field)
-              for name, field in params.model_json_schema()["properties"].items()}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"], "additionalProperties": False,
-        "properties": {
-            "file": {"type": "array", "minItems": 1,
-                     "items": {"type": "string", "format": "binary",
-                               "contentMediaType": "application/octet-stream"},
-                     "description": "PNG, JPEG, GIF, BMP, WebP or TIFF; repeat the field for "
-                                    "several images"},
-            **fields,
-        }}}}}}
+    fields = {
+        name: _form_field(field) for name, field in params.model_json_schema()["properties"].items()
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "contentMediaType": "application/octet-stream",
+                                },
+                                "description": "PNG, JPEG, GIF, BMP, WebP or TIFF; repeat the field for "
+                                "several images",
+                            },
+                            **fields,
+                        },
+                    }
+                }
+            },
+        }
+    }
 
 
 class ClassScore(BaseModel):
@@ -114,11 +146,15 @@ class ImagePrediction(BaseModel):
 
 
 class Timings(BaseModel):
-    decode_ms: float = Field(description="decode and preprocess before the model call, all "
-                                         "images; 0 when PNGs already in the model's input "
-                                         "format were decoded inside the model graph")
-    inference_ms: float = Field(description="waiting in the batch queue plus the model call "
-                                            "(with any decoding done in the graph)")
+    decode_ms: float = Field(
+        description="decode and preprocess before the model call, all "
+        "images; 0 when PNGs already in the model's input "
+        "format were decoded inside the model graph"
+    )
+    inference_ms: float = Field(
+        description="waiting in the batch queue plus the model call "
+        "(with any decoding done in the graph)"
+    )
     total_ms: float
 
 
@@ -143,7 +179,8 @@ class ColorScale(BaseModel):
     scaling: Literal["per_layer", "per_channel"]
     range: list[float] = Field(description="[min, max] mapped to black..white (per_layer)")
     channel_ranges: list[list[float]] | None = Field(
-        None, description="grids: [min, max] of each channel, in channel order")
+        None, description="grids: [min, max] of each channel, in channel order"
+    )
 
 
 class Grid(BaseModel):
@@ -195,10 +232,11 @@ class ExplainResponse(BaseModel):
     class_index: int
     label: str
     layer: str
-    heatmap: list[list[float]] = Field(description="[H, W] in [0, 1] at the model's input "
-                                       "resolution: where the class score's evidence lies")
-    overlay: str = Field(description="PNG, base64: the preprocessed input with the heatmap "
-                         "over it")
+    heatmap: list[list[float]] = Field(
+        description="[H, W] in [0, 1] at the model's input "
+        "resolution: where the class score's evidence lies"
+    )
+    overlay: str = Field(description="PNG, base64: the preprocessed input with the heatmap over it")
 
 
 class VersionStatus(BaseModel):
@@ -239,8 +277,9 @@ class ModelDetail(ModelSummary):
 
 class Health(BaseModel):
     status: Literal["ok", "ready", "not_ready", "draining"]
-    models: dict[str, list[int]] = Field(default_factory=dict,
-                                         description="ready versions per model")
+    models: dict[str, list[int]] = Field(
+        default_factory=dict, description="ready versions per model"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -256,8 +295,9 @@ class ErrorResponse(BaseModel):
 Responses = dict[int | str, dict[str, Any]]  # a route's OpenAPI ``responses``
 
 # what an upload route can answer besides 200
-UPLOAD_ERRORS: Responses = {code: {"model": ErrorResponse}
-                            for code in (400, 404, 408, 413, 415, 422, 503)}
+UPLOAD_ERRORS: Responses = {
+    code: {"model": ErrorResponse} for code in (400, 404, 408, 413, 415, 422, 503)
+}
 
 
 NUMBER_PAIR = r"^-?[0-9]{1,6}(\.[0-9]{1,6})?,-?[0-9]{1,6}(\.[0-9]{1,6})?$"
@@ -270,13 +310,18 @@ class ModelUploadParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int | None = Field(None, ge=1, le=10**9, description="default: the next free one")
-    value_range: str | None = Field(None, pattern=NUMBER_PAIR,
-                                    description="LOW,HIGH: the values the model expects for "
-                                                "black and white (default 0,1)",
-                                    examples=["0,255"])
+    value_range: str | None = Field(
+        None,
+        pattern=NUMBER_PAIR,
+        description="LOW,HIGH: the values the model expects for black and white (default 0,1)",
+        examples=["0,255"],
+    )
     preprocessing: Literal["resize", "mnist"] = "resize"
-    input_size: str | None = Field(None, pattern=r"^[0-9]{1,5},[0-9]{1,5}$",
-                                   description="H,W: only for a model of any input size")
+    input_size: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,5},[0-9]{1,5}$",
+        description="H,W: only for a model of any input size",
+    )
 
     @property
     def value_range_pair(self) -> tuple[float, float] | None:

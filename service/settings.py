@@ -55,7 +55,7 @@ class VersionPolicy(BaseModel):
 
     def select(self, versions: list[int]) -> set[int]:
         if self.latest is not None:
-            return set(sorted(versions)[-self.latest.num_versions:])
+            return set(sorted(versions)[-self.latest.num_versions :])
         if self.specific is not None:
             return set(versions) & set(self.specific.versions)
         return set(versions)
@@ -67,9 +67,9 @@ LABEL = r"^[a-z][a-z0-9_-]{0,63}$"
 class Settings(BaseSettings):
     """Everything configurable, from the environment (prefix ``CNN_SERVE_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="CNN_SERVE_", env_nested_delimiter="__",
-                                      extra="ignore",
-                                      protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="CNN_SERVE_", env_nested_delimiter="__", extra="ignore", protected_namespaces=()
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -78,79 +78,132 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     default_model: str = "digit_odd"
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="whole request body")
-    max_image_pixels: int = Field(40_000_000, gt=0, description="one image's width x height "
-                                                                "(decompression bombs)")
-    max_request_pixels: int = Field(48_000_000, gt=0, description="pixels decoded for one "
-                                    "request, all images (JPEGs count at their decode scale)")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="one image's width x height (decompression bombs)"
+    )
+    max_request_pixels: int = Field(
+        48_000_000,
+        gt=0,
+        description="pixels decoded for one "
+        "request, all images (JPEGs count at their decode scale)",
+    )
     max_images_per_request: int = Field(64, ge=1)
     # process-wide budgets (admission control): reserved before use, waited for when short
-    max_concurrent_requests: int = Field(256, ge=1, description="upload requests being read, "
-                                         "decoded or computed at once")
-    max_waiting_requests: int = Field(4096, ge=0, description="requests waiting for a budget "
-                                      "(more get 503 at once)")
-    body_bytes_budget: int = Field(64 * 1024 * 1024, gt=0, description="request body bytes "
-                                   "held at once")
-    decode_pixels_budget: int = Field(64_000_000, gt=0, description="pixels being decoded at "
-                                      "once")
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="upload requests being read, decoded or computed at once"
+    )
+    max_waiting_requests: int = Field(
+        4096, ge=0, description="requests waiting for a budget (more get 503 at once)"
+    )
+    body_bytes_budget: int = Field(
+        64 * 1024 * 1024, gt=0, description="request body bytes held at once"
+    )
+    decode_pixels_budget: int = Field(64_000_000, gt=0, description="pixels being decoded at once")
     # explain and feature maps: one thread does them all, within these bounds
-    heavy_per_version: int = Field(2, ge=1, description="explain and feature-map requests "
-                                   "per model version computing or waiting (more: 503)")
-    max_heavy_waiting: int = Field(8, ge=0, description="explain and feature-map requests "
-                                   "waiting for the heavy-work thread (more: 503)")
-    max_feature_map_bytes: int = Field(128 * 2**20, gt=0, description="memory one "
-                                       "feature-map answer may take (estimated before it is "
-                                       "computed; more: 413)")
-    feature_map_bytes_budget: int = Field(384 * 2**20, gt=0, description="memory of all "
-                                          "feature-map answers being computed or sent")
-    gradcam_cache_entries: int = Field(64, ge=1, description="traced Grad-CAM graphs kept "
-                                       "(one per version, layer and head)")
+    heavy_per_version: int = Field(
+        2,
+        ge=1,
+        description="explain and feature-map requests "
+        "per model version computing or waiting (more: 503)",
+    )
+    max_heavy_waiting: int = Field(
+        8,
+        ge=0,
+        description="explain and feature-map requests "
+        "waiting for the heavy-work thread (more: 503)",
+    )
+    max_feature_map_bytes: int = Field(
+        128 * 2**20,
+        gt=0,
+        description="memory one "
+        "feature-map answer may take (estimated before it is "
+        "computed; more: 413)",
+    )
+    feature_map_bytes_budget: int = Field(
+        384 * 2**20, gt=0, description="memory of all feature-map answers being computed or sent"
+    )
+    gradcam_cache_entries: int = Field(
+        64, ge=1, description="traced Grad-CAM graphs kept (one per version, layer and head)"
+    )
     gradcam_cache_bytes: int = Field(192 * 2**20, gt=0, description="their estimated memory")
-    queue_timeout_s: float = Field(5.0, gt=0, le=600, description="longest wait for a budget "
-                                   "or in a model's batch queue (then 503)")
+    queue_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="longest wait for a budget or in a model's batch queue (then 503)",
+    )
     # slow or broken clients
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers (431)")
-    header_timeout_s: float = Field(10.0, gt=0, description="for the request line and headers "
-                                    "to arrive (408)")
-    body_idle_timeout_s: float = Field(5.0, gt=0, description="longest pause while a body "
-                                       "arrives (408)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="for the request line and headers to arrive (408)"
+    )
+    body_idle_timeout_s: float = Field(
+        5.0, gt=0, description="longest pause while a body arrives (408)"
+    )
     body_timeout_s: float = Field(30.0, gt=0, description="for a whole body to arrive (408)")
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connection")
-    drain_seconds: float = Field(5.0, ge=0, le=300, description="on SIGTERM: readiness 503 "
-                                 "and still serving this long, then finish and exit")
-    shutdown_timeout_s: float = Field(10.0, gt=0, description="after the drain: longest wait "
-                                      "for requests in flight")
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="on SIGTERM: readiness 503 and still serving this long, then finish and exit",
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="after the drain: longest wait for requests in flight"
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        [], description="comma-separated, or @/path/to/file with one key per line: then every "
-                        "route but /health/* needs 'Authorization: Bearer <key>' or X-API-Key")
+        [],
+        description="comma-separated, or @/path/to/file with one key per line: then every "
+        "route but /health/* needs 'Authorization: Bearer <key>' or X-API-Key",
+    )
     public_paths: Annotated[list[str], NoDecode] = Field(
-        [], description="comma-separated paths open without a key, e.g. "
-                        "/docs,/redoc,/openapi.json,/static/docs,/metrics")
+        [],
+        description="comma-separated paths open without a key, e.g. "
+        "/docs,/redoc,/openapi.json,/static/docs,/metrics",
+    )
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    log_format: Literal["json", "text"] = Field("json", description="json: one object per "
-                                                "line, for log collectors")
-    access_log: bool = Field(True, description="one log line per request (ID, route, model, "
-                                               "version, status, latency, batch size)")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line, for log collectors"
+    )
+    access_log: bool = Field(
+        True,
+        description="one log line per request (ID, route, model, "
+        "version, status, latency, batch size)",
+    )
     batching: BatchPolicy = BatchPolicy()
     batching_overrides: dict[str, BatchPolicy] = Field(
-        default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}')
-    model_poll_seconds: float = Field(5.0, ge=0, description="how often the model directory "
-                                      "is read for new or removed versions; 0 = only at start")
+        default_factory=dict, description='per model, JSON: {"cifar10": {"max_batch_size": 32}}'
+    )
+    model_poll_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="how often the model directory "
+        "is read for new or removed versions; 0 = only at start",
+    )
     version_policy: dict[str, VersionPolicy] = Field(
-        default_factory=dict, description='per model, JSON: {"digit_odd": {"latest": '
-                                          '{"num_versions": 2}}}; default: every version')
+        default_factory=dict,
+        description='per model, JSON: {"digit_odd": {"latest": '
+        '{"num_versions": 2}}}; default: every version',
+    )
     version_labels: dict[str, dict[Annotated[str, StringConstraints(pattern=LABEL)], int]] = Field(
-        default_factory=dict, description='per model, JSON: {"digit_odd": {"stable": 1, '
-                                          '"canary": 2}}; requests may name a label as version')
-    model_uploads: bool = Field(False, description="POST /models/{name}/versions takes a "
-                                "model file (.keras/.h5) and serves it; behind the API keys "
-                                "when they are set")
-    max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request "
-                                 "body")
-    inference_threads: int = Field(0, ge=0, description="TensorFlow intra-op threads; "
-                                                        "0 = half the cores")
-    decode_threads: int = Field(0, ge=0, description="threads that decode and normalise "
-                                                     "uploads; 0 = one per core")
+        default_factory=dict,
+        description='per model, JSON: {"digit_odd": {"stable": 1, '
+        '"canary": 2}}; requests may name a label as version',
+    )
+    model_uploads: bool = Field(
+        False,
+        description="POST /models/{name}/versions takes a "
+        "model file (.keras/.h5) and serves it; behind the API keys "
+        "when they are set",
+    )
+    max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request body")
+    inference_threads: int = Field(
+        0, ge=0, description="TensorFlow intra-op threads; 0 = half the cores"
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="threads that decode and normalise uploads; 0 = one per core"
+    )
 
     @field_validator("model_dir")
     @classmethod
@@ -177,10 +230,12 @@ class Settings(BaseSettings):
             try:
                 lines = Path(value[1:]).read_text().splitlines()
             except OSError as exc:
-                raise ValueError(f"cannot read the API key file {value[1:]}: "
-                                 f"{exc.strerror}") from None
-            keys = [line.strip() for line in lines if line.strip()
-                    and not line.strip().startswith("#")]
+                raise ValueError(
+                    f"cannot read the API key file {value[1:]}: {exc.strerror}"
+                ) from None
+            keys = [
+                line.strip() for line in lines if line.strip() and not line.strip().startswith("#")
+            ]
         else:
             keys = [key.strip() for key in value.split(",") if key.strip()]
         if any(len(key) < 16 or any(c.isspace() for c in key) for key in keys):
@@ -195,12 +250,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _one_request_fits(self) -> Settings:
         """A request within the per-request limits must always fit the process budgets."""
-        for budget, limit in (("body_bytes_budget", "max_upload_bytes"),
-                              ("decode_pixels_budget", "max_request_pixels"),
-                              ("feature_map_bytes_budget", "max_feature_map_bytes")):
+        for budget, limit in (
+            ("body_bytes_budget", "max_upload_bytes"),
+            ("decode_pixels_budget", "max_request_pixels"),
+            ("feature_map_bytes_budget", "max_feature_map_bytes"),
+        ):
             if getattr(self, budget) < getattr(self, limit):
-                raise ValueError(f"{budget} ({getattr(self, budget)}) must be at least "
-                                 f"{limit} ({getattr(self, limit)})")
+                raise ValueError(
+                    f"{budget} ({getattr(self, budget)}) must be at least "
+                    f"{limit} ({getattr(self, limit)})"
+                )
         return self
 
     def batch_policy(self, model: str) -> BatchPolicy:

@@ -37,8 +37,10 @@ def json_floats(data: Any, what: str, may_hold_booleans: bool) -> np.ndarray:
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise BadRequest(f"{what} is not a tensor: lists of one shape, of numbers") from None
     if inferred.dtype.kind not in "iuf" or (may_hold_booleans and _any_boolean(inferred, data)):
-        raise BadRequest(f"{what} holds values that are not numbers (strings, booleans, null, "
-                         "objects or integers too large for float32)")
+        raise BadRequest(
+            f"{what} holds values that are not numbers (strings, booleans, null, "
+            "objects or integers too large for float32)"
+        )
     with np.errstate(over="ignore"):  # beyond float32 becomes inf: of_pixels refuses it
         return inferred.astype(np.float32, copy=False)
 

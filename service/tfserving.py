@@ -29,26 +29,49 @@ STATES = {Status.loading: "LOADING", Status.ready: "AVAILABLE", Status.failed: "
 def version_status(model: ServedModel) -> dict:
     """One entry of ``model_version_status``."""
     failed = model.status is Status.failed
-    return {"version": str(model.version), "state": STATES[model.status],
-            "status": {"error_code": "UNKNOWN" if failed else "OK",
-                       "error_message": model.error if failed else ""}}
+    return {
+        "version": str(model.version),
+        "state": STATES[model.status],
+        "status": {
+            "error_code": "UNKNOWN" if failed else "OK",
+            "error_message": model.error if failed else "",
+        },
+    }
 
 
 def _tensor(dims: list[int], name: str, dtype: str = "DT_FLOAT") -> dict:
-    return {"dtype": dtype, "name": name, "tensor_shape": {
-        "dim": [{"size": str(d), "name": ""} for d in [-1, *dims]], "unknown_rank": False}}
+    return {
+        "dtype": dtype,
+        "name": name,
+        "tensor_shape": {
+            "dim": [{"size": str(d), "name": ""} for d in [-1, *dims]],
+            "unknown_rank": False,
+        },
+    }
 
 
 def metadata(model: ServedModel) -> dict:
     """``GET .../metadata``: the serving signature's inputs and outputs."""
     meta = model.metadata
     outputs = {o.name: _tensor([o.units], o.name) for o in meta.outputs}
-    return {"model_spec": {"name": model.name, "signature_name": "",
-                           "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-                "inputs": {meta.input.name: _tensor(meta.input.shape, meta.input.name,
-                                                    f"DT_{meta.input.dtype.upper()}")},
-                "outputs": outputs, "method_name": "tensorflow/serving/predict"}}}}}
+    return {
+        "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    SIGNATURE: {
+                        "inputs": {
+                            meta.input.name: _tensor(
+                                meta.input.shape, meta.input.name, f"DT_{meta.input.dtype.upper()}"
+                            )
+                        },
+                        "outputs": outputs,
+                        "method_name": "tensorflow/serving/predict",
+                    }
+                }
+            }
+        },
+    }
 
 
 def parse(body: bytes, classify: bool = False) -> dict:
@@ -78,14 +101,17 @@ def _unwrap(value: object, input_name: str) -> object:
     """``{"image": x}`` -> x; anything else as it is."""
     if isinstance(value, dict) and "b64" not in value:
         if set(value) != {input_name}:
-            raise BadRequest(f"unknown input(s) {clip(sorted(set(value) - {input_name}))}; "
-                             f"the model's one input is {input_name!r}")
+            raise BadRequest(
+                f"unknown input(s) {clip(sorted(set(value) - {input_name}))}; "
+                f"the model's one input is {input_name!r}"
+            )
         return value[input_name]
     return value
 
 
-def model_input(request: dict, meta: ModelMetadata, limit: int, may_hold_booleans: bool
-                ) -> ModelInput:
+def model_input(
+    request: dict, meta: ModelMetadata, limit: int, may_hold_booleans: bool
+) -> ModelInput:
     """A request's instances: pixel tensors, or ``{"b64": ...}`` images to preprocess."""
     spec = meta.input
     if "instances" in request:
@@ -99,10 +125,10 @@ def model_input(request: dict, meta: ModelMetadata, limit: int, may_hold_boolean
     if any(encoded):
         if not all(encoded):
             raise BadRequest("mix of encoded images ({'b64': ...}) and pixel tensors")
-        return of_files([Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)],
-                        limit)
-    return of_pixels(json_floats(items, "instances", may_hold_booleans), spec, limit,
-                     "instances")
+        return of_files(
+            [Upload(f"instance {i}", _b64(item)) for i, item in enumerate(items)], limit
+        )
+    return of_pixels(json_floats(items, "instances", may_hold_booleans), spec, limit, "instances")
 
 
 def _b64(item: dict) -> bytes:
@@ -119,8 +145,11 @@ def classification(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
     head's label order (a sigmoid head scores both of its labels)."""
     head = meta.outputs[0]
     scores = head.label_scores(outputs[head.name])
-    return {"results": [[[label, score] for label, score in zip(head.labels, row)]
-                        for row in scores.tolist()]}
+    return {
+        "results": [
+            [[label, score] for label, score in zip(head.labels, row)] for row in scores.tolist()
+        ]
+    }
 
 
 def answer(request: dict, meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
@@ -132,8 +161,7 @@ def answer(request: dict, meta: ModelMetadata, outputs: dict[str, np.ndarray]) -
             return {"predictions": outputs[names[0]].tolist()}
         columns = {name: outputs[name].tolist() for name in names}
         count = len(columns[names[0]])
-        return {"predictions": [{name: columns[name][i] for name in names}
-                                for i in range(count)]}
+        return {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
     if len(names) == 1:
         return {"outputs": outputs[names[0]].tolist()}
     return {"outputs": {name: outputs[name].tolist() for name in names}}

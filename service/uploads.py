@@ -56,12 +56,14 @@ def parse_form(body: bytes, content_type: str | None, file_field: str = "file") 
     if mime != "multipart/form-data":
         return form
     try:
-        with multipart.PushMultipartParser(options.get("boundary", ""),
-                                           max_segment_count=MAX_PARTS) as parser:
+        with multipart.PushMultipartParser(
+            options.get("boundary", ""), max_segment_count=MAX_PARTS
+        ) as parser:
             for segment, data in _segments(parser, body):
                 if segment.name == file_field:
-                    form.files.append(Upload(segment.filename, data,
-                                             segment.content_type or ACCEPTED_TYPES[1]))
+                    form.files.append(
+                        Upload(segment.filename, data, segment.content_type or ACCEPTED_TYPES[1])
+                    )
                 else:  # text, UTF-8 whatever it declares; unknown names are refused later
                     form.fields.setdefault(segment.name, data.decode())
     except (multipart.MultipartError, UnicodeDecodeError):
@@ -104,14 +106,26 @@ def params(form: Form, model: type[Params], request: Request) -> Params:
     422 without an image, with any query parameter, or for an unknown or invalid field.
     Empty fields count as not sent (HTML forms and Swagger UI send them)."""
     if request.scope["query_string"]:
-        raise RequestValidationError([
-            {"loc": ("query", name), "type": "extra_forbidden",
-             "msg": "unknown query parameter: send parameters as multipart form fields"}
-            for name in request.query_params or ("?",)])
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "type": "extra_forbidden",
+                    "msg": "unknown query parameter: send parameters as multipart form fields",
+                }
+                for name in request.query_params or ("?",)
+            ]
+        )
     if not form.files:
-        raise RequestValidationError([{"loc": ("file",), "type": "missing",
-                                       "msg": "Field required: one or more images sent as "
-                                              "multipart/form-data"}])
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("file",),
+                    "type": "missing",
+                    "msg": "Field required: one or more images sent as multipart/form-data",
+                }
+            ]
+        )
     try:
         return model.model_validate({k: v for k, v in form.fields.items() if v})
     except ValidationError as exc:

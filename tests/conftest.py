@@ -13,8 +13,9 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 def committed_versions(name: str) -> list[Path]:
     """The version directories of a committed model, oldest first."""
-    return sorted((p for p in (MODELS / name).iterdir() if p.name.isdigit()),
-                  key=lambda p: int(p.name))
+    return sorted(
+        (p for p in (MODELS / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -85,16 +85,35 @@ def _residual_block(x, filters: int, stride: int, name: str):
     then ReLU: He et al.'s basic block."""
     regularizer = keras.regularizers.L2(1e-4)
     shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_regularizer=regularizer, name=f"{name}_conv1")(x)
+    y = layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_regularizer=regularizer,
+        name=f"{name}_conv1",
+    )(x)
     y = layers.BatchNormalization(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      kernel_regularizer=regularizer, name=f"{name}_conv2")(y)
+    y = layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_regularizer=regularizer,
+        name=f"{name}_conv2",
+    )(y)
     y = layers.BatchNormalization(name=f"{name}_bn2")(y)
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                 kernel_regularizer=regularizer, name=f"{name}_shortcut")(x)
+        shortcut = layers.Conv2D(
+            filters,
+            1,
+            strides=stride,
+            use_bias=False,
+            kernel_regularizer=regularizer,
+            name=f"{name}_shortcut",
+        )(x)
         shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
@@ -103,8 +122,14 @@ def cifar10_resnet() -> keras.Model:
     """ResNet-20 for 32x32 images: a 3x3 conv, three stages of three residual blocks (16, 32,
     64 filters; the last two stages halve the resolution), global average pooling, softmax."""
     image = _image(InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"))
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False,
-                      kernel_regularizer=keras.regularizers.L2(1e-4), name="stem_conv")(image)
+    x = layers.Conv2D(
+        16,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_regularizer=keras.regularizers.L2(1e-4),
+        name="stem_conv",
+    )(image)
     x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
     for stage, filters in enumerate((16, 32, 64), start=1):
         for block in range(1, 4):
@@ -166,29 +191,66 @@ def lenet5() -> keras.Model:
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        Architecture("digit_odd", "MNIST digit (softmax) and odd/even (sigmoid) from one input; "
-                     "the digit head reads conv features concatenated with the raw pixels",
-                     "mnist", MNIST_INPUT, (DIGIT, ODD), digit_odd),
-        Architecture("digit_odd_plus", "digit_odd's heads on Conv16-Pool-Conv32-Pool-Conv32-"
-                     "Dense64; the odd/even head reads the learned features and the digit "
-                     "probabilities", "mnist", MNIST_INPUT, (DIGIT, ODD), digit_odd_plus,
-                     augment_by_default=True),
-        Architecture("cifar10", "Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10 on CIFAR-10",
-                     "cifar10", InputSpec(shape=[32, 32, 3], color_mode="rgb",
-                                          preprocessing="resize"),
-                     (CIFAR_CLASS,), cifar10, augment_by_default=True),
-        Architecture("cifar10_resnet", "ResNet-20 (batch norm, 3x3 residual blocks of 16/32/"
-                     "64 filters, global average pooling) on CIFAR-10", "cifar10",
-                     InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"),
-                     (CIFAR_CLASS,), cifar10_resnet, augment_by_default=True,
-                     schedule="cosine"),
-        Architecture("simple_cnn", "Conv32-Pool-Dense10 on MNIST", "mnist", MNIST_INPUT,
-                     (DIGIT,), simple_cnn),
-        Architecture("mnist_cnn", "SAME-padded Conv32-Pool-Conv64-Pool-Dense1024-Dropout-Dense10",
-                     "mnist", MNIST_INPUT, (DIGIT,), mnist_cnn),
-        Architecture("lenet5", "LeNet-5 variant on 64x64x3 (CIFAR-10 resized)", "cifar10",
-                     InputSpec(shape=[64, 64, 3], color_mode="rgb", preprocessing="resize"),
-                     (CIFAR_CLASS,), lenet5, augment_by_default=True),
+        Architecture(
+            "digit_odd",
+            "MNIST digit (softmax) and odd/even (sigmoid) from one input; "
+            "the digit head reads conv features concatenated with the raw pixels",
+            "mnist",
+            MNIST_INPUT,
+            (DIGIT, ODD),
+            digit_odd,
+        ),
+        Architecture(
+            "digit_odd_plus",
+            "digit_odd's heads on Conv16-Pool-Conv32-Pool-Conv32-"
+            "Dense64; the odd/even head reads the learned features and the digit "
+            "probabilities",
+            "mnist",
+            MNIST_INPUT,
+            (DIGIT, ODD),
+            digit_odd_plus,
+            augment_by_default=True,
+        ),
+        Architecture(
+            "cifar10",
+            "Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10 on CIFAR-10",
+            "cifar10",
+            InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"),
+            (CIFAR_CLASS,),
+            cifar10,
+            augment_by_default=True,
+        ),
+        Architecture(
+            "cifar10_resnet",
+            "ResNet-20 (batch norm, 3x3 residual blocks of 16/32/"
+            "64 filters, global average pooling) on CIFAR-10",
+            "cifar10",
+            InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"),
+            (CIFAR_CLASS,),
+            cifar10_resnet,
+            augment_by_default=True,
+            schedule="cosine",
+        ),
+        Architecture(
+            "simple_cnn", "Conv32-Pool-Dense10 on MNIST", "mnist", MNIST_INPUT, (DIGIT,), simple_cnn
+        ),
+        Architecture(
+            "mnist_cnn",
+            "SAME-padded Conv32-Pool-Conv64-Pool-Dense1024-Dropout-Dense10",
+            "mnist",
+            MNIST_INPUT,
+            (DIGIT,),
+            mnist_cnn,
+        ),
+        Architecture(
+            "lenet5",
+            "LeNet-5 variant on 64x64x3 (CIFAR-10 resized)",
+            "cifar10",
+            InputSpec(shape=[64, 64, 3], color_mode="rgb", preprocessing="resize"),
+            (CIFAR_CLASS,),
+            lenet5,
+            augment_by_default=True,
+        ),
     )
 }
 
@@ -204,8 +266,7 @@ class Transfer:
 
 
 TRANSFERS: dict[str, Transfer] = {
-    "digit_only": Transfer("digit_only", base="digit_odd", up_to="flatten_layer",
-                           outputs=(DIGIT,)),
+    "digit_only": Transfer("digit_only", base="digit_odd", up_to="flatten_layer", outputs=(DIGIT,)),
 }
 
 
@@ -217,8 +278,9 @@ def get_architecture(name: str) -> Architecture:
         raise KeyError(f"unknown model {name!r}; known: {known}") from None
 
 
-def build_transfer(base: keras.Model, up_to: str, outputs: tuple[OutputSpec, ...],
-                   name: str) -> keras.Model:
+def build_transfer(
+    base: keras.Model, up_to: str, outputs: tuple[OutputSpec, ...], name: str
+) -> keras.Model:
     """Reuse ``base`` up to the layer ``up_to`` with its weights frozen; add a trainable head."""
     features = base.get_layer(up_to).output
     for layer in keras.Model(base.input, features).layers:

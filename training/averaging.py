@@ -42,8 +42,7 @@ class WeightAveraging(keras.callbacks.Callback):
 def recompute_batch_norm(model: keras.Model, batches: Sequence) -> int:
     """Reset every BatchNormalization layer's moving mean/variance to the mean of its batch
     statistics over ``batches`` (items ``(x, y)``); returns the number of layers."""
-    layers = [layer for layer in model.layers
-              if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]

@@ -51,8 +51,16 @@ def summary(name: str, as_json: bool) -> int:
     table = layer_table(model)
     total = model.count_params()
     if as_json:
-        print(json.dumps({"name": name, "layers": [row.model_dump() for row in table],
-                          "total_params": total}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "layers": [row.model_dump() for row in table],
+                    "total_params": total,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{'layer':<24}{'type':<24}{'output shape':<18}{'params':>10}  inbound")
     for row in table:
@@ -67,8 +75,10 @@ def _latest_keras(models: Path, base: str) -> Path:
     version = next_version(root) - 1
     path = root / str(version) / KERAS_FILE
     if version < 1 or not path.is_file():
-        raise SystemExit(f"cnn-train: no trained {base!r} under {root} to transfer from; "
-                         f"train it first: cnn-train {base} --data ...")
+        raise SystemExit(
+            f"cnn-train: no trained {base!r} under {root} to transfer from; "
+            f"train it first: cnn-train {base} --data ..."
+        )
     return path
 
 
@@ -86,9 +96,11 @@ def _warm_start(build, version_dir: Path):
         try:
             model.set_weights(trained.get_weights())
         except ValueError as exc:
-            raise SystemExit(f"cnn-train: --init-from {version_dir}: not this architecture "
-                             f"({exc})") from exc
+            raise SystemExit(
+                f"cnn-train: --init-from {version_dir}: not this architecture ({exc})"
+            ) from exc
         return model
+
     return warm, f"{start.name}/{start.version}"
 
 
@@ -108,19 +120,24 @@ def train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"cnn-train: {exc}") from exc
     if args.bundle is None and not on_tensorflow():
-        raise SystemExit(f"cnn-train: Keras on {keras.backend.backend()} writes no SavedModel: "
-                         f"train with --bundle DIR, then run `cnn-train export DIR` where "
-                         f"TensorFlow is installed")
+        raise SystemExit(
+            f"cnn-train: Keras on {keras.backend.backend()} writes no SavedModel: "
+            f"train with --bundle DIR, then run `cnn-train export DIR` where "
+            f"TensorFlow is installed"
+        )
     transfer = TRANSFERS.get(args.name)
     if transfer:
         base_path = _latest_keras(args.base_dir, transfer.base)
         base_model = keras.models.load_model(base_path)
         arch = get_architecture(transfer.base)
         outputs = transfer.outputs
-        build = functools.partial(build_transfer, base_model, transfer.up_to, outputs,
-                                  transfer.name)
-        description = (f"transfer learning: {transfer.base} up to {transfer.up_to} (frozen, "
-                       f"from {base_path.parent}) + new trainable head")
+        build = functools.partial(
+            build_transfer, base_model, transfer.up_to, outputs, transfer.name
+        )
+        description = (
+            f"transfer learning: {transfer.base} up to {transfer.up_to} (frozen, "
+            f"from {base_path.parent}) + new trainable head"
+        )
     else:
         arch = get_architecture(args.name)
         outputs, description = arch.outputs, arch.description
@@ -129,60 +146,90 @@ def train(args: argparse.Namespace) -> int:
     if args.init_from:
         build, initialized_from = _warm_start(build, args.init_from)
     if args.average_weights and args.resume:
-        raise SystemExit("cnn-train: --average-weights keeps its running mean in memory; it "
-                         "does not combine with --resume")
+        raise SystemExit(
+            "cnn-train: --average-weights keeps its running mean in memory; it "
+            "does not combine with --resume"
+        )
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise SystemExit("cnn-train: --tensorboard needs the tensorboard package "
-                         "(pip install tensorboard)")
+        raise SystemExit(
+            "cnn-train: --tensorboard needs the tensorboard package (pip install tensorboard)"
+        )
     augment = arch.augment_by_default if args.augment is None else args.augment
     try:
         data = datasets.load(arch.dataset, args.data)
     except datasets.DatasetError as exc:
         raise SystemExit(f"cnn-train: {exc}") from exc
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                      validation_split=args.val_split, seed=args.seed, augment=augment,
-                      learning_rate=args.lr or (0.1 if arch.schedule == "cosine" else 1e-3),
-                      patience=args.patience, tensorboard=args.tensorboard,
-                      finetune_epochs=args.finetune_epochs, schedule=arch.schedule,
-                      resume=args.resume, average_weights=args.average_weights)
-    print(f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
-          f"on {hardware()}", flush=True)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_split=args.val_split,
+        seed=args.seed,
+        augment=augment,
+        learning_rate=args.lr or (0.1 if arch.schedule == "cosine" else 1e-3),
+        patience=args.patience,
+        tensorboard=args.tensorboard,
+        finetune_epochs=args.finetune_epochs,
+        schedule=arch.schedule,
+        resume=args.resume,
+        average_weights=args.average_weights,
+    )
+    print(
+        f"training {args.name} on {data.name} ({len(data.images)} examples, {data.format}) "
+        f"on {hardware()}",
+        flush=True,
+    )
     result = fit(build, outputs, arch.input, data, cfg, cluster)
 
     def metadata(version: int, layers, created_at: str) -> ModelMetadata:
         return ModelMetadata(
-            name=args.name, version=version, architecture=transfer.base if transfer else arch.name,
-            description=description, input=InputSpec(**arch.input.model_dump()),
-            outputs=list(outputs), layers=layers,
+            name=args.name,
+            version=version,
+            architecture=transfer.base if transfer else arch.name,
+            description=description,
+            input=InputSpec(**arch.input.model_dump()),
+            outputs=list(outputs),
+            layers=layers,
             total_params=result.model.count_params(),
             trainable_params=sum(int(np.prod(w.shape)) for w in result.model.trainable_weights),
             validation_metrics=result.validation_metrics,
-            dataset=DatasetInfo(name=data.name, format=data.format, path=data.path,
-                                provenance=data.provenance,
-                                train_examples=result.train_examples,
-                                validation_examples=result.validation_examples),
-            training=TrainingConfig(epochs=cfg.epochs, epochs_run=result.epochs_run,
-                                    batch_size=cfg.batch_size, workers=cluster.workers,
-                                    validation_split=cfg.validation_split, seed=cfg.seed,
-                                    augment=cfg.augment,
-                                    finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
-                                    optimizer=_optimizer_name(cfg),
-                                    learning_rate=cfg.learning_rate,
-                                    duration_s=result.duration_s, hardware=hardware(),
-                                    backend=keras.backend.backend(),
-                                    base_model=transfer.base if transfer else None,
-                                    frozen_up_to=transfer.up_to if transfer else None,
-                                    initialized_from=initialized_from),
-            tensorflow_version=_tensorflow_version(), keras_version=keras.__version__,
+            dataset=DatasetInfo(
+                name=data.name,
+                format=data.format,
+                path=data.path,
+                provenance=data.provenance,
+                train_examples=result.train_examples,
+                validation_examples=result.validation_examples,
+            ),
+            training=TrainingConfig(
+                epochs=cfg.epochs,
+                epochs_run=result.epochs_run,
+                batch_size=cfg.batch_size,
+                workers=cluster.workers,
+                validation_split=cfg.validation_split,
+                seed=cfg.seed,
+                augment=cfg.augment,
+                finetune_epochs=cfg.finetune_epochs if cfg.augment else 0,
+                optimizer=_optimizer_name(cfg),
+                learning_rate=cfg.learning_rate,
+                duration_s=result.duration_s,
+                hardware=hardware(),
+                backend=keras.backend.backend(),
+                base_model=transfer.base if transfer else None,
+                frozen_up_to=transfer.up_to if transfer else None,
+                initialized_from=initialized_from,
+            ),
+            tensorflow_version=_tensorflow_version(),
+            keras_version=keras.__version__,
             created_at=created_at,
         )
 
-    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in
-                                     result.validation_metrics.items()))
+    print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.validation_metrics.items()))
     if args.bundle:
         path = write_bundle(result.model, args.bundle, metadata)
-        print(f"wrote {path}; make it a version where TensorFlow is: "
-              f"cnn-train export {path} --data <this dataset>")
+        print(
+            f"wrote {path}; make it a version where TensorFlow is: "
+            f"cnn-train export {path} --data <this dataset>"
+        )
         return 0
     if not cluster.chief:  # every worker saves (collectives); only the chief's export stays
         with tempfile.TemporaryDirectory() as scratch:
@@ -195,43 +242,80 @@ def train(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnn-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="cnn-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("name", choices=NAMES, help="architecture (or transfer model) to train")
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset path (IDX dir / mnist.npz / CIFAR batches / image folder or "
-                        "zip); omitted: keras.datasets (needs network)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset path (IDX dir / mnist.npz / CIFAR batches / image folder or "
+        "zip); omitted: keras.datasets (needs network)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lr", type=float, default=None,
-                   help="initial learning rate (default: 1e-3 for Adam; 0.1 for the cosine "
-                        "schedule's SGD)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="initial learning rate (default: 1e-3 for Adam; 0.1 for the cosine schedule's SGD)",
+    )
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip/shift augmentation (default: on for colour datasets)")
-    p.add_argument("--finetune-epochs", type=int, default=5,
-                   help="after augmented training, epochs re-fitting heads that read raw "
-                        "pixels (digit_odd's odd head) on undistorted images")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip/shift augmentation (default: on for colour datasets)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=5,
+        help="after augmented training, epochs re-fitting heads that read raw "
+        "pixels (digit_odd's odd head) on undistorted images",
+    )
     p.add_argument("--tensorboard", metavar="DIR", default=None)
-    p.add_argument("--resume", metavar="DIR", default=None,
-                   help="checkpoint every epoch into DIR; started again with the same DIR, an "
-                        "interrupted run continues where it stopped")
-    p.add_argument("--init-from", metavar="VERSION_DIR", type=Path, default=None,
-                   help="start from the weights of an exported version of the same "
-                        "architecture (e.g. models/cifar10_resnet/1): a further LR cycle")
-    p.add_argument("--average-weights", action="store_true",
-                   help="stochastic weight averaging: SGD at a constant --lr; the export is "
-                        "the mean of the weights at every epoch's end, batch-norm statistics "
-                        "recomputed (after a schedule: with --init-from)")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="checkpoint every epoch into DIR; started again with the same DIR, an "
+        "interrupted run continues where it stopped",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="VERSION_DIR",
+        type=Path,
+        default=None,
+        help="start from the weights of an exported version of the same "
+        "architecture (e.g. models/cifar10_resnet/1): a further LR cycle",
+    )
+    p.add_argument(
+        "--average-weights",
+        action="store_true",
+        help="stochastic weight averaging: SGD at a constant --lr; the export is "
+        "the mean of the weights at every epoch's end, batch-norm statistics "
+        "recomputed (after a schedule: with --init-from)",
+    )
     p.add_argument("--out", type=Path, default=SCRATCH, help=OUT_HELP)
-    p.add_argument("--bundle", metavar="DIR", type=Path, default=None,
-                   help="write model.keras + metadata.json to DIR instead of a version (on any "
-                        "Keras backend); `cnn-train export DIR` exports it later")
-    p.add_argument("--base-dir", type=Path, default=BUNDLED_MODELS,
-                   help="model repository holding the base model of a transfer model "
-                        "(default: the bundled models)")
+    p.add_argument(
+        "--bundle",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write model.keras + metadata.json to DIR instead of a version (on any "
+        "Keras backend); `cnn-train export DIR` exports it later",
+    )
+    p.add_argument(
+        "--base-dir",
+        type=Path,
+        default=BUNDLED_MODELS,
+        help="model repository holding the base model of a transfer model "
+        "(default: the bundled models)",
+    )
     return p
 
 
@@ -248,31 +332,50 @@ def export_bundle(bundle: Path, data_path: Path | None, out: Path) -> int:
     update: dict = {}
     if data_path is not None:
         if meta.dataset is None or meta.training is None:
-            raise SystemExit(f"cnn-train export: {bundle}: its metadata does not say what it "
-                             "was trained on")
+            raise SystemExit(
+                f"cnn-train export: {bundle}: its metadata does not say what it was trained on"
+            )
         try:
             data = datasets.load(meta.dataset.name, data_path)
         except datasets.DatasetError as exc:
             raise SystemExit(f"cnn-train export: {exc}") from exc
         trained_on = meta.dataset.train_examples + meta.dataset.validation_examples
         if len(data.images) != trained_on:
-            raise SystemExit(f"cnn-train export: {data_path} has {len(data.images)} examples; "
-                             f"{bundle} was trained on {trained_on}")
+            raise SystemExit(
+                f"cnn-train export: {data_path} has {len(data.images)} examples; "
+                f"{bundle} was trained on {trained_on}"
+            )
         _, val_idx = datasets.split(trained_on, meta.training.validation_split, meta.training.seed)
         outputs = tuple(meta.outputs)
         compile_model(model, outputs, meta.training.learning_rate)
-        metrics = validation_metrics(model, pipeline(
-            data.images[val_idx], targets(outputs, data.labels[val_idx]), meta.input,
-            meta.training.batch_size))
+        metrics = validation_metrics(
+            model,
+            pipeline(
+                data.images[val_idx],
+                targets(outputs, data.labels[val_idx]),
+                meta.input,
+                meta.training.batch_size,
+            ),
+        )
         print(f"validation here: {metrics} (in training: {meta.validation_metrics})")
-        update = {"validation_metrics": metrics, "dataset": meta.dataset.model_copy(
-            update={"path": str(data_path), "format": data.format})}
+        update = {
+            "validation_metrics": metrics,
+            "dataset": meta.dataset.model_copy(
+                update={"path": str(data_path), "format": data.format}
+            ),
+        }
 
     def metadata(version: int, layers, created_at: str) -> ModelMetadata:
-        return meta.model_copy(update={
-            "version": version, "layers": layers, "created_at": created_at,
-            "tensorflow_version": _tensorflow_version(), "keras_version": keras.__version__,
-            **update})
+        return meta.model_copy(
+            update={
+                "version": version,
+                "layers": layers,
+                "created_at": created_at,
+                "tensorflow_version": _tensorflow_version(),
+                "keras_version": keras.__version__,
+                **update,
+            }
+        )
 
     print(f"exported {export(model, out, metadata)}")
     return 0
@@ -283,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         ep = argparse.ArgumentParser(prog="cnn-train export")
         ep.add_argument("bundle", type=Path, help="a directory written by --bundle")
-        ep.add_argument("--data", type=Path, default=None,
-                        help="the dataset it was trained on: evaluate its validation split here")
+        ep.add_argument(
+            "--data",
+            type=Path,
+            default=None,
+            help="the dataset it was trained on: evaluate its validation split here",
+        )
         ep.add_argument("--out", type=Path, default=SCRATCH, help=OUT_HELP)
         a = ep.parse_args(argv[1:])
         return export_bundle(a.bundle, a.data, a.out)

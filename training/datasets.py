@@ -107,8 +107,15 @@ def read_mnist(path: Path) -> Dataset:
         raise DatasetError(f"{path}: not found (expected a directory of IDX files or mnist.npz)")
     if labels.max(initial=0) > 9:
         raise DatasetError(f"{path}: labels outside 0-9")
-    return Dataset("mnist", images[..., None], labels.astype(np.int64), DIGITS, fmt, str(path),
-                   "MNIST training split (LeCun, Cortes, Burges)")
+    return Dataset(
+        "mnist",
+        images[..., None],
+        labels.astype(np.int64),
+        DIGITS,
+        fmt,
+        str(path),
+        "MNIST training split (LeCun, Cortes, Burges)",
+    )
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +125,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path) as data:
             missing = {"x_train", "y_train"} - set(data.files)
             if missing:
-                raise DatasetError(f"{path}: missing array(s) {sorted(missing)} "
-                                   f"(a Keras mnist.npz has x_train, y_train)")
+                raise DatasetError(
+                    f"{path}: missing array(s) {sorted(missing)} "
+                    f"(a Keras mnist.npz has x_train, y_train)"
+                )
             return data["x_train"], data["y_train"]
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
@@ -179,8 +188,9 @@ def _class_order(names: set[str]) -> list[str]:
     return list(CIFAR10_CLASSES) if names == set(CIFAR10_CLASSES) else sorted(names)
 
 
-def _images_from_folder(entries: dict[str, bytes], where: str) -> tuple[np.ndarray, np.ndarray,
-                                                                          list[str]]:
+def _images_from_folder(
+    entries: dict[str, bytes], where: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     by_class: dict[str, list[str]] = {}
     for rel in sorted(entries):
         parts = Path(rel).parts
@@ -240,8 +250,15 @@ def read_cifar10(path: Path) -> Dataset:
     else:
         images, labels, classes = read_image_folder(path)
         fmt = "image-folder-zip" if path.is_file() else "image-folder"
-    return Dataset("cifar10", images, labels, classes, fmt, str(path),
-                   "CIFAR-10 training split (Krizhevsky, 2009)")
+    return Dataset(
+        "cifar10",
+        images,
+        labels,
+        classes,
+        fmt,
+        str(path),
+        "CIFAR-10 training split (Krizhevsky, 2009)",
+    )
 
 
 READERS = {"mnist": read_mnist, "cifar10": read_cifar10}
@@ -256,8 +273,15 @@ def load(dataset: str, path: Path | None) -> Dataset:
     (x, y), _ = getattr(keras.datasets, dataset).load_data()
     x = x[..., None] if x.ndim == 3 else x
     names = DIGITS if dataset == "mnist" else list(CIFAR10_CLASSES)
-    return Dataset(dataset, x, y.reshape(-1).astype(np.int64), names, "keras.datasets", None,
-                   f"keras.datasets.{dataset} (downloaded)")
+    return Dataset(
+        dataset,
+        x,
+        y.reshape(-1).astype(np.int64),
+        names,
+        "keras.datasets",
+        None,
+        f"keras.datasets.{dataset} (downloaded)",
+    )
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -63,14 +63,17 @@ def from_environment() -> Cluster:
     if workers <= 1:
         return single_process()
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(f"TF_CONFIG names {workers} workers: multi-worker training runs on "
-                         f"TensorFlow (KERAS_BACKEND=tensorflow), not on "
-                         f"{keras.backend.backend()}")
+        raise ValueError(
+            f"TF_CONFIG names {workers} workers: multi-worker training runs on "
+            f"TensorFlow (KERAS_BACKEND=tensorflow), not on "
+            f"{keras.backend.backend()}"
+        )
     import tensorflow as tf
 
     task = config.get("task", {})
     chief = task.get("type") == "chief" or (
-        "chief" not in cluster and task.get("type") == "worker" and task.get("index") == 0)
+        "chief" not in cluster and task.get("type") == "worker" and task.get("index") == 0
+    )
     return Cluster(tf.distribute.MultiWorkerMirroredStrategy(), workers, chief)
 
 
@@ -82,10 +85,17 @@ def shard_per_worker(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
-                     train_ds: tf.data.Dataset, train_examples: int, global_batch: int,
-                     epochs: int, optimizer: keras.optimizers.Optimizer, cluster: Cluster,
-                     checkpoints: str | None = None) -> list[float]:
+def fit_multi_worker(
+    model: keras.Model,
+    outputs: tuple[OutputSpec, ...],
+    train_ds: tf.data.Dataset,
+    train_examples: int,
+    global_batch: int,
+    epochs: int,
+    optimizer: keras.optimizers.Optimizer,
+    cluster: Cluster,
+    checkpoints: str | None = None,
+) -> list[float]:
     """Train ``model`` with ``optimizer`` (both made in ``cluster.strategy.scope()``) on
     ``train_ds`` (batched to ``global_batch``); the mean training loss per epoch of this run.
 
@@ -110,15 +120,20 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
         def on_replica(x, y):
             with tf.GradientTape() as tape:
                 predicted = model(x, training=True)
-                per_example = tf.add_n([tf.reshape(loss(y[name], predicted[name]), [-1])
-                                        for name, loss in losses.items()])
+                per_example = tf.add_n(
+                    [
+                        tf.reshape(loss(y[name], predicted[name]), [-1])
+                        for name, loss in losses.items()
+                    ]
+                )
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return loss
 
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=batch),
-                               axis=None)
+        return strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=batch), axis=None
+        )
 
     manager = None
     if checkpoints:
@@ -140,16 +155,20 @@ def fit_multi_worker(model: keras.Model, outputs: tuple[OutputSpec, ...],
             done.assign(epoch + 1)
             if manager is not None:
                 manager.save()
-            print(f"epoch {epoch + 1}/{epochs} - {steps} steps of {global_batch} - "
-                  f"{time.perf_counter() - start:.1f} s - loss {history[-1]:.4f}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{epochs} - {steps} steps of {global_batch} - "
+                f"{time.perf_counter() - start:.1f} s - loss {history[-1]:.4f}",
+                flush=True,
+            )
     finally:
         if manager is not None and not cluster.chief:
             shutil.rmtree(manager.directory, ignore_errors=True)
     return history
 
 
-def evaluate(model: keras.Model, outputs: tuple[OutputSpec, ...], val_ds: tf.data.Dataset
-             ) -> dict[str, float]:
+def evaluate(
+    model: keras.Model, outputs: tuple[OutputSpec, ...], val_ds: tf.data.Dataset
+) -> dict[str, float]:
     """Accuracy per output on the validation split, computed by this worker alone (every
     worker holds the same weights)."""
     right = {o.name: 0 for o in outputs}
@@ -161,5 +180,7 @@ def evaluate(model: keras.Model, outputs: tuple[OutputSpec, ...], val_ds: tf.dat
             guess = o.decide(p)
             right[o.name] += int((guess == truth.reshape(-1)).sum())
         seen += len(x)
-    return {f"{name}_accuracy" if len(outputs) > 1 else "accuracy": round(count / seen, 5)
-            for name, count in right.items()}
+    return {
+        f"{name}_accuracy" if len(outputs) > 1 else "accuracy": round(count / seen, 5)
+        for name, count in right.items()
+    }

@@ -48,8 +48,11 @@ def feature_map_model(model: keras.Model) -> keras.Model:
     """A model with the same input that returns every (non-input) layer's output by name,
     nested models' layers included."""
     graph = expand(model, output_names(model))
-    outputs = {name: graph.outputs[name] for name in in_order(model, graph)
-               if not isinstance(graph.layers[name], keras.layers.InputLayer)}
+    outputs = {
+        name: graph.outputs[name]
+        for name in in_order(model, graph)
+        if not isinstance(graph.layers[name], keras.layers.InputLayer)
+    }
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_feature_maps")
 
 
@@ -95,8 +98,9 @@ def save_model(model: keras.Model, target: Path, output_names: list[str] | None 
     archive.track(model)
     archive.add_endpoint("serving_default", named_outputs(model, output_names), [spec])
     to_input = input_cast(model)
-    archive.add_endpoint("feature_maps", lambda image: maps(to_input(image), training=False),
-                         [spec])
+    archive.add_endpoint(
+        "feature_maps", lambda image: maps(to_input(image), training=False), [spec]
+    )
     archive.write_out(str(target), verbose=False)
 
 
@@ -115,8 +119,14 @@ def write_bundle(model: keras.Model, directory: Path, build_metadata) -> Path:
     return directory
 
 
-def export(model: keras.Model, out_dir: Path, build_metadata, name: str | None = None,
-           version: int | None = None, output_names: list[str] | None = None) -> Path:
+def export(
+    model: keras.Model,
+    out_dir: Path,
+    build_metadata,
+    name: str | None = None,
+    version: int | None = None,
+    output_names: list[str] | None = None,
+) -> Path:
     """Write ``out_dir/<name>/<version>/`` (default: the model's name, the next version)
     atomically and return it.
 

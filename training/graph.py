@@ -74,8 +74,11 @@ def expand(model: keras.Model, head_names: list[str]) -> Expanded:
         if isinstance(layer, keras.layers.InputLayer):
             graph.record(layer.name, layer, layer.output, [])
     out = _run(model, list(model.inputs), "", graph)
-    graph.heads = dict(out) if isinstance(out, dict) else dict(
-        zip(head_names, tree.flatten(out), strict=True))
+    graph.heads = (
+        dict(out)
+        if isinstance(out, dict)
+        else dict(zip(head_names, tree.flatten(out), strict=True))
+    )
     return graph
 
 

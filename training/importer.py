@@ -61,8 +61,10 @@ def load(source: Path, size: tuple[int, int] | None = None) -> keras.Model:
         model = keras.saving.load_model(source, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any reason a file does not load is the answer
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise Refused(f"{source}: cannot be read as a Keras model ({type(exc).__name__}"
-                      f"{': ' + reason if reason else ''})") from None
+        raise Refused(
+            f"{source}: cannot be read as a Keras model ({type(exc).__name__}"
+            f"{': ' + reason if reason else ''})"
+        ) from None
     if not isinstance(model, keras.Model):
         raise Refused(f"{source}: holds no Keras model")
     return _functional(model, size)
@@ -74,8 +76,10 @@ def _functional(model: keras.Model, size: tuple[int, int] | None) -> keras.Model
     if not isinstance(model, keras.Sequential):
         return model
     if len(model.input_shape) != 4:
-        raise Refused(f"the model takes {_shape(model.input_shape)}, not one image "
-                      "[batch, height, width, 1 or 3]")
+        raise Refused(
+            f"the model takes {_shape(model.input_shape)}, not one image "
+            "[batch, height, width, 1 or 3]"
+        )
     shape = model.input_shape[1:]
     if size is not None and None in shape[:2]:
         shape = (*size, shape[2])
@@ -94,20 +98,27 @@ def _shape(shape) -> str:
 def _fixed_size(model: keras.Model, size: tuple[int, int] | None) -> keras.Model:
     """Check the one image input [batch, H, W, 1|3]; a model of any size gets ``size``."""
     if len(model.inputs) != 1:
-        raise Refused(f"the model takes {len(model.inputs)} inputs; cnn-serve serves models "
-                      "of one image input")
+        raise Refused(
+            f"the model takes {len(model.inputs)} inputs; cnn-serve serves models "
+            "of one image input"
+        )
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[3] not in (1, 3):
-        raise Refused(f"the model takes {_shape(shape)}, not one image "
-                      "[batch, height, width, 1 or 3]")
+        raise Refused(
+            f"the model takes {_shape(shape)}, not one image [batch, height, width, 1 or 3]"
+        )
     if None not in shape[1:3]:
         if size is not None and tuple(size) != shape[1:3]:
-            raise Refused(f"--input-size {size[0]},{size[1]}: the model's input is fixed at "
-                          f"{shape[1]}x{shape[2]}")
+            raise Refused(
+                f"--input-size {size[0]},{size[1]}: the model's input is fixed at "
+                f"{shape[1]}x{shape[2]}"
+            )
         return model
     if size is None:
-        raise Refused(f"the model takes images of any size {_shape(shape)}: give the size "
-                      "to serve with --input-size H,W")
+        raise Refused(
+            f"the model takes images of any size {_shape(shape)}: give the size "
+            "to serve with --input-size H,W"
+        )
     inputs = keras.Input(shape=(*size, shape[3]), name="image")
     return keras.Model(inputs, model(inputs), name=model.name)
 
@@ -123,31 +134,36 @@ def _keras_heads(model: keras.Model) -> list[tuple[str, int]]:
     return heads
 
 
-def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None
-           ) -> list[OutputSpec]:
+def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None) -> list[OutputSpec]:
     """Each head (name, units) with its labels: from ``labels`` (None: the only head), else
     the class indices."""
     names = [name for name, _ in heads]
     files = dict(labels or {})
     if None in files:
         if len(names) != 1:
-            raise Refused(f"the model has {len(names)} heads ({', '.join(names)}): name one, "
-                          "--labels HEAD=FILE")
+            raise Refused(
+                f"the model has {len(names)} heads ({', '.join(names)}): name one, "
+                "--labels HEAD=FILE"
+            )
         files[names[0]] = files.pop(None)
     unknown = sorted(str(head) for head in set(files) - set(names))
     if unknown:
-        raise Refused(f"--labels for {', '.join(unknown)}: the model's heads are "
-                      f"{', '.join(names)}")
+        raise Refused(
+            f"--labels for {', '.join(unknown)}: the model's heads are {', '.join(names)}"
+        )
     specs = []
     for name, units in heads:
         wanted = 2 if units == 1 else units
         given = _read_labels(files[name]) if name in files else [str(i) for i in range(wanted)]
         if len(given) != wanted:
-            raise Refused(f"{files[name]}: {len(given)} labels for head {name!r}, which has "
-                          f"{wanted} classes" + (" (a 1-unit sigmoid: negative, then positive)"
-                                                 if units == 1 else ""))
-        specs.append(OutputSpec(name=name, kind="binary" if units == 1 else "multiclass",
-                                labels=given))
+            raise Refused(
+                f"{files[name]}: {len(given)} labels for head {name!r}, which has "
+                f"{wanted} classes"
+                + (" (a 1-unit sigmoid: negative, then positive)" if units == 1 else "")
+            )
+        specs.append(
+            OutputSpec(name=name, kind="binary" if units == 1 else "multiclass", labels=given)
+        )
     return specs
 
 
@@ -167,20 +183,32 @@ def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpe
 
     height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
     integers = "int" in str(model.inputs[0].dtype)  # e.g. uint8 pixels: 0..255 by default
-    spec = InputSpec(shape=[height, width, channels],
-                     value_range=options.value_range or ((0.0, 255.0) if integers else (0.0, 1.0)),
-                     color_mode="grayscale" if channels == 1 else "rgb",
-                     preprocessing=_preprocessing(options, [height, width, channels]))
+    spec = InputSpec(
+        shape=[height, width, channels],
+        value_range=options.value_range or ((0.0, 255.0) if integers else (0.0, 1.0)),
+        color_mode="grayscale" if channels == 1 else "rgb",
+        preprocessing=_preprocessing(options, [height, width, channels]),
+    )
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
 
     def build(version: int, layers, created_at: str) -> ModelMetadata:
         return ModelMetadata(
-            name=options.name, version=version, architecture=model.name,
-            description=f"imported from {options.source.name}", input=spec, outputs=heads,
-            layers=layers, total_params=model.count_params(), trainable_params=trainable,
-            validation_metrics={}, dataset=None, training=None,
-            tensorflow_version=tf.__version__, keras_version=keras.__version__,
-            created_at=created_at)
+            name=options.name,
+            version=version,
+            architecture=model.name,
+            description=f"imported from {options.source.name}",
+            input=spec,
+            outputs=heads,
+            layers=layers,
+            total_params=model.count_params(),
+            trainable_params=trainable,
+            validation_metrics={},
+            dataset=None,
+            training=None,
+            tensorflow_version=tf.__version__,
+            keras_version=keras.__version__,
+            created_at=created_at,
+        )
 
     return build
 
@@ -189,8 +217,10 @@ def import_model(options: Options) -> Path:
     """Write ``options.source`` as ``<model_dir>/<name>/<version>/``; :class:`Refused` when it
     cannot be served (nothing is written then)."""
     if not NAME.fullmatch(options.name):
-        raise Refused(f"--name {options.name[:64]!r}: letters, digits, '_', '-' and '.', "
-                      "starting with a letter or digit, at most 64")
+        raise Refused(
+            f"--name {options.name[:64]!r}: letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit, at most 64"
+        )
     if options.version is not None and options.version < 1:
         raise Refused("--version: versions are whole numbers from 1")
     if options.value_range is not None and not options.value_range[0] < options.value_range[1]:
@@ -203,8 +233,14 @@ def import_model(options: Options) -> Path:
     model = _fixed_size(load(options.source, options.input_size), options.input_size)
     heads = _heads(_keras_heads(model), options.labels)
     build = metadata_builder(model, options, heads)
-    return export(model, options.model_dir, build, name=options.name, version=options.version,
-                  output_names=[h.name for h in heads])
+    return export(
+        model,
+        options.model_dir,
+        build,
+        name=options.name,
+        version=options.version,
+        output_names=[h.name for h in heads],
+    )
 
 
 def _import_savedmodel(options: Options, root: Path) -> Path:
@@ -217,8 +253,10 @@ def _import_savedmodel(options: Options, root: Path) -> Path:
     try:
         signature = tf.saved_model.load(str(options.source)).signatures["serving_default"]
     except Exception as exc:  # noqa: BLE001 - any reason it does not load is the answer
-        raise Refused(f"{options.source}: cannot be read as a SavedModel with a "
-                      f"serving_default signature ({type(exc).__name__})") from None
+        raise Refused(
+            f"{options.source}: cannot be read as a SavedModel with a "
+            f"serving_default signature ({type(exc).__name__})"
+        ) from None
     try:
         found = savedmodel.metadata(options.name, 0, options.source, signature)
     except savedmodel.NotAnImageModel as exc:
@@ -226,39 +264,56 @@ def _import_savedmodel(options: Options, root: Path) -> Path:
     if options.input_size is not None:
         raise Refused("--input-size: a SavedModel's signature fixes its input size")
     # without --labels: labels.txt beside the SavedModel, if any, as it would serve as a drop-in
-    heads = _heads([(o.name, o.units) for o in found.outputs], options.labels) \
-        if options.labels else found.outputs
-    spec = found.input.model_copy(update={
-        "value_range": options.value_range or found.input.value_range,
-        "preprocessing": _preprocessing(options, found.input.shape)})
+    heads = (
+        _heads([(o.name, o.units) for o in found.outputs], options.labels)
+        if options.labels
+        else found.outputs
+    )
+    spec = found.input.model_copy(
+        update={
+            "value_range": options.value_range or found.input.value_range,
+            "preprocessing": _preprocessing(options, found.input.shape),
+        }
+    )
 
     def write(staging: Path, version: int) -> None:
         shutil.copytree(options.source, staging, dirs_exist_ok=True)
-        found.model_copy(update={"version": version, "input": spec, "outputs": heads,
-                                 "description": f"imported from {options.source.name}"}
-                         ).write(staging)
+        found.model_copy(
+            update={
+                "version": version,
+                "input": spec,
+                "outputs": heads,
+                "description": f"imported from {options.source.name}",
+            }
+        ).write(staging)
 
     return write_version(root, options.version, write)
 
 
 def _preprocessing(options: Options, shape: list[int]) -> str:
     if options.preprocessing == "mnist" and list(shape) != [28, 28, 1]:
-        raise Refused(f"--preprocessing mnist makes 28x28x1 digits; the model takes "
-                      f"{'x'.join(map(str, shape))}")
+        raise Refused(
+            f"--preprocessing mnist makes 28x28x1 digits; the model takes "
+            f"{'x'.join(map(str, shape))}"
+        )
     return options.preprocessing
 
 
 def summary(path: Path) -> str:
     meta = ModelMetadata.read(path)
     spec = meta.input
-    heads = "; ".join(f"{o.name} ({o.kind}, {len(o.labels)} labels: "
-                      f"{', '.join(o.labels[:4])}{', ...' if len(o.labels) > 4 else ''})"
-                      for o in meta.outputs)
-    return (f"imported {meta.name} v{meta.version} -> {path}\n"
-            f"  input: {spec.height}x{spec.width}x{spec.channels} {spec.color_mode}, values "
-            f"{spec.value_range[0]:g}..{spec.value_range[1]:g}, preprocessing "
-            f"{spec.preprocessing}\n  heads: {heads}\n"
-            f"  layers: {len(meta.layers)}, parameters: {meta.total_params:,}")
+    heads = "; ".join(
+        f"{o.name} ({o.kind}, {len(o.labels)} labels: "
+        f"{', '.join(o.labels[:4])}{', ...' if len(o.labels) > 4 else ''})"
+        for o in meta.outputs
+    )
+    return (
+        f"imported {meta.name} v{meta.version} -> {path}\n"
+        f"  input: {spec.height}x{spec.width}x{spec.channels} {spec.color_mode}, values "
+        f"{spec.value_range[0]:g}..{spec.value_range[1]:g}, preprocessing "
+        f"{spec.preprocessing}\n  heads: {heads}\n"
+        f"  layers: {len(meta.layers)}, parameters: {meta.total_params:,}"
+    )
 
 
 def _pair(kind: type, text: str, what: str) -> tuple:
@@ -271,24 +326,41 @@ def _pair(kind: type, text: str, what: str) -> tuple:
 
 def parser(default_model_dir: Path) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnn-serve import", description=__doc__.splitlines()[0])
-    p.add_argument("source", type=Path, help="a .keras or .h5 model file, or a SavedModel "
-                                              "directory")
+    p.add_argument(
+        "source", type=Path, help="a .keras or .h5 model file, or a SavedModel directory"
+    )
     p.add_argument("--name", required=True, help="the model's name in the service")
-    p.add_argument("--model-dir", type=Path, default=default_model_dir,
-                   help=f"model repository (default: {default_model_dir})")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=default_model_dir,
+        help=f"model repository (default: {default_model_dir})",
+    )
     p.add_argument("--version", type=int, default=None, help="default: the next free one")
-    p.add_argument("--labels", action="append", default=[], metavar="[OUTPUT=]FILE",
-                   help="one label per line, line N = class N; OUTPUT= for one of several "
-                        "heads (repeatable)")
-    p.add_argument("--value-range", type=lambda t: _pair(float, t, "--value-range"),
-                   default=None, metavar="LOW,HIGH",
-                   help="the values the model expects for black and white (default 0,1, or "
-                        "0,255 for a SavedModel with uint8 input; e.g. 0,255 for a model with "
-                        "Rescaling(1/255) inside)")
+    p.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="[OUTPUT=]FILE",
+        help="one label per line, line N = class N; OUTPUT= for one of several heads (repeatable)",
+    )
+    p.add_argument(
+        "--value-range",
+        type=lambda t: _pair(float, t, "--value-range"),
+        default=None,
+        metavar="LOW,HIGH",
+        help="the values the model expects for black and white (default 0,1, or "
+        "0,255 for a SavedModel with uint8 input; e.g. 0,255 for a model with "
+        "Rescaling(1/255) inside)",
+    )
     p.add_argument("--preprocessing", choices=["resize", "mnist"], default="resize")
-    p.add_argument("--input-size", type=lambda t: _pair(int, t, "--input-size"),
-                   default=None, metavar="H,W",
-                   help="only for a model whose input size is not fixed")
+    p.add_argument(
+        "--input-size",
+        type=lambda t: _pair(int, t, "--input-size"),
+        default=None,
+        metavar="H,W",
+        help="only for a model whose input size is not fixed",
+    )
     return p
 
 
@@ -298,8 +370,16 @@ def main(argv: list[str], default_model_dir: Path) -> int:
     for item in args.labels:
         head, _, file = item.rpartition("=")
         labels[head or None] = Path(file)
-    options = Options(args.source, args.name, args.model_dir, args.version, labels,
-                      args.value_range, args.preprocessing, args.input_size)
+    options = Options(
+        args.source,
+        args.name,
+        args.model_dir,
+        args.version,
+        labels,
+        args.value_range,
+        args.preprocessing,
+        args.input_size,
+    )
     try:
         path = import_model(options)
     except Refused as exc:

@@ -112,8 +112,9 @@ class TrainingConfig(BaseModel):
     epochs: int
     epochs_run: int
     batch_size: int = Field(description="per worker")
-    workers: int = Field(1, description="training processes (TF_CONFIG); global batch = "
-                                        "batch_size x workers")
+    workers: int = Field(
+        1, description="training processes (TF_CONFIG); global batch = batch_size x workers"
+    )
     validation_split: float
     seed: int
     augment: bool
@@ -125,8 +126,9 @@ class TrainingConfig(BaseModel):
     backend: str = Field("tensorflow", description="the Keras backend that trained it")
     base_model: str | None = None
     frozen_up_to: str | None = None
-    initialized_from: str | None = Field(None, description="name/version whose weights "
-                                                           "training started from (--init-from)")
+    initialized_from: str | None = Field(
+        None, description="name/version whose weights training started from (--init-from)"
+    )
 
 
 class ModelMetadata(BaseModel):
@@ -141,8 +143,9 @@ class ModelMetadata(BaseModel):
     trainable_params: int
     signatures: list[str] = ["serving_default", "feature_maps"]
     validation_metrics: dict[str, float] = Field(default_factory=dict)
-    dataset: DatasetInfo | None = Field(None, description="what it was trained on (None: "
-                                                          "imported, trained elsewhere)")
+    dataset: DatasetInfo | None = Field(
+        None, description="what it was trained on (None: imported, trained elsewhere)"
+    )
     training: TrainingConfig | None = None
     tensorflow_version: str
     keras_version: str

@@ -24,8 +24,10 @@ from contextlib import contextmanager
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the C++ lines logged after start-up
 
-NOTICE = re.compile(r"(I\d{4} |WARNING: All log messages before absl::InitializeLog\(\)"
-                    r"|[EW]\d{4} .*(cuInit|cuda drivers|Unable to register cu))")
+NOTICE = re.compile(
+    r"(I\d{4} |WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[EW]\d{4} .*(cuInit|cuda drivers|Unable to register cu))"
+)
 NOTICES: list[str] = []
 
 

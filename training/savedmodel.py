@@ -28,14 +28,18 @@ def _shape(spec) -> list[int | None]:
 
 def _labels(directory: Path, head: str, units: int, only_head: bool) -> list[str]:
     wanted = 2 if units == 1 else units
-    for name in ([f"labels-{head}.txt"] + (["labels.txt"] if only_head else [])):
+    for name in [f"labels-{head}.txt"] + (["labels.txt"] if only_head else []):
         path = directory / name
         if path.is_file():
-            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                      if line.strip()]
+            labels = [
+                line.strip()
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
             if len(labels) != wanted:
-                raise NotAnImageModel(f"{name} has {len(labels)} labels; head {head!r} has "
-                                      f"{wanted} classes")
+                raise NotAnImageModel(
+                    f"{name} has {len(labels)} labels; head {head!r} has {wanted} classes"
+                )
             return labels
     return [str(i) for i in range(wanted)]
 
@@ -45,31 +49,54 @@ def metadata(name: str, version: int, directory: Path, signature) -> ModelMetada
     inputs = signature.structured_input_signature[1]
     if len(inputs) != 1:
         raise NotAnImageModel(f"serving_default takes {len(inputs)} inputs, not one image")
-    (input_name, spec), = inputs.items()
+    ((input_name, spec),) = inputs.items()
     shape = _shape(spec)
-    if (len(shape) != 4 or shape[3] not in (1, 3) or None in shape[1:]
-            or spec.dtype.name not in INPUT_TYPES):
-        raise NotAnImageModel(f"input {input_name!r} is {spec.dtype.name} {shape}, not an "
-                              "image batch [batch, H, W, 1|3] of float32 or uint8")
+    if (
+        len(shape) != 4
+        or shape[3] not in (1, 3)
+        or None in shape[1:]
+        or spec.dtype.name not in INPUT_TYPES
+    ):
+        raise NotAnImageModel(
+            f"input {input_name!r} is {spec.dtype.name} {shape}, not an "
+            "image batch [batch, H, W, 1|3] of float32 or uint8"
+        )
     outputs = signature.structured_outputs
     heads = []
     for head, out in outputs.items():
         out_shape = _shape(out)
         if len(out_shape) != 2 or out_shape[1] is None:
             raise NotAnImageModel(f"output {head!r} is {out_shape}, not [batch, classes]")
-        heads.append(OutputSpec(name=head, kind="binary" if out_shape[1] == 1 else "multiclass",
-                                labels=_labels(directory, head, out_shape[1],
-                                               len(outputs) == 1)))
+        heads.append(
+            OutputSpec(
+                name=head,
+                kind="binary" if out_shape[1] == 1 else "multiclass",
+                labels=_labels(directory, head, out_shape[1], len(outputs) == 1),
+            )
+        )
     height, width, channels = shape[1:]
     return ModelMetadata(
-        name=name, version=version, architecture="SavedModel",
+        name=name,
+        version=version,
+        architecture="SavedModel",
         description="a SavedModel without metadata.json: inputs and outputs read off its "
-                    "serving_default signature",
-        input=InputSpec(name=input_name, shape=[height, width, channels],
-                        dtype=spec.dtype.name, value_range=INPUT_TYPES[spec.dtype.name],
-                        color_mode="grayscale" if channels == 1 else "rgb",
-                        preprocessing="resize"),
-        outputs=heads, layers=[], total_params=0, trainable_params=0,
-        signatures=["serving_default"], tensorflow_version="unknown", keras_version="unknown",
+        "serving_default signature",
+        input=InputSpec(
+            name=input_name,
+            shape=[height, width, channels],
+            dtype=spec.dtype.name,
+            value_range=INPUT_TYPES[spec.dtype.name],
+            color_mode="grayscale" if channels == 1 else "rgb",
+            preprocessing="resize",
+        ),
+        outputs=heads,
+        layers=[],
+        total_params=0,
+        trainable_params=0,
+        signatures=["serving_default"],
+        tensorflow_version="unknown",
+        keras_version="unknown",
         created_at=dt.datetime.fromtimestamp(directory.stat().st_mtime, dt.UTC)
-        .replace(microsecond=0).isoformat())
+        .replace(microsecond=0)
+        .isoformat(),
+    )

@@ -74,8 +74,11 @@ def hardware() -> str:
         gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
     else:
         gpus = []
-    where = (f"{len(gpus)} GPU ({', '.join(gpus)})" if gpus
-             else f"CPU ({os.cpu_count()} cores, {platform.machine()})")
+    where = (
+        f"{len(gpus)} GPU ({', '.join(gpus)})"
+        if gpus
+        else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    )
     return where if backend == "tensorflow" else f"{where}, Keras on {backend}"
 
 
@@ -83,8 +86,10 @@ def _augmenter(spec: InputSpec, seed: int) -> keras.Sequential:
     """Label-preserving distortions: flips and shifts for photos; for digits (where a flip
     changes the class) shifts of up to 1-2 pixels on the black background."""
     if spec.color_mode == "rgb":
-        steps = [keras.layers.RandomFlip("horizontal", seed=seed),
-                 keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed)]
+        steps = [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
+        ]
     else:
         steps = [keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed)]
     return keras.Sequential(steps, name="augment")
@@ -95,8 +100,14 @@ class ArrayBatches(keras.utils.PyDataset):
     conversion, a batch at a time by a few threads. Augmentation runs in the model instead
     (:func:`with_augmentation`), on the accelerator."""
 
-    def __init__(self, images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
-                 batch_size: int, shuffle_seed: int | None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        target: dict[str, np.ndarray],
+        spec: InputSpec,
+        batch_size: int,
+        shuffle_seed: int | None,
+    ):
         super().__init__(workers=4, max_queue_size=16)
         self.images, self.target, self.spec = images, target, spec
         self.batch_size = batch_size
@@ -108,11 +119,12 @@ class ArrayBatches(keras.utils.PyDataset):
         return math.ceil(len(self.images) / self.batch_size)
 
     def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         x = self.images[rows].astype(np.float32) / 255.0
         if x.shape[1:3] != (self.spec.height, self.spec.width):
-            x = keras.ops.convert_to_numpy(keras.ops.image.resize(
-                x, (self.spec.height, self.spec.width), antialias=True))
+            x = keras.ops.convert_to_numpy(
+                keras.ops.image.resize(x, (self.spec.height, self.spec.width), antialias=True)
+            )
         return x, {k: v[rows] for k, v in self.target.items()}
 
     def on_epoch_end(self) -> None:
@@ -120,9 +132,15 @@ class ArrayBatches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.images))
 
 
-def pipeline(images: np.ndarray, target: dict[str, np.ndarray], spec: InputSpec,
-             batch_size: int, *, shuffle_seed: int | None = None,
-             augment: keras.Sequential | None = None) -> tf.data.Dataset | ArrayBatches:
+def pipeline(
+    images: np.ndarray,
+    target: dict[str, np.ndarray],
+    spec: InputSpec,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    augment: keras.Sequential | None = None,
+) -> tf.data.Dataset | ArrayBatches:
     """uint8 images -> float32 in [0, 1] at the model's input size, batched: a tf.data
     pipeline on TensorFlow (what multi-worker training shards), :class:`ArrayBatches` else
     (where ``augment`` belongs in the model: :func:`with_augmentation`)."""
@@ -155,8 +173,12 @@ def with_augmentation(model: keras.Model, augment: keras.Sequential) -> keras.Mo
     return keras.Model(image, model(augment(image)), name=f"{model.name}_augmented")
 
 
-def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float,
-                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
+def compile_model(
+    model: keras.Model,
+    outputs: tuple[OutputSpec, ...],
+    lr: float,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> None:
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(lr),
         loss={o.name: o.loss for o in outputs},
@@ -164,24 +186,28 @@ def compile_model(model: keras.Model, outputs: tuple[OutputSpec, ...], lr: float
     )
 
 
-def _optimizer_and_callbacks(cfg: TrainConfig, steps_per_epoch: int
-                             ) -> tuple[keras.optimizers.Optimizer, list]:
+def _optimizer_and_callbacks(
+    cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[keras.optimizers.Optimizer, list]:
     """The schedule's optimizer and callbacks, plus checkpoints (--resume) and TensorBoard."""
     if cfg.average_weights:  # the averaging needs the walk to keep moving: no decay
         optimizer = keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, nesterov=True)
         callbacks: list[keras.callbacks.Callback] = []
     elif cfg.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate,
-                                                      cfg.epochs * steps_per_epoch)
+        rate = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, cfg.epochs * steps_per_epoch
+        )
         optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
         callbacks = []
     else:
         optimizer = keras.optimizers.Adam(cfg.learning_rate)
         callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                          restore_best_weights=True, verbose=1),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                              patience=max(1, cfg.patience // 3), verbose=1),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=1
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, cfg.patience // 3), verbose=1
+            ),
         ]
     if cfg.resume:  # model, optimizer and epoch saved after every epoch, restored at start
         callbacks.insert(0, keras.callbacks.BackupAndRestore(cfg.resume))
@@ -190,8 +216,14 @@ def _optimizer_and_callbacks(cfg: TrainConfig, steps_per_epoch: int
     return optimizer, callbacks
 
 
-def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
-        cfg: TrainConfig, cluster: Cluster | None = None) -> TrainResult:
+def fit(
+    build,
+    outputs: tuple[OutputSpec, ...],
+    spec: InputSpec,
+    data: Dataset,
+    cfg: TrainConfig,
+    cluster: Cluster | None = None,
+) -> TrainResult:
     """Train ``build()`` on ``data`` and report metrics on the held-out validation split;
     on several workers (``TF_CONFIG``) with :func:`training.distribute.fit_multi_worker`."""
     if cluster is None:
@@ -203,10 +235,17 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
     global_batch = cfg.batch_size * cluster.workers
     augment = _augmenter(spec, cfg.seed) if cfg.augment else None
     in_model = augment is not None and not on_tensorflow()
-    train_ds = pipeline(data.images[train_idx], targets(outputs, data.labels[train_idx]), spec,
-                        global_batch, shuffle_seed=cfg.seed, augment=None if in_model else augment)
-    val_ds = pipeline(data.images[val_idx], targets(outputs, data.labels[val_idx]), spec,
-                      cfg.batch_size)
+    train_ds = pipeline(
+        data.images[train_idx],
+        targets(outputs, data.labels[train_idx]),
+        spec,
+        global_batch,
+        shuffle_seed=cfg.seed,
+        augment=None if in_model else augment,
+    )
+    val_ds = pipeline(
+        data.images[val_idx], targets(outputs, data.labels[val_idx]), spec, cfg.batch_size
+    )
     steps = -(-len(train_idx) // global_batch)
     with cluster.scope():
         model = build()
@@ -220,21 +259,42 @@ def fit(build, outputs: tuple[OutputSpec, ...], spec: InputSpec, data: Dataset,
         from training.distribute import evaluate, fit_multi_worker
 
         start = time.perf_counter()
-        losses = fit_multi_worker(model, outputs, train_ds, len(train_idx), global_batch,
-                                  cfg.epochs, optimizer, cluster, cfg.resume)
-        return TrainResult(model=model, validation_metrics=evaluate(model, outputs, val_ds),
-                           epochs_run=cfg.epochs,
-                           duration_s=round(time.perf_counter() - start, 1),
-                           train_examples=len(train_idx), validation_examples=len(val_idx),
-                           history={"loss": losses})
+        losses = fit_multi_worker(
+            model,
+            outputs,
+            train_ds,
+            len(train_idx),
+            global_batch,
+            cfg.epochs,
+            optimizer,
+            cluster,
+            cfg.resume,
+        )
+        return TrainResult(
+            model=model,
+            validation_metrics=evaluate(model, outputs, val_ds),
+            epochs_run=cfg.epochs,
+            duration_s=round(time.perf_counter() - start, 1),
+            train_examples=len(train_idx),
+            validation_examples=len(val_idx),
+            history={"loss": losses},
+        )
     start = time.perf_counter()
     # the pipelines shuffle (seeded); Keras's own shuffle does not apply to them and warns
-    history = trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                          callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+    history = trainer.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        verbose=cfg.verbose,
+        shuffle=False,
+    )
     if averaging is not None:
         averaging.apply()
-        recompute_batch_norm(model, ArrayBatches(data.images[train_idx], {}, spec,
-                                                 cfg.batch_size, shuffle_seed=cfg.seed))
+        recompute_batch_norm(
+            model,
+            ArrayBatches(data.images[train_idx], {}, spec, cfg.batch_size, shuffle_seed=cfg.seed),
+        )
     if cfg.augment and cfg.finetune_epochs:
         history = _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, history)
     duration = time.perf_counter() - start
@@ -261,8 +321,10 @@ def pixel_heads(model: keras.Model) -> list[keras.Layer]:
     graph = expand(model, list(model.output_names))
 
     def learned_upstream(name: str) -> bool:
-        return any(graph.layers[parent].weights or learned_upstream(parent)
-                   for parent in graph.inbound[name])
+        return any(
+            graph.layers[parent].weights or learned_upstream(parent)
+            for parent in graph.inbound[name]
+        )
 
     heads = [graph.head_layer(head) for head in graph.heads]
     return [graph.layers[name] for name in heads if not learned_upstream(name)]
@@ -277,17 +339,29 @@ def _refit_pixel_heads(model, data, train_idx, outputs, spec, val_ds, cfg, histo
     heads = pixel_heads(model)
     if not heads:
         return history
-    clean = pipeline(data.images[train_idx], targets(outputs, data.labels[train_idx]), spec,
-                     cfg.batch_size, shuffle_seed=cfg.seed + 1)
+    clean = pipeline(
+        data.images[train_idx],
+        targets(outputs, data.labels[train_idx]),
+        spec,
+        cfg.batch_size,
+        shuffle_seed=cfg.seed + 1,
+    )
     was_trainable = {layer.name: layer.trainable for layer in model.layers}
     for layer in model.layers:
         layer.trainable = layer in heads
     compile_model(model, outputs, cfg.learning_rate)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=2,
-                                         restore_best_weights=True, verbose=1)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=2, restore_best_weights=True, verbose=1
+    )
     print(f"re-fitting {', '.join(h.name for h in heads)} on undistorted images", flush=True)
-    tail = model.fit(clean, validation_data=val_ds, epochs=cfg.finetune_epochs,
-                     callbacks=[stop], verbose=cfg.verbose, shuffle=False)
+    tail = model.fit(
+        clean,
+        validation_data=val_ds,
+        epochs=cfg.finetune_epochs,
+        callbacks=[stop],
+        verbose=cfg.verbose,
+        shuffle=False,
+    )
     for layer in model.layers:  # a transfer model's frozen base stays frozen
         layer.trainable = was_trainable[layer.name]
     for key, values in tail.history.items():

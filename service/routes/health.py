@@ -13,12 +13,17 @@ async def live() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Health, summary="Models are loaded and serving (503 "
-            "while loading or draining)",
-            responses={503: {"model": Health}})
+@router.get(
+    "/ready",
+    response_model=Health,
+    summary="Models are loaded and serving (503 while loading or draining)",
+    responses={503: {"model": Health}},
+)
 async def ready(registry: RegistryDep, request: Request):
-    models = {name: sorted(v for v, m in versions.items() if m.status is Status.ready)
-              for name, versions in registry.models.items()}
+    models = {
+        name: sorted(v for v, m in versions.items() if m.status is Status.ready)
+        for name, versions in registry.models.items()
+    }
     if request.app.state.drain.active:
         status = "draining"
     else:

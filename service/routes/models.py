@@ -34,53 +34,83 @@ VersionPath = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a numbe
 
 
 def _status(m: ServedModel) -> VersionStatus:
-    return VersionStatus(version=m.version, status=m.status.value, error=m.error,
-                         device=m.device, load_seconds=m.load_seconds)
+    return VersionStatus(
+        version=m.version,
+        status=m.status.value,
+        error=m.error,
+        device=m.device,
+        load_seconds=m.load_seconds,
+    )
 
 
 def _summary(registry: ModelRegistry, name: str, schema: type[S], **extra) -> S:
     versions = registry.versions(name)
     default = registry.get(name)
-    return schema(name=name, default_version=default.version,
-                  labels=registry.settings.version_labels.get(name, {}),
-                  ready=any(m.status.value == "ready" for m in versions.values()),
-                  versions=[_status(versions[v]) for v in sorted(versions)],
-                  input=default.public_metadata.input if default.public_metadata else None,
-                  outputs=default.public_metadata.outputs if default.public_metadata else [],
-                  **extra)
+    return schema(
+        name=name,
+        default_version=default.version,
+        labels=registry.settings.version_labels.get(name, {}),
+        ready=any(m.status.value == "ready" for m in versions.values()),
+        versions=[_status(versions[v]) for v in sorted(versions)],
+        input=default.public_metadata.input if default.public_metadata else None,
+        outputs=default.public_metadata.outputs if default.public_metadata else [],
+        **extra,
+    )
 
 
 @router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
 async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
-    return ModelList(device=registry.device, default_model=settings.default_model,
-                     model_uploads=settings.model_uploads,
-                     models=[_summary(registry, n, ModelSummary)
-                             for n in sorted(registry.models)])
+    return ModelList(
+        device=registry.device,
+        default_model=settings.default_model,
+        model_uploads=settings.model_uploads,
+        models=[_summary(registry, n, ModelSummary) for n in sorted(registry.models)],
+    )
 
 
-@router.get("/{name}", response_model=ModelDetail, responses={404: {"model": ErrorResponse}},
-            summary="A model: versions and the default version's metadata and layer table")
+@router.get(
+    "/{name}",
+    response_model=ModelDetail,
+    responses={404: {"model": ErrorResponse}},
+    summary="A model: versions and the default version's metadata and layer table",
+)
 async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
     return _summary(registry, name, ModelDetail, metadata=registry.get(name).public_metadata)
 
 
-@router.get("/{name}/versions/{version}", response_model=VersionDetail,
-            responses={404: {"model": ErrorResponse}},
-            summary="One version: metadata and layer table (parameters include biases)")
-async def get_version(name: ModelName, version: VersionPath, registry: RegistryDep
-                      ) -> VersionDetail:
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=VersionDetail,
+    responses={404: {"model": ErrorResponse}},
+    summary="One version: metadata and layer table (parameters include biases)",
+)
+async def get_version(
+    name: ModelName, version: VersionPath, registry: RegistryDep
+) -> VersionDetail:
     m = registry.get(name, version)
     meta = m.public_metadata
-    return VersionDetail(**_status(m).model_dump(), name=name, metadata=meta,
-                         layers=meta.layers if meta else [],
-                         total_params=meta.total_params if meta else None)
+    return VersionDetail(
+        **_status(m).model_dump(),
+        name=name,
+        metadata=meta,
+        layers=meta.layers if meta else [],
+        total_params=meta.total_params if meta else None,
+    )
 
 
-@router.post("/{name}/feature-maps", response_model=FeatureMapsResponse, responses={
-    **UPLOAD_ERRORS, 200: {"content": {"application/octet-stream": {}},
-                    "description": "JSON, or with format=npz the raw float activations"}},
+@router.post(
+    "/{name}/feature-maps",
+    response_model=FeatureMapsResponse,
+    responses={
+        **UPLOAD_ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "JSON, or with format=npz the raw float activations",
+        },
+    },
     openapi_extra=upload_body(FeatureMapsParams),
-    summary="What every layer makes of an image: statistics and a picture per layer")
+    summary="What every layer makes of an image: statistics and a picture per layer",
+)
 async def feature_maps(name: ModelName, request: Request, server: ServerDep) -> Response:
     """The answer's memory is reserved before anything is computed and held until it is
     sent (413 over the per-request limit, 503 when the process budget stays short)."""
@@ -92,18 +122,27 @@ async def feature_maps(name: ModelName, request: Request, server: ServerDep) -> 
             acts = await inference.activations(server, runner, form.files, layers)
             if params.format == "npz":
                 body = await run_in_threadpool(featuremaps.to_npz, acts.layers)
-                kind, headers = "application/octet-stream", {
-                    "Content-Disposition": f'attachment; filename="{runner.model.name}'
-                                           f'-v{acts.version}-activations.npz"'}
+                kind, headers = (
+                    "application/octet-stream",
+                    {
+                        "Content-Disposition": f'attachment; filename="{runner.model.name}'
+                        f'-v{acts.version}-activations.npz"'
+                    },
+                )
             else:  # rendered and serialised off the event loop: tens of MB for big batches
-                body = await run_in_threadpool(lambda: to_json(
-                    inference.render_feature_maps(acts, params.scaling)))
+                body = await run_in_threadpool(
+                    lambda: to_json(inference.render_feature_maps(acts, params.scaling))
+                )
                 kind, headers = "application/json", None
         except BaseException:
             inference.released_memory(server, reserved)
             raise
-    return Sent(body, media_type=kind, headers=headers,
-                then=lambda: inference.released_memory(server, reserved))
+    return Sent(
+        body,
+        media_type=kind,
+        headers=headers,
+        then=lambda: inference.released_memory(server, reserved),
+    )
 
 
 class Sent(Response):
@@ -120,47 +159,89 @@ class Sent(Response):
             self.then()
 
 
-@router.post("/{name}/explain", response_model=ExplainResponse, responses=UPLOAD_ERRORS,
-             openapi_extra=upload_body(ExplainParams),
-             summary="Grad-CAM: where in the image a head found the evidence for a class")
+@router.post(
+    "/{name}/explain",
+    response_model=ExplainResponse,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=upload_body(ExplainParams),
+    summary="Grad-CAM: where in the image a head found the evidence for a class",
+)
 async def explain(name: ModelName, request: Request, server: ServerDep) -> Response:
     async with uploads.received(request, server) as form:
         params = uploads.params(form, ExplainParams, request)
-        return Response(to_json(await inference.explain(server, form.files, name, params)),
-                        media_type="application/json")
+        return Response(
+            to_json(await inference.explain(server, form.files, name, params)),
+            media_type="application/json",
+        )
 
 
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
-        "file": {"type": "string", "format": "binary", "contentMediaType":
-                 "application/octet-stream", "description": "the model: .keras or .h5"},
-        "labels": {"type": "string", "format": "binary", "contentMediaType": "text/plain",
-                   "description": "one label per line, line N = class N"},
-        **ModelUploadParams.model_json_schema()["properties"]}}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "the model: .keras or .h5",
+                        },
+                        "labels": {
+                            "type": "string",
+                            "format": "binary",
+                            "contentMediaType": "text/plain",
+                            "description": "one label per line, line N = class N",
+                        },
+                        **ModelUploadParams.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("/{name}/versions", response_model=VersionDetail, status_code=201,
-             responses={202: {"model": VersionDetail, "description": "still loading"},
-                        400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                        413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-             openapi_extra=UPLOAD_BODY,
-             summary="Upload a Keras model (.keras/.h5) as a new version (when uploads are on)")
+@router.post(
+    "/{name}/versions",
+    response_model=VersionDetail,
+    status_code=201,
+    responses={
+        202: {"model": VersionDetail, "description": "still loading"},
+        400: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a Keras model (.keras/.h5) as a new version (when uploads are on)",
+)
 async def upload_version(name: ModelName, request: Request, server: ServerDep):
     """What ``cnn-serve import`` does, over HTTP: 201 once the version serves, 202 while it
     still loads; a model that cannot be served is a 400 that says why, leaving nothing."""
     model = await model_uploads.upload(server, request, name)
     detail = await get_version(name, str(model.version), server.registry)
-    return JSONResponse(detail.model_dump(mode="json"),
-                        status_code=201 if model.status.value == "ready" else 202)
+    return JSONResponse(
+        detail.model_dump(mode="json"), status_code=201 if model.status.value == "ready" else 202
+    )
 
 
 RELOAD_WAIT_S = 30.0
 
 
-@router.post("/{name}/reload", response_model=ModelDetail,
-             responses={202: {"model": ModelDetail, "description": "still loading"},
-                        404: {"model": ErrorResponse}},
-             summary="Read the model directory now: load new versions, retire removed ones")
+@router.post(
+    "/{name}/reload",
+    response_model=ModelDetail,
+    responses={
+        202: {"model": ModelDetail, "description": "still loading"},
+        404: {"model": ErrorResponse},
+    },
+    summary="Read the model directory now: load new versions, retire removed ones",
+)
 async def reload(name: ModelName, registry: RegistryDep):
     """Waits for the loads up to RELOAD_WAIT_S; after that answers 202 with the versions as
     they are (loading), and the loads carry on."""

@@ -22,8 +22,9 @@ from service.server import Server
 router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 VersionOrLabel = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
-ERRORS: Responses = {code: {"description": '{"error": "..."}'}
-                     for code in (400, 404, 413, 415, 503)}
+ERRORS: Responses = {
+    code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)
+}
 
 
 class Live(BaseModel):
@@ -49,35 +50,55 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="The default model serves (503 until then)",
-            response_model=Ready, responses={503: {"model": Ready}})
+@router.get(
+    "/health/ready",
+    summary="The default model serves (503 until then)",
+    response_model=Ready,
+    responses={503: {"model": Ready}},
+)
 async def ready(registry: RegistryDep, request: Request):
     return _readiness({"ready": registry.ready and not request.app.state.drain.active})
 
 
-@router.get("/models/{name}", summary="Model metadata: inputs, outputs, versions",
-            response_model=oip.ModelMetadataResponse, responses=ERRORS)
+@router.get(
+    "/models/{name}",
+    summary="Model metadata: inputs, outputs, versions",
+    response_model=oip.ModelMetadataResponse,
+    responses=ERRORS,
+)
 async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
     versions = registry.versions(name)
     model = registry.runner(name).model
     return oip.model_metadata(name, sorted(versions), model.metadata)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Metadata of one version",
-            response_model=oip.ModelMetadataResponse, responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Metadata of one version",
+    response_model=oip.ModelMetadataResponse,
+    responses=ERRORS,
+)
 async def version_metadata(name: ModelName, version: VersionOrLabel, registry: RegistryDep) -> dict:
     model = registry.runner(name, version).model
     return oip.model_metadata(name, [model.version], model.metadata)
 
 
-@router.get("/models/{name}/ready", summary="The newest version serves (503 if not)",
-            response_model=ModelReady, responses={**ERRORS, 503: {"model": ModelReady}})
+@router.get(
+    "/models/{name}/ready",
+    summary="The newest version serves (503 if not)",
+    response_model=ModelReady,
+    responses={**ERRORS, 503: {"model": ModelReady}},
+)
 async def model_ready(name: ModelName, registry: RegistryDep):
     return _readiness({"name": name, "ready": _serves(registry, name, None)})
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="The version serves (503 if "
-            "not)", response_model=ModelReady, responses={**ERRORS, 503: {"model": ModelReady}})
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="The version serves (503 if not)",
+    response_model=ModelReady,
+    responses={**ERRORS, 503: {"model": ModelReady}},
+)
 async def version_ready(name: ModelName, version: VersionOrLabel, registry: RegistryDep):
     return _readiness({"name": name, "ready": _serves(registry, name, version)})
 
@@ -91,26 +112,58 @@ def _readiness(body: dict):
     return body if body["ready"] else JSONResponse(body, status_code=503)
 
 
-INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": oip.InferenceRequest.model_json_schema(), "example": {
-        "id": "1", "inputs": [{"name": oip.BYTES_INPUT, "shape": [1], "datatype": "BYTES",
-                               "data": ["iVBORw0KGgo... (a PNG in base64)"]}]}},
-    "application/octet-stream": {"schema": {
-        "type": "string", "format": "binary",
-        "description": "binary tensor data extension: the JSON request "
-                       "(Inference-Header-Content-Length bytes), then the tensors' bytes"}}}}}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": oip.InferenceRequest.model_json_schema(),
+                "example": {
+                    "id": "1",
+                    "inputs": [
+                        {
+                            "name": oip.BYTES_INPUT,
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": ["iVBORw0KGgo... (a PNG in base64)"],
+                        }
+                    ],
+                },
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "binary tensor data extension: the JSON request "
+                    "(Inference-Header-Content-Length bytes), then the tensors' bytes",
+                }
+            },
+        },
+    }
+}
 
 
-@router.post("/models/{name}/infer", summary="Infer with the newest version",
-             response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post(
+    "/models/{name}/infer",
+    summary="Infer with the newest version",
+    response_model=oip.InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
 async def infer(name: ModelName, request: Request, server: ServerDep) -> Response:
     return await _infer(request, server, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version",
-             response_model=oip.InferenceResponse, responses=ERRORS, openapi_extra=INFER_BODY)
-async def version_infer(name: ModelName, version: VersionOrLabel, request: Request,
-                        server: ServerDep) -> Response:
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Infer with one version",
+    response_model=oip.InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+)
+async def version_infer(
+    name: ModelName, version: VersionOrLabel, request: Request, server: ServerDep
+) -> Response:
     return await _infer(request, server, name, version)
 
 
@@ -126,9 +179,11 @@ async def _infer(request: Request, server: Server, name: str, version: str | Non
     head = to_json(header)
     if not binary:
         return Response(head, media_type="application/json")
-    return Response(b"".join([head, *binary]), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head))})
-
+    return Response(
+        b"".join([head, *binary]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
 
 
 class RepositoryIndexRequest(BaseModel):
@@ -142,35 +197,53 @@ class RepositoryEntry(BaseModel):
     reason: str = ""
 
 
-REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING",
-                     Status.failed: "UNAVAILABLE"}
+REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING", Status.failed: "UNAVAILABLE"}
 LOAD_WAIT_S = 30.0
 
 
-@router.post("/repository/index", response_model=list[RepositoryEntry], responses=ERRORS,
-             summary="Every model version in the repository and its state (Triton's model "
-                     "repository extension)")
-async def repository_index(registry: RegistryDep,
-                           body: RepositoryIndexRequest | None = None) -> list[dict]:
-    entries = [{"name": name, "version": str(version),
-                "state": REPOSITORY_STATES[model.status], "reason": model.error or ""}
-               for name in sorted(registry.models)
-               for version, model in sorted(registry.models[name].items())]
-    entries += [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
-                for name in sorted(registry.unloaded)]
+@router.post(
+    "/repository/index",
+    response_model=list[RepositoryEntry],
+    responses=ERRORS,
+    summary="Every model version in the repository and its state (Triton's model "
+    "repository extension)",
+)
+async def repository_index(
+    registry: RegistryDep, body: RepositoryIndexRequest | None = None
+) -> list[dict]:
+    entries = [
+        {
+            "name": name,
+            "version": str(version),
+            "state": REPOSITORY_STATES[model.status],
+            "reason": model.error or "",
+        }
+        for name in sorted(registry.models)
+        for version, model in sorted(registry.models[name].items())
+    ]
+    entries += [
+        {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+        for name in sorted(registry.unloaded)
+    ]
     return [e for e in entries if not (body and body.ready) or e["state"] == "READY"]
 
 
-@router.post("/repository/models/{name}/load", responses=ERRORS,
-             summary="Read the repository and serve the model (again, after an unload)")
+@router.post(
+    "/repository/models/{name}/load",
+    responses=ERRORS,
+    summary="Read the repository and serve the model (again, after an unload)",
+)
 async def repository_load(name: ModelName, registry: RegistryDep) -> dict:
     await _settled(registry.load(name))
     registry.versions(name)  # 404 when the repository has no such model
     return {}
 
 
-@router.post("/repository/models/{name}/unload", responses=ERRORS,
-             summary="Stop serving every version of the model (its files stay)")
+@router.post(
+    "/repository/models/{name}/unload",
+    responses=ERRORS,
+    summary="Stop serving every version of the model (its files stay)",
+)
 async def repository_unload(name: ModelName, registry: RegistryDep) -> dict:
     await _settled(registry.unload(name))
     return {}

@@ -23,11 +23,18 @@ async def predict(request: Request) -> Response:
     server: Server = request.app.state.server
     async with uploads.received(request, server) as form:
         params = uploads.params(form, PredictParams, request)
-        result = await inference.predict(server, form.files, params, is_gone=request.is_disconnected)
+        result = await inference.predict(
+            server, form.files, params, is_gone=request.is_disconnected
+        )
     return Response(to_json(result), media_type="application/json")
 
 
 router.add_api_route(
-    "/predict", predict, methods=["POST"], response_model=PredictResponse,
-    responses=UPLOAD_ERRORS, openapi_extra=upload_body(PredictParams),
-    summary="Classify one or several uploaded images")
+    "/predict",
+    predict,
+    methods=["POST"],
+    response_model=PredictResponse,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=upload_body(PredictParams),
+    summary="Classify one or several uploaded images",
+)

@@ -42,18 +42,23 @@ ERRORS: Responses = {code: {"description": '{"error": "..."}'} for code in (400,
 @router.get("/{name:model}", summary="Status of every version", responses=ERRORS)
 async def status(name: ModelName, registry: RegistryDep) -> dict:
     versions = registry.versions(name)
-    return {"model_version_status": [tfserving.version_status(versions[v])
-                                     for v in sorted(versions, reverse=True)]}
+    return {
+        "model_version_status": [
+            tfserving.version_status(versions[v]) for v in sorted(versions, reverse=True)
+        ]
+    }
 
 
-@router.get("/{name:model}/versions/{version:int}", summary="Status of one version",
-            responses=ERRORS)
+@router.get(
+    "/{name:model}/versions/{version:int}", summary="Status of one version", responses=ERRORS
+)
 async def version_status(name: ModelName, version: VersionNumber, registry: RegistryDep) -> dict:
     return {"model_version_status": [tfserving.version_status(registry.get(name, version))]}
 
 
-@router.get("/{name:model}/labels/{label:model}", summary="Status of the labelled version",
-            responses=ERRORS)
+@router.get(
+    "/{name:model}/labels/{label:model}", summary="Status of the labelled version", responses=ERRORS
+)
 async def label_status(name: ModelName, label: Label, registry: RegistryDep) -> dict:
     return {"model_version_status": [tfserving.version_status(registry.get(name, label))]}
 
@@ -63,86 +68,154 @@ async def metadata(name: ModelName, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name).model)
 
 
-@router.get("/{name:model}/versions/{version:int}/metadata", summary="Signature of one version",
-            responses=ERRORS)
+@router.get(
+    "/{name:model}/versions/{version:int}/metadata",
+    summary="Signature of one version",
+    responses=ERRORS,
+)
 async def version_metadata(name: ModelName, version: VersionNumber, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name, version).model)
 
 
-@router.get("/{name:model}/labels/{label:model}/metadata", responses=ERRORS,
-            summary="Signature of the labelled version")
+@router.get(
+    "/{name:model}/labels/{label:model}/metadata",
+    responses=ERRORS,
+    summary="Signature of the labelled version",
+)
 async def label_metadata(name: ModelName, label: Label, registry: RegistryDep) -> dict:
     return tfserving.metadata(registry.runner(name, label).model)
 
 
-PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
-    "properties": {
-        "signature_name": {"type": "string", "enum": ["serving_default"]},
-        "instances": {"type": "array", "minItems": 1,
-                      "description": "row format: [H, W, C] pixels in [0, 1] per instance, "
-                                     "or {\"b64\": \"<image file>\"}"},
-        "inputs": {"description": "columnar format: the batch, or {\"image\": batch}"}}},
-    "example": {"instances": [{"b64": "iVBORw0KGgo..."}]}}}}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
+                    "properties": {
+                        "signature_name": {"type": "string", "enum": ["serving_default"]},
+                        "instances": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": "row format: [H, W, C] pixels in [0, 1] per instance, "
+                            'or {"b64": "<image file>"}',
+                        },
+                        "inputs": {
+                            "description": 'columnar format: the batch, or {"image": batch}'
+                        },
+                    },
+                },
+                "example": {"instances": [{"b64": "iVBORw0KGgo..."}]},
+            }
+        },
+    }
+}
 
 
-@router.post("/{name:model}:predict", summary="Predict (row or columnar format)", responses=ERRORS,
-             openapi_extra=PREDICT_BODY)
+@router.post(
+    "/{name:model}:predict",
+    summary="Predict (row or columnar format)",
+    responses=ERRORS,
+    openapi_extra=PREDICT_BODY,
+)
 async def predict(name: ModelName, request: Request, server: ServerDep) -> dict:
     return await _infer(request, server, name, None)
 
 
-@router.post("/{name:model}/versions/{version:int}:predict", summary="Predict with one version",
-             responses=ERRORS, openapi_extra=PREDICT_BODY)
-async def version_predict(name: ModelName, version: VersionNumber, request: Request,
-                          server: ServerDep) -> dict:
+@router.post(
+    "/{name:model}/versions/{version:int}:predict",
+    summary="Predict with one version",
+    responses=ERRORS,
+    openapi_extra=PREDICT_BODY,
+)
+async def version_predict(
+    name: ModelName, version: VersionNumber, request: Request, server: ServerDep
+) -> dict:
     return await _infer(request, server, name, version)
 
 
-@router.post("/{name:model}/labels/{label:model}:predict", responses=ERRORS,
-             summary="Predict with the labelled version", openapi_extra=PREDICT_BODY)
+@router.post(
+    "/{name:model}/labels/{label:model}:predict",
+    responses=ERRORS,
+    summary="Predict with the labelled version",
+    openapi_extra=PREDICT_BODY,
+)
 async def label_predict(name: ModelName, label: Label, request: Request, server: ServerDep) -> dict:
     return await _infer(request, server, name, label)
 
 
-CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["examples"], "properties": {
-        "signature_name": {"type": "string", "enum": ["serving_default"]},
-        "examples": {"type": "array", "minItems": 1,
-                     "description": "{\"image\": pixels or {\"b64\": \"<image file>\"}} "
-                                    "per example"}}},
-    "example": {"examples": [{"image": {"b64": "iVBORw0KGgo..."}}]}}}}}
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["examples"],
+                    "properties": {
+                        "signature_name": {"type": "string", "enum": ["serving_default"]},
+                        "examples": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": '{"image": pixels or {"b64": "<image file>"}} '
+                            "per example",
+                        },
+                    },
+                },
+                "example": {"examples": [{"image": {"b64": "iVBORw0KGgo..."}}]},
+            }
+        },
+    }
+}
 
 
-@router.post("/{name:model}:classify", summary="Classify: [label, score] pairs of the first "
-             "head", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
+@router.post(
+    "/{name:model}:classify",
+    summary="Classify: [label, score] pairs of the first head",
+    responses=ERRORS,
+    openapi_extra=CLASSIFY_BODY,
+)
 async def classify(name: ModelName, request: Request, server: ServerDep) -> dict:
     return await _infer(request, server, name, None, classify=True)
 
 
-@router.post("/{name:model}/versions/{version:int}:classify", summary="Classify with one "
-             "version", responses=ERRORS, openapi_extra=CLASSIFY_BODY)
-async def version_classify(name: ModelName, version: VersionNumber, request: Request,
-                           server: ServerDep) -> dict:
+@router.post(
+    "/{name:model}/versions/{version:int}:classify",
+    summary="Classify with one version",
+    responses=ERRORS,
+    openapi_extra=CLASSIFY_BODY,
+)
+async def version_classify(
+    name: ModelName, version: VersionNumber, request: Request, server: ServerDep
+) -> dict:
     return await _infer(request, server, name, version, classify=True)
 
 
-@router.post("/{name:model}/labels/{label:model}:classify", responses=ERRORS,
-             summary="Classify with the labelled version", openapi_extra=CLASSIFY_BODY)
-async def label_classify(name: ModelName, label: Label, request: Request,
-                         server: ServerDep) -> dict:
+@router.post(
+    "/{name:model}/labels/{label:model}:classify",
+    responses=ERRORS,
+    summary="Classify with the labelled version",
+    openapi_extra=CLASSIFY_BODY,
+)
+async def label_classify(
+    name: ModelName, label: Label, request: Request, server: ServerDep
+) -> dict:
     return await _infer(request, server, name, label, classify=True)
 
 
-async def _infer(request: Request, server: Server, name: str, version: int | str | None,
-                 classify: bool = False) -> dict:
+async def _infer(
+    request: Request, server: Server, name: str, version: int | str | None, classify: bool = False
+) -> dict:
     runner = server.registry.runner(name, version)  # 404 before the body is read
     async with uploads.admit(request, server):
         raw = await request.body()
         body = tfserving.parse(raw, classify)
         meta = runner.model.metadata
-        model_input = tfserving.model_input(body, meta, server.settings.max_images_per_request,
-                                            may_hold_booleans(raw))
+        model_input = tfserving.model_input(
+            body, meta, server.settings.max_images_per_request, may_hold_booleans(raw)
+        )
         outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
     if classify:
         return tfserving.classification(meta, outputs)

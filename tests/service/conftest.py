@@ -34,8 +34,10 @@ def client(settings):
 @pytest.fixture(scope="session")
 def digit_odd_model(models_dir) -> ServedModel:
     """The committed digit_odd model, loaded and warmed on the CPU."""
-    path = max((p for p in (models_dir / "digit_odd").iterdir() if p.name.isdigit()),
-               key=lambda p: int(p.name))
+    path = max(
+        (p for p in (models_dir / "digit_odd").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
     model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
     model.load()
     return model
@@ -43,8 +45,9 @@ def digit_odd_model(models_dir) -> ServedModel:
 
 def make_client(**overrides) -> TestClient:
     """A fresh app with its own settings; use as a context manager."""
-    return TestClient(create_app(Settings(device="cpu", **overrides)),
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_app(Settings(device="cpu", **overrides)), raise_server_exceptions=False
+    )
 
 
 @contextmanager
@@ -84,8 +87,16 @@ def server_url(live_url) -> str:
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -100,8 +111,10 @@ def page(server_url):
         foreign: dict[str, str] = {}  # attempted requests off the service -> how they ended
         local = (server_url, "data:", "blob:")
         page.on("request", lambda r: r.url.startswith(local) or foreign.setdefault(r.url, "sent"))
-        page.on("requestfailed", lambda r: r.url in foreign and foreign.update(
-            {r.url: r.failure or "failed"}))
+        page.on(
+            "requestfailed",
+            lambda r: r.url in foreign and foreign.update({r.url: r.failure or "failed"}),
+        )
         yield page
         browser.close()
         leaked = {url: end for url, end in foreign.items() if end != "csp"}  # blocked by our CSP
@@ -114,10 +127,18 @@ def spawn_server(log: Path, models_dir: Path, **env: str) -> tuple[subprocess.Po
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    variables = {**os.environ, "CNN_SERVE_MODEL_DIR": str(models_dir),
-                 "CNN_SERVE_DEVICE": "cpu", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--port", str(port)],
-                            env=variables, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    variables = {
+        **os.environ,
+        "CNN_SERVE_MODEL_DIR": str(models_dir),
+        "CNN_SERVE_DEVICE": "cpu",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--port", str(port)],
+        env=variables,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     listening = threading.Event()
 
     def copy_output() -> None:  # to the log, line by line, noting the listening line

@@ -14,8 +14,10 @@ ACTIVATIONS = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0.0),
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "softmax": lambda x: np.exp(x - x.max(-1, keepdims=True))
-    / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+    "softmax": lambda x: (
+        np.exp(x - x.max(-1, keepdims=True))
+        / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    ),
 }
 
 
@@ -40,8 +42,15 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def conv2d(x, kernel, bias=None, padding="valid", stride=1):
     kh, kw, c, f = kernel.shape
     if padding == "same":
-        x = np.pad(x, ((0, 0), same_padding(x.shape[1], kh, stride),
-                       same_padding(x.shape[2], kw, stride), (0, 0)))
+        x = np.pad(
+            x,
+            (
+                (0, 0),
+                same_padding(x.shape[1], kh, stride),
+                same_padding(x.shape[2], kw, stride),
+                (0, 0),
+            ),
+        )
     cols = im2col(x, kh, kw)[:, ::stride, ::stride]  # stride s: every s-th stride-1 window
     y = cols @ kernel.reshape(kh * kw * c, f)
     return y if bias is None else y + bias
@@ -59,12 +68,13 @@ def maxpool2d(x, size=2, padding="valid"):
         x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=-np.inf)
         h, w = h + ph, w + pw
     oh, ow = h // size, w // size
-    x = x[:, :oh * size, :ow * size]
+    x = x[:, : oh * size, : ow * size]
     return x.reshape(n, oh, size, ow, size, c).max(axis=(2, 4))
 
 
-def forward(layers, configs: dict[str, dict], weights: dict[str, np.ndarray],
-            image: np.ndarray) -> dict[str, np.ndarray]:
+def forward(
+    layers, configs: dict[str, dict], weights: dict[str, np.ndarray], image: np.ndarray
+) -> dict[str, np.ndarray]:
     """Every layer's output, computed in the layer table's (graph) order."""
     out: dict[str, np.ndarray] = {}
     for layer in layers:
@@ -73,12 +83,19 @@ def forward(layers, configs: dict[str, dict], weights: dict[str, np.ndarray],
         if layer.type == "InputLayer":
             out[layer.name] = image
         elif layer.type == "Conv2D":
-            y = conv2d(inputs[0], weights[f"{layer.name}/kernel"],
-                       weights.get(f"{layer.name}/bias"), cfg["padding"], cfg["strides"][0])
+            y = conv2d(
+                inputs[0],
+                weights[f"{layer.name}/kernel"],
+                weights.get(f"{layer.name}/bias"),
+                cfg["padding"],
+                cfg["strides"][0],
+            )
             out[layer.name] = ACTIVATIONS[cfg["activation"]](y)
         elif layer.type == "BatchNormalization":
-            stats = (weights[f"{layer.name}/{k}"]
-                     for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+            stats = (
+                weights[f"{layer.name}/{k}"]
+                for k in ("gamma", "beta", "moving_mean", "moving_variance")
+            )
             out[layer.name] = batch_norm(inputs[0], *stats, cfg["epsilon"])
         elif layer.type == "ReLU":
             out[layer.name] = ACTIVATIONS["relu"](inputs[0])

@@ -70,6 +70,7 @@ def test_a_large_waiter_that_gives_up_lets_smaller_ones_through():
 def test_capacity_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_next():
     """A waiter's wait is cancelled (its client left), and before its task runs again another
     request releases capacity: the capacity goes to the next waiter, once."""
+
     async def scenario():
         budget, (first, second) = await held_with_waiters(1, 1, 1, 1)
         first.cancel()
@@ -99,9 +100,15 @@ def test_beyond_the_waiting_bound_requests_are_refused_at_once():
 
 def test_waiting_past_the_deadline_is_a_503_and_releases_everything():
     async def scenario():
-        admission = Admission(max_requests=2, max_waiting=10, body_bytes=100,
-                              decode_pixels=100, timeout_s=0.05, heavy_waiting=1,
-                              feature_map_bytes=100)
+        admission = Admission(
+            max_requests=2,
+            max_waiting=10,
+            body_bytes=100,
+            decode_pixels=100,
+            timeout_s=0.05,
+            heavy_waiting=1,
+            feature_map_bytes=100,
+        )
         async with admission.reserve(body_bytes=100):
             with pytest.raises(Overloaded) as info:
                 async with admission.reserve(requests=1, body_bytes=1):
@@ -118,14 +125,22 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
     503 at once, and not one byte of its body is read."""
     png = encode(draw_digit(2))
     boundary = "b"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"'
-            f'\r\nContent-Type: image/png\r\n\r\n').encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"'
+        f"\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
 
     async def scenario():
-        app = create_app(Settings(model_dir=models_dir, device="cpu", max_concurrent_requests=1,
-                                  max_waiting_requests=0))
+        app = create_app(
+            Settings(
+                model_dir=models_dir,
+                device="cpu",
+                max_concurrent_requests=1,
+                max_waiting_requests=0,
+            )
+        )
         release, read = asyncio.Event(), []
 
         async def slow_body():
@@ -140,8 +155,9 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                first = asyncio.create_task(client.post("/predict", content=slow_body(),
-                                                        headers=headers))
+                first = asyncio.create_task(
+                    client.post("/predict", content=slow_body(), headers=headers)
+                )
                 while app.state.server.admission.requests.used == 0:
                     await asyncio.sleep(0.01)
                 second = await client.post("/predict", content=watched_body(), headers=headers)
@@ -149,8 +165,10 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
                 return (await first), second, read
 
     first, second, read = run(scenario())
-    assert first.status_code == 200 and first.json()["predictions"][0]["outputs"]["digit"][
-        "label"] == "2"
+    assert (
+        first.status_code == 200
+        and first.json()["predictions"][0]["outputs"]["digit"]["label"] == "2"
+    )
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
     assert second.json()["error"]["code"] == "overloaded"
     assert read == []

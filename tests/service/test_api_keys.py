@@ -50,8 +50,7 @@ def test_every_route_family_needs_a_key(guarded, route):
         assert set(body) == {"error"} and "API key" in body["error"]
     else:
         assert body["error"]["code"] == "unauthorized"
-    wrong = guarded.request(method, path, headers={"X-API-Key": "gamma-0123456789abcdef"},
-                            **kwargs)
+    wrong = guarded.request(method, path, headers={"X-API-Key": "gamma-0123456789abcdef"}, **kwargs)
     assert wrong.status_code == 401 and "not valid" in wrong.text
     for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]}):
         assert guarded.request(method, path, headers=headers, **kwargs).status_code == 200
@@ -63,8 +62,11 @@ def test_health_probes_stay_open(guarded):
 
 
 def test_public_paths_open_exactly_those(models_dir):
-    with make_client(model_dir=models_dir, api_keys=KEYS[0],
-                     public_paths="/docs,/openapi.json,/static/docs,/metrics") as client:
+    with make_client(
+        model_dir=models_dir,
+        api_keys=KEYS[0],
+        public_paths="/docs,/openapi.json,/static/docs,/metrics",
+    ) as client:
         for path in ("/docs", "/openapi.json", "/metrics", "/static/docs/swagger-ui.css"):
             assert client.get(path).status_code == 200, path
         for path in ("/models", "/docs-old", "/metricsx", "/"):
@@ -77,12 +79,12 @@ def test_keys_from_a_file_and_never_logged(models_dir, tmp_path, caplog):
     key_file.write_text(f"# operators' keys\n{KEYS[0]}\n\n{KEYS[1]}\n")
     settings = Settings(model_dir=models_dir, device="cpu", api_keys=f"@{key_file}")
     assert KEYS[0] not in repr(settings) and KEYS[0] not in str(settings.model_dump())
-    with caplog.at_level(logging.DEBUG), make_client(model_dir=models_dir,
-                                                     api_keys=f"@{key_file}") as client:
-        assert client.post("/predict", files=PNG,
-                           headers={"X-API-Key": KEYS[1]}).status_code == 200
-        assert client.get("/models", headers={"Authorization": "Bearer wrong"}
-                          ).status_code == 401
+    with (
+        caplog.at_level(logging.DEBUG),
+        make_client(model_dir=models_dir, api_keys=f"@{key_file}") as client,
+    ):
+        assert client.post("/predict", files=PNG, headers={"X-API-Key": KEYS[1]}).status_code == 200
+        assert client.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "request" in logged and not any(key in logged for key in KEYS)
 
@@ -108,8 +110,14 @@ def test_swagger_authorize_then_try_it_out(models_dir, tmp_path):
 
     from tests.service.conftest import FLAGS
 
-    app = create_app(Settings(model_dir=models_dir, device="cpu", api_keys=KEYS[0],
-                              public_paths="/docs,/openapi.json,/static/docs"))
+    app = create_app(
+        Settings(
+            model_dir=models_dir,
+            device="cpu",
+            api_keys=KEYS[0],
+            public_paths="/docs,/openapi.json,/static/docs",
+        )
+    )
     digit = tmp_path / "seven.png"
     draw_digit(7).save(digit)
     with serving(app) as url, sync_playwright() as p:
@@ -138,7 +146,8 @@ def test_swagger_authorize_then_try_it_out(models_dir, tmp_path):
         assert try_it_out().startswith("401")
         page.click("button.authorize")
         bearer = page.locator(".auth-container").filter(
-            has=page.locator("input[aria-label='auth-bearer-value']"))
+            has=page.locator("input[aria-label='auth-bearer-value']")
+        )
         bearer.locator("input").fill(KEYS[0])
         bearer.get_by_role("button", name="Apply credentials").click()
         page.locator("button.btn-done").first.click()
@@ -157,8 +166,11 @@ def test_the_explorer_asks_for_the_key(models_dir):
 
     from tests.service.conftest import FLAGS
 
-    app = create_app(Settings(model_dir=models_dir, device="cpu", api_keys=KEYS[0],
-                              public_paths="/,/static/explorer"))
+    app = create_app(
+        Settings(
+            model_dir=models_dir, device="cpu", api_keys=KEYS[0], public_paths="/,/static/explorer"
+        )
+    )
     with serving(app) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
@@ -168,7 +180,8 @@ def test_the_explorer_asks_for_the_key(models_dir):
         page.fill("#api-key", KEYS[0])
         page.press("#api-key", "Enter")
         page.locator("#samples button").first.click()
-        page.wait_for_function("() => document.querySelector('[data-testid=prediction]')"
-                               ".textContent === '2'")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=prediction]').textContent === '2'"
+        )
         assert page.locator("#error").is_hidden()
         browser.close()

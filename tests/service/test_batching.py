@@ -33,8 +33,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1,
-                                    timeout_s: float = 5):
+async def queued_behind_a_busy_call(
+    policy: BatchPolicy, sizes, width: int = 1, timeout_s: float = 5
+):
     """A runner whose thread is busy with a first request while requests of ``sizes`` queue;
     returns the model, the runner and the tasks (first one included), not yet released."""
     model = SlowEcho()
@@ -50,7 +51,8 @@ async def queued_behind_a_busy_call(policy: BatchPolicy, sizes, width: int = 1,
 def test_concurrent_requests_are_coalesced_and_routed_back():
     async def scenario():
         model, runner, tasks = await queued_behind_a_busy_call(
-            BatchPolicy(max_batch_size=64, max_delay_ms=0), (1, 2, 3, 4), width=2)
+            BatchPolicy(max_batch_size=64, max_delay_ms=0), (1, 2, 3, 4), width=2
+        )
         model.release.set()
         results = await asyncio.gather(*tasks)
         await runner.close()
@@ -65,7 +67,8 @@ def test_concurrent_requests_are_coalesced_and_routed_back():
 def test_max_batch_size_is_respected_without_splitting_requests():
     async def scenario():
         model, runner, tasks = await queued_behind_a_busy_call(
-            BatchPolicy(max_batch_size=4, max_delay_ms=0), (3, 2, 2, 1))
+            BatchPolicy(max_batch_size=4, max_delay_ms=0), (3, 2, 2, 1)
+        )
         model.release.set()
         await asyncio.gather(*tasks)
         await runner.close()
@@ -77,8 +80,9 @@ def test_max_batch_size_is_respected_without_splitting_requests():
 def test_full_queue_answers_overloaded_at_once():
     async def scenario():
         model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=1, max_queue=2),
-                        timeout_s=5, heavy_limit=1)
+        runner = Runner(
+            model, BatchPolicy(max_batch_size=1, max_queue=2), timeout_s=5, heavy_limit=1
+        )
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
         await asyncio.sleep(0.05)
@@ -98,7 +102,8 @@ def test_full_queue_answers_overloaded_at_once():
 def test_requests_that_waited_past_the_deadline_get_503_and_are_not_computed():
     async def scenario():
         model, runner, tasks = await queued_behind_a_busy_call(
-            BatchPolicy(max_batch_size=64), (1, 2), timeout_s=0.02)  # the helper waits 0.05 s
+            BatchPolicy(max_batch_size=64), (1, 2), timeout_s=0.02
+        )  # the helper waits 0.05 s
         model.release.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         fresh = await runner.predict(np.full((1, 1), 3.0))  # a new request is served
@@ -114,8 +119,7 @@ def test_requests_that_waited_past_the_deadline_get_503_and_are_not_computed():
 def test_requests_whose_client_has_gone_are_not_computed():
     async def scenario():
         model = SlowEcho()
-        runner = Runner(model, BatchPolicy(max_batch_size=64),
-                        timeout_s=5, heavy_limit=1)
+        runner = Runner(model, BatchPolicy(max_batch_size=64), timeout_s=5, heavy_limit=1)
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
         await asyncio.sleep(0.05)
@@ -142,16 +146,17 @@ def test_batched_answers_equal_single_answers(digit_odd_model):
     images = np.random.default_rng(0).random((12, 28, 28, 1), np.float32)
 
     async def scenario():
-        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=20),
-                        timeout_s=5, heavy_limit=1)
+        runner = Runner(
+            model, BatchPolicy(max_batch_size=64, max_delay_ms=20), timeout_s=5, heavy_limit=1
+        )
         runner.start()
-        batched = await asyncio.gather(*(runner.predict(images[i:i + 1]) for i in range(12)))
+        batched = await asyncio.gather(*(runner.predict(images[i : i + 1]) for i in range(12)))
         await runner.close()
         return batched
 
     batched = run(scenario())
     for i, result in enumerate(batched):
-        single = model.predict(images[i:i + 1])
+        single = model.predict(images[i : i + 1])
         # same answer; float32 kernels for other batch shapes may differ in the last bits
         assert result["digit"].argmax() == single["digit"].argmax()
         assert (result["odd"] >= 0.5) == (single["odd"] >= 0.5)
@@ -162,7 +167,8 @@ def test_batched_answers_equal_single_answers(digit_odd_model):
 def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
     async def scenario():
         model, runner, (busy, queued) = await queued_behind_a_busy_call(
-            BatchPolicy(max_batch_size=1), (1,))
+            BatchPolicy(max_batch_size=1), (1,)
+        )
         await runner.close()  # while the first call still holds the inference thread
         model.release.set()
         with pytest.raises(ModelNotReady):
@@ -180,12 +186,14 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
     arrays = [to_model_input(decode(png, 10**8), model.metadata.input)[None] for png in pngs]
 
     async def scenario(items):
-        runner = Runner(model, BatchPolicy(max_batch_size=64, max_delay_ms=50),
-                        timeout_s=5, heavy_limit=1)
+        runner = Runner(
+            model, BatchPolicy(max_batch_size=64, max_delay_ms=50), timeout_s=5, heavy_limit=1
+        )
         runner.start()
         results = await asyncio.gather(
-            *(runner.predict(i, call=model.pngs if isinstance(i, list) else None)
-              for i in items), return_exceptions=True)
+            *(runner.predict(i, call=model.pngs if isinstance(i, list) else None) for i in items),
+            return_exceptions=True,
+        )
         await runner.close()
         return results
 

@@ -8,8 +8,10 @@ import pytest
 from tests.service.conftest import CHROMIUM
 from tests.service.handwriting import draw_digit
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium"),
+]
 
 
 def test_swagger_try_it_out_predicts_an_uploaded_digit(page, server_url, tmp_path):
@@ -34,6 +36,5 @@ def test_swagger_try_it_out_predicts_an_uploaded_digit(page, server_url, tmp_pat
 
 def test_redoc_renders_offline(page, server_url):
     page.goto(f"{server_url}/redoc")
-    page.locator("h2", has_text="Classify one or several uploaded images").wait_for(
-        timeout=30_000)
+    page.locator("h2", has_text="Classify one or several uploaded images").wait_for(timeout=30_000)
     assert "cnn-serve" in page.title()

@@ -16,9 +16,14 @@ from tests.service.handwriting import draw_digit, encode
 DRAIN_S = 2.0
 CLIENTS = 8
 BOUNDARY = "drainboundary"
-BODY = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-        f"Content-Type: image/png\r\n\r\n").encode() + encode(draw_digit(7)) + \
-    f"\r\n--{BOUNDARY}--\r\n".encode()
+BODY = (
+    (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode()
+    + encode(draw_digit(7))
+    + f"\r\n--{BOUNDARY}--\r\n".encode()
+)
 
 
 def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: list) -> None:
@@ -27,8 +32,12 @@ def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: lis
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
         try:
-            conn.request("POST", "/predict", BODY,
-                         {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            conn.request(
+                "POST",
+                "/predict",
+                BODY,
+                {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+            )
             response = conn.getresponse()
             response.read()
             outcomes.append(response.status)
@@ -43,8 +52,9 @@ def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: lis
 
 def _predict_on_a_new_connection(port: int) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/predict", BODY,
-                 {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    conn.request(
+        "POST", "/predict", BODY, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
     status = conn.getresponse().status
     conn.close()
     return status
@@ -59,11 +69,13 @@ def _ready_status(port: int) -> int:
 
 
 def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
-    proc, port = spawn_server(tmp_path / "server.log", models_dir,
-                              CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S))
+    proc, port = spawn_server(
+        tmp_path / "server.log", models_dir, CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S)
+    )
     stop, outcomes, left = threading.Event(), [], []
-    clients = [threading.Thread(target=_client, args=(port, stop, outcomes, left))
-               for _ in range(CLIENTS)]
+    clients = [
+        threading.Thread(target=_client, args=(port, stop, outcomes, left)) for _ in range(CLIENTS)
+    ]
     try:
         for client in clients:
             client.start()

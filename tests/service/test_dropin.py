@@ -35,8 +35,14 @@ class UInt8Heads(tf.Module):
 
 def _keras_model() -> keras.Model:
     keras.utils.set_random_seed(5)
-    return keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3),
-                             keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,9 @@ def repo(tmp_path_factory):
     model.export(str(root / "exported" / "1"), verbose=False)  # Keras 3's model.export()
     (root / "exported" / "1" / "labels.txt").write_text("north\neast\nsouth\nwest\n")
     module = UInt8Heads()
-    tf.saved_model.save(module, str(root / "uint8" / "3"), signatures={"serving_default":
-                                                                       module.serve})
+    tf.saved_model.save(
+        module, str(root / "uint8" / "3"), signatures={"serving_default": module.serve}
+    )
     (root / "uint8" / "3" / "labels-kind.txt").write_text("a\nb\nc\n")
 
     class Tabular(tf.Module):
@@ -57,8 +64,9 @@ def repo(tmp_path_factory):
             return {"y": x}
 
     tabular = Tabular()
-    tf.saved_model.save(tabular, str(root / "tabular" / "1"),
-                        signatures={"serving_default": tabular.serve})
+    tf.saved_model.save(
+        tabular, str(root / "tabular" / "1"), signatures={"serving_default": tabular.serve}
+    )
     return root, model, module
 
 
@@ -77,8 +85,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def test_a_keras_export_serves_with_its_labels(client, repo):
     _, model, _ = repo
     pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), np.uint8)
-    r = client.post("/predict", data={"model": "exported"},
-                    files={"file": ("x.png", _png(pixels))})
+    r = client.post("/predict", data={"model": "exported"}, files={"file": ("x.png", _png(pixels))})
     assert r.status_code == 200, r.text
     out = r.json()["predictions"][0]["outputs"]["output_0"]
     want = np.asarray(model(pixels[None].astype(np.float32) / 255))[0]
@@ -95,30 +102,40 @@ def test_protocol_tensors_pass_through(client, repo):
     x = np.random.default_rng(2).random((2, 16, 16, 3), np.float32)
     meta = client.get("/v1/models/exported/metadata").json()
     (name,) = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
-    tfs = client.post("/v1/models/exported:predict",
-                      content=json.dumps({"instances": x.tolist()}))
+    tfs = client.post("/v1/models/exported:predict", content=json.dumps({"instances": x.tolist()}))
     assert tfs.status_code == 200, tfs.text
     np.testing.assert_allclose(tfs.json()["predictions"], model(x), atol=ATOL)
-    oip = client.post("/v2/models/exported/infer", json={"inputs": [{
-        "name": name, "shape": [2, 16, 16, 3], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    oip = client.post(
+        "/v2/models/exported/infer",
+        json={
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [2, 16, 16, 3],
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        },
+    )
     assert oip.status_code == 200, oip.text
-    np.testing.assert_allclose(np.reshape(oip.json()["outputs"][0]["data"], (2, 4)), model(x),
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        np.reshape(oip.json()["outputs"][0]["data"], (2, 4)), model(x), atol=ATOL
+    )
 
 
 def test_a_uint8_savedmodel_with_two_heads(client, repo):
     _, _, module = repo
     pixels = np.random.default_rng(4).integers(0, 256, (8, 8, 1), np.uint8)
-    r = client.post("/predict", data={"model": "uint8"},
-                    files={"file": ("x.png", _png(pixels))})
+    r = client.post("/predict", data={"model": "uint8"}, files={"file": ("x.png", _png(pixels))})
     assert r.status_code == 200, r.text
     outputs = r.json()["predictions"][0]["outputs"]
     want = module.serve(tf.constant(pixels[None]))
-    np.testing.assert_allclose(list(outputs["kind"]["probabilities"].values()),
-                               want["kind"][0], atol=ATOL)
+    np.testing.assert_allclose(
+        list(outputs["kind"]["probabilities"].values()), want["kind"][0], atol=ATOL
+    )
     assert list(outputs["kind"]["probabilities"]) == ["a", "b", "c"]
-    np.testing.assert_allclose(outputs["bright"]["probability"], want["bright"][0, 0],
-                               atol=ATOL)
+    np.testing.assert_allclose(outputs["bright"]["probability"], want["bright"][0, 0], atol=ATOL)
     meta = client.get("/v1/models/uint8/metadata").json()["metadata"]["signature_def"]
     assert meta["signature_def"]["serving_default"]["inputs"]["pixels"]["dtype"] == "DT_UINT8"
 

@@ -22,8 +22,9 @@ def _error(response, status: int, code: str) -> str:
 
 
 def test_empty_image(client):
-    msg = _error(client.post("/predict", files={"file": ("a.png", b"", "image/png")}), 400,
-                 "empty_image")
+    msg = _error(
+        client.post("/predict", files={"file": ("a.png", b"", "image/png")}), 400, "empty_image"
+    )
     assert "a.png" in msg
 
 
@@ -40,8 +41,9 @@ def test_not_an_image_type(client):
 def test_unknown_model_and_version(client):
     r = client.post("/predict", data={"model": "resnet"}, files={"file": ("a.png", PNG)})
     assert "resnet" in _error(r, 404, "model_not_found")
-    r = client.post("/predict", data={"model": "digit_odd", "version": "999"},
-                    files={"file": ("a.png", PNG)})
+    r = client.post(
+        "/predict", data={"model": "digit_odd", "version": "999"}, files={"file": ("a.png", PNG)}
+    )
     assert "999" in _error(r, 404, "version_not_found")
     _error(client.get("/models/resnet"), 404, "model_not_found")
     _error(client.get("/models/digit_odd/versions/999"), 404, "version_not_found")
@@ -80,8 +82,10 @@ def test_over_the_upload_limit_when_streamed(models_dir):
     """No Content-Length (chunked): refused once the stream passes the limit."""
     with make_client(model_dir=models_dir, max_upload_bytes=50_000) as c:
         boundary = "xyz"
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                f'filename="big.bin"\r\nContent-Type: image/png\r\n\r\n').encode()
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="big.bin"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
 
         def chunks():
             yield head
@@ -89,14 +93,20 @@ def test_over_the_upload_limit_when_streamed(models_dir):
                 yield b"\0" * 10_000
             yield f"\r\n--{boundary}--\r\n".encode()
 
-        r = c.post("/predict", content=chunks(),
-                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        r = c.post(
+            "/predict",
+            content=chunks(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
         _error(r, 413, "payload_too_large")
 
 
 def test_unknown_layer(client):
-    r = client.post("/models/digit_odd/feature-maps", data={"layers": "conv2d_layer,nope"},
-                    files={"file": ("a.png", PNG)})
+    r = client.post(
+        "/models/digit_odd/feature-maps",
+        data={"layers": "conv2d_layer,nope"},
+        files={"file": ("a.png", PNG)},
+    )
     assert "nope" in _error(r, 404, "layer_not_found")
 
 
@@ -129,12 +139,15 @@ def test_pixels_are_limited_per_request_before_anything_decodes(client):
 def test_jpegs_count_the_pixels_they_decode_at_scale(models_dir):
     """Four 12-megapixel JPEG photos are 48 MP at full size, but the digit model decodes them
     at 1/8 scale: 0.75 MP, well within a 10 MP request budget."""
-    photo = encode(draw_digit(4, canvas=(4000, 3000), box=(1500, 900, 1200), mode="RGB"),
-                   "JPEG", quality=80)
-    with make_client(model_dir=models_dir, max_request_pixels=10_000_000,
-                     decode_pixels_budget=10_000_000) as c:
-        r = c.post("/predict", files=[("file", (f"{i}.jpg", photo, "image/jpeg"))
-                                      for i in range(4)])
+    photo = encode(
+        draw_digit(4, canvas=(4000, 3000), box=(1500, 900, 1200), mode="RGB"), "JPEG", quality=80
+    )
+    with make_client(
+        model_dir=models_dir, max_request_pixels=10_000_000, decode_pixels_budget=10_000_000
+    ) as c:
+        r = c.post(
+            "/predict", files=[("file", (f"{i}.jpg", photo, "image/jpeg")) for i in range(4)]
+        )
         assert r.status_code == 200, r.text
         assert [p["outputs"]["digit"]["label"] for p in r.json()["predictions"]] == ["4"] * 4
         as_png = encode(Image.open(io.BytesIO(photo)), "PNG", compress_level=1)
@@ -154,7 +167,8 @@ def _raw(*parts: bytes) -> tuple[bytes, dict]:
     boundary = b"b0undary"
     body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
     return body + b"--" + boundary + b"--\r\n", {
-        "content-type": "multipart/form-data; boundary=b0undary"}
+        "content-type": "multipart/form-data; boundary=b0undary"
+    }
 
 
 def _part(headers: str, data: bytes) -> bytes:
@@ -163,24 +177,33 @@ def _part(headers: str, data: bytes) -> bytes:
 
 UPLOADS = {
     "part without a filename": _raw(_part('Content-Disposition: form-data; name="file"', PNG)),
-    "non-UTF-8 filename": _raw(_part('Content-Disposition: form-data; name="file"; '
-                                     'filename="\xe9\xff.png"', PNG)),
+    "non-UTF-8 filename": _raw(
+        _part('Content-Disposition: form-data; name="file"; filename="\xe9\xff.png"', PNG)
+    ),
     "no file part": _raw(_part('Content-Disposition: form-data; name="version"', b"1")),
-    "unknown field": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
-                                PNG), _part('Content-Disposition: form-data; name="x"', b"1")),
-    "file under another name": _raw(_part('Content-Disposition: form-data; name="image"; '
-                                          'filename="a.png"', PNG)),
-    "text field not UTF-8": _raw(_part('Content-Disposition: form-data; name="file"; '
-                                       'filename="a"', PNG),
-                                 _part('Content-Disposition: form-data; name="version"',
-                                       b"\xff")),
+    "unknown field": _raw(
+        _part('Content-Disposition: form-data; name="file"; filename="a"', PNG),
+        _part('Content-Disposition: form-data; name="x"', b"1"),
+    ),
+    "file under another name": _raw(
+        _part('Content-Disposition: form-data; name="image"; filename="a.png"', PNG)
+    ),
+    "text field not UTF-8": _raw(
+        _part('Content-Disposition: form-data; name="file"; filename="a"', PNG),
+        _part('Content-Disposition: form-data; name="version"', b"\xff"),
+    ),
     "empty file": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"', b"")),
-    "garbage file": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
-                               b"\x00garbage")),
-    "bad version": _raw(_part('Content-Disposition: form-data; name="file"; filename="a"', PNG),
-                        _part('Content-Disposition: form-data; name="version"', b"zero")),
-    "cut body": (_raw(_part('Content-Disposition: form-data; name="file"; filename="a"',
-                            PNG))[0][:-30], _raw()[1]),
+    "garbage file": _raw(
+        _part('Content-Disposition: form-data; name="file"; filename="a"', b"\x00garbage")
+    ),
+    "bad version": _raw(
+        _part('Content-Disposition: form-data; name="file"; filename="a"', PNG),
+        _part('Content-Disposition: form-data; name="version"', b"zero"),
+    ),
+    "cut body": (
+        _raw(_part('Content-Disposition: form-data; name="file"; filename="a"', PNG))[0][:-30],
+        _raw()[1],
+    ),
     "not multipart": (b'{"file": "x"}', {"content-type": "application/json"}),
 }
 
@@ -189,8 +212,10 @@ UPLOADS = {
 def test_every_upload_route_answers_an_upload_alike(client, case):
     """One parser and one validation for every upload route."""
     body, headers = UPLOADS[case]
-    answers = [client.post(url, content=body, headers=headers)
-               for url in ("/predict", "/models/digit_odd/feature-maps")]
+    answers = [
+        client.post(url, content=body, headers=headers)
+        for url in ("/predict", "/models/digit_odd/feature-maps")
+    ]
     statuses = [r.status_code for r in answers]
     assert statuses[0] == statuses[1], [r.text for r in answers]
     if statuses[0] != 200:

@@ -10,8 +10,10 @@ import pytest
 
 from tests.service.conftest import CHROMIUM
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "explorer"
@@ -60,15 +62,20 @@ def _layer_count(page, server_url, model: str) -> int:
 
 
 def _wait_for_label(page, label: str) -> None:
-    page.wait_for_function("(label) => document.querySelector('[data-testid=prediction]')"
-                           ".textContent === label", arg=label, timeout=15_000)
+    page.wait_for_function(
+        "(label) => document.querySelector('[data-testid=prediction]').textContent === label",
+        arg=label,
+        timeout=15_000,
+    )
 
 
 def _all_layers_drawn(page, count: int) -> None:
     layers = page.get_by_test_id("layer")
     assert layers.count() == count
-    page.wait_for_function(f"() => [...document.querySelectorAll('[data-testid=layer]')]"
-                           f".every({NON_BLANK})", timeout=15_000)
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('[data-testid=layer]')].every({NON_BLANK})",
+        timeout=15_000,
+    )
 
 
 def test_drawing_a_seven_reads_seven_and_shows_every_layer(explorer, server_url):
@@ -76,19 +83,23 @@ def test_drawing_a_seven_reads_seven_and_shows_every_layer(explorer, server_url)
     _draw(page, SEVEN)
     _wait_for_label(page, "7")
     _all_layers_drawn(page, _layer_count(page, server_url, "digit_odd"))
-    page.wait_for_function("() => document.querySelector('[data-testid=gradcam]')"
-                           ".src.startsWith('data:image/png')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=gradcam]').src.startsWith('data:image/png')"
+    )
     assert page.get_by_test_id("gradcam").is_visible()
     assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
-    top_bar = page.evaluate("() => { const f = document.querySelector('.bar.top .fill');"
-                            " return f.getBoundingClientRect().width"
-                            " / f.parentElement.getBoundingClientRect().width; }")
+    top_bar = page.evaluate(
+        "() => { const f = document.querySelector('.bar.top .fill');"
+        " return f.getBoundingClientRect().width"
+        " / f.parentElement.getBoundingClientRect().width; }"
+    )
     assert top_bar > 0.5  # the 7's probability bar is drawn that long
     page.screenshot(path=ARTIFACTS / "draw-seven.png", full_page=True)
     # undo the stem: no longer a 7; clear: nothing to say
     page.click("#undo")
-    page.wait_for_function("() => document.querySelector('[data-testid=prediction]')"
-                           ".textContent !== '7'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=prediction]').textContent !== '7'"
+    )
     page.click("#clear")
     _wait_for_label(page, "–")
 
@@ -96,26 +107,29 @@ def test_drawing_a_seven_reads_seven_and_shows_every_layer(explorer, server_url)
 def test_uploading_a_cifar10_image_reads_its_class(explorer, server_url):
     page = explorer
     page.select_option("#model", "cifar10")
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=layer]').length === "
-                           f"{_layer_count(page, server_url, 'cifar10')}")
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=layer]').length === "
+        f"{_layer_count(page, server_url, 'cifar10')}"
+    )
     page.set_input_files("#upload", str(SAMPLES / "ship.png"))
     _wait_for_label(page, "ship")
     _all_layers_drawn(page, _layer_count(page, server_url, "cifar10"))
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           ".includes('class = ship')")
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent.includes('class = ship')"
+    )
     page.screenshot(path=ARTIFACTS / "upload-ship.png", full_page=True)
 
 
-def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explorer,
-                                                                           server_url):
+def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explorer, server_url):
     page = explorer
     page.select_option("#model", "cifar10_resnet")
     cat, digit = page.locator("#samples button[title^=cat]"), page.locator("#samples button").first
     cat.click()  # a photo: the ResNet takes photos, so it stays
     _all_layers_drawn(page, _layer_count(page, server_url, "cifar10_resnet"))
     assert page.input_value("#model") == "cifar10_resnet"
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           ".includes('stage3_block3_out')")  # the last residual block
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent.includes('stage3_block3_out')"
+    )  # the last residual block
     digit.click()  # a digit: no colour model takes it; the default digit model does
     _wait_for_label(page, "2")
     assert page.input_value("#model") == "digit_odd"
@@ -137,16 +151,21 @@ def test_channels_grad_cam_choices_and_scaling(explorer):
     first_conv.click(position={"x": box["width"] - 3, "y": 3})  # the top right tile
     assert "channel 6 of 32" in page.locator("#channel-caption").inner_text()
     page.select_option("#cam-head", "odd")
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           ".startsWith('odd = ')")
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent.startsWith('odd = ')"
+    )
     page.select_option("#cam-head", "digit")
     page.select_option("#cam-class", "3")
     page.select_option("#cam-layer", "conv2d_layer")
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           " === 'digit = 3, at layer conv2d_layer (red: most evidence)'")
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent"
+        " === 'digit = 3, at layer conv2d_layer (red: most evidence)'"
+    )
     page.check("input[value=per_channel]")
-    page.wait_for_function("() => document.querySelector('#layer-conv2d_layer .range')"
-                           ".textContent.includes('each channel scaled alone')")
+    page.wait_for_function(
+        "() => document.querySelector('#layer-conv2d_layer .range')"
+        ".textContent.includes('each channel scaled alone')"
+    )
     page.screenshot(path=ARTIFACTS / "channel-and-gradcam.png", full_page=True)
 
 
@@ -185,16 +204,19 @@ def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
     def busy_once(route):
         if not refused:
             refused.append(route.request.url)
-            route.fulfill(status=503, headers={"Retry-After": "1"},
-                          content_type="application/json", body=BUSY)
+            route.fulfill(
+                status=503, headers={"Retry-After": "1"}, content_type="application/json", body=BUSY
+            )
         else:
             route.continue_()
 
     page.route("**/explain", busy_once)
     _draw(page, SEVEN)
     _wait_for_label(page, "7")
-    page.wait_for_function("() => document.querySelector('[data-testid=gradcam]')"
-                           ".src.startsWith('data:image/png')", timeout=15_000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=gradcam]').src.startsWith('data:image/png')",
+        timeout=15_000,
+    )
     assert refused and page.locator("#cam-caption").text_content().startswith("digit = 7")
     # the browser reports the refused request on its console; nothing else may appear there
     page.errors[:] = [e for e in page.errors if "503" not in e]
@@ -217,13 +239,30 @@ def own_models_url(tmp_path_factory):
     labels = repo / "labels.txt"
     labels.write_text("\n".join(ModelMetadata.read(cifar).outputs[0].labels) + "\n")
     models = repo / "models"
-    assert import_main([str(cifar / "model.keras"), "--name", "photos", "--labels",
-                        str(labels), "--model-dir", str(models)], models) == 0
-    shutil.copytree(cifar, models / "dropped" / "1",
-                    ignore=shutil.ignore_patterns("metadata.json", "model.keras"))
+    assert (
+        import_main(
+            [
+                str(cifar / "model.keras"),
+                "--name",
+                "photos",
+                "--labels",
+                str(labels),
+                "--model-dir",
+                str(models),
+            ],
+            models,
+        )
+        == 0
+    )
+    shutil.copytree(
+        cifar,
+        models / "dropped" / "1",
+        ignore=shutil.ignore_patterns("metadata.json", "model.keras"),
+    )
     shutil.copy(labels, models / "dropped" / "1" / "labels.txt")
-    app = create_app(Settings(model_dir=models, device="cpu", default_model="photos",
-                              model_uploads=True))
+    app = create_app(
+        Settings(model_dir=models, device="cpu", default_model="photos", model_uploads=True)
+    )
     with serving(app) as url:
         yield f"http://{url}"
 
@@ -253,13 +292,16 @@ def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_page, own
     page.set_input_files("#upload", str(SAMPLES / "ship.png"))
     _wait_for_label(page, "ship")
     _all_layers_drawn(page, _layer_count(page, own_models_url, "photos"))
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           ".includes('class = ship')")
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent.includes('class = ship')"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "imported-model.png", full_page=True)
     page.select_option("#model", "dropped")  # the upload stays; no layers to show
-    page.wait_for_function("() => document.querySelector('#cam-caption').textContent"
-                           ".includes('without its Keras model')")
+    page.wait_for_function(
+        "() => document.querySelector('#cam-caption').textContent"
+        ".includes('without its Keras model')"
+    )
     _wait_for_label(page, "ship")
     assert page.get_by_test_id("layer").count() == 0
 
@@ -273,18 +315,22 @@ def test_open_your_model_uploads_it_and_shows_it(own_page, own_models_url, tmp_p
     shutil.copy(ROOT / "models" / "cifar10" / "1" / "model.keras", mine)
     assert page.locator("#open-model-box").is_visible()
     page.set_input_files("#open-model", str(mine))
-    page.wait_for_function("() => document.querySelector('#model').value === 'my_cifar'",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#model').value === 'my_cifar'", timeout=60_000
+    )
     page.set_input_files("#upload", str(SAMPLES / "horse.png"))
     _wait_for_label(page, _label_of(own_models_url, "horse.png"))  # a class index: no labels
-    assert page.get_by_test_id("layer").count() == _layer_count(page, own_models_url,
-                                                                 "my_cifar")
+    assert page.get_by_test_id("layer").count() == _layer_count(page, own_models_url, "my_cifar")
 
 
 def _label_of(url: str, sample: str) -> str:
     """What the service itself says of a sample with the uploaded model (labels: indices)."""
     import httpx
 
-    r = httpx.post(f"{url}/predict", data={"model": "my_cifar"},
-                   files={"file": (sample, (SAMPLES / sample).read_bytes())}, timeout=30)
+    r = httpx.post(
+        f"{url}/predict",
+        data={"model": "my_cifar"},
+        files={"file": (sample, (SAMPLES / sample).read_bytes())},
+        timeout=30,
+    )
     return r.json()["predictions"][0]["outputs"]["class"]["label"]

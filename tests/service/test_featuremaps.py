@@ -32,9 +32,15 @@ def test_digit_odd_layers_in_graph_order_with_both_branches(client):
     body = feature_maps(client, "digit_odd", DIGIT).json()
     image = body["images"][0]
     layers = {layer["name"]: layer for layer in image["layers"]}
-    expected = {"conv2d_layer": [26, 26, 32], "maxpool_layer": [13, 13, 32],
-                "flatten_layer": [5408], "pixels_flatten_layer": [784],
-                "concat_layer": [6192], "digit_dense": [10], "odd_dense": [1]}
+    expected = {
+        "conv2d_layer": [26, 26, 32],
+        "maxpool_layer": [13, 13, 32],
+        "flatten_layer": [5408],
+        "pixels_flatten_layer": [784],
+        "concat_layer": [6192],
+        "digit_dense": [10],
+        "odd_dense": [1],
+    }
     for name, shape in expected.items():
         assert layers[name]["output_shape"] == shape
     assert layers["concat_layer"]["inbound"] == ["flatten_layer", "pixels_flatten_layer"]
@@ -69,8 +75,9 @@ def test_statistics_match_the_raw_activations(client):
 
 
 def test_per_channel_scaling_states_each_channel_range(client):
-    body = feature_maps(client, "cifar10", _colour_image(), scaling="per_channel",
-                        layers="conv2d_1,dense_1").json()
+    body = feature_maps(
+        client, "cifar10", _colour_image(), scaling="per_channel", layers="conv2d_1,dense_1"
+    ).json()
     layers = body["images"][0]["layers"]
     assert [layer["name"] for layer in layers] == ["conv2d_1", "dense_1"]
     scale = layers[0]["image"]["color_scale"]
@@ -99,5 +106,6 @@ def test_served_activations_match_a_numpy_reference(client, models_dir, name):
     reference = forward(meta.layers, configs, savedmodel_weights(path), raw["image"])
     assert set(reference) - {"image"} <= set(raw.files)
     for layer in meta.layers:
-        np.testing.assert_allclose(raw[layer.name], reference[layer.name], atol=1e-4,
-                                   err_msg=layer.name)
+        np.testing.assert_allclose(
+            raw[layer.name], reference[layer.name], atol=1e-4, err_msg=layer.name
+        )

@@ -28,11 +28,22 @@ def test_requests_of_every_api_share_a_batch_and_are_labelled_by_protocol(models
     policy = BatchPolicy(max_batch_size=64, max_delay_ms=1000)  # long enough to gather all
     requests = {
         "native": lambda c: c.post("/predict", files={"file": ("d.jpg", _jpeg())}),
-        "oip_v2": lambda c: c.post("/v2/models/digit_odd/infer", json={"inputs": [{
-            "name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-            "data": PIXELS.ravel().tolist()}]}),
-        "tfserving_v1": lambda c: c.post("/v1/models/digit_odd:predict",
-                                         json={"instances": PIXELS.tolist()}),
+        "oip_v2": lambda c: c.post(
+            "/v2/models/digit_odd/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 28, 28, 1],
+                        "datatype": "FP32",
+                        "data": PIXELS.ravel().tolist(),
+                    }
+                ]
+            },
+        ),
+        "tfserving_v1": lambda c: c.post(
+            "/v1/models/digit_odd:predict", json={"instances": PIXELS.tolist()}
+        ),
     }
     with make_client(model_dir=models_dir, batching_overrides={"digit_odd": policy}) as client:
         before = samples(client)
@@ -47,8 +58,9 @@ def test_requests_of_every_api_share_a_batch_and_are_labelled_by_protocol(models
     assert grew("cnn_serve_batch_size_count", model="digit_odd") == 1  # one model call
     assert grew("cnn_serve_batch_size_sum", model="digit_odd") == 3  # for all three
     for protocol in requests:
-        assert grew("cnn_serve_requests_total", protocol=protocol, method="POST",
-                    status="200") == 1, protocol
+        assert (
+            grew("cnn_serve_requests_total", protocol=protocol, method="POST", status="200") == 1
+        ), protocol
 
 
 def test_every_operation_is_documented_under_its_apis_tag(client):
@@ -79,19 +91,31 @@ def test_every_api_refuses_a_model_input_by_the_same_rules(models_dir):
     nan = np.full((1, 28, 28, 1), np.nan, np.float32)
     too_many = {
         "native": lambda c: c.post("/predict", files=[("file", ("d.png", png))] * 3),
-        "oip_v2": lambda c: c.post("/v2/models/digit_odd/infer", json={"inputs": [{
-            "name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": [b64] * 3}]}),
-        "tfserving_v1": lambda c: c.post("/v1/models/digit_odd:predict",
-                                         json={"instances": [{"b64": b64}] * 3}),
+        "oip_v2": lambda c: c.post(
+            "/v2/models/digit_odd/infer",
+            json={
+                "inputs": [
+                    {"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": [b64] * 3}
+                ]
+            },
+        ),
+        "tfserving_v1": lambda c: c.post(
+            "/v1/models/digit_odd:predict", json={"instances": [{"b64": b64}] * 3}
+        ),
     }
-    header = (b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", '
-              b'"parameters": {"binary_data_size": 3136}}]}')
+    header = (
+        b'{"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", '
+        b'"parameters": {"binary_data_size": 3136}}]}'
+    )
     not_finite = {
         "oip_v2": lambda c: c.post(
-            "/v2/models/digit_odd/infer", content=header + nan.tobytes(),
-            headers={"Inference-Header-Content-Length": str(len(header))}),
-        "tfserving_v1": lambda c: c.post("/v1/models/digit_odd:predict",
-                                         json={"instances": [[[[1e39]] * 28] * 28]}),
+            "/v2/models/digit_odd/infer",
+            content=header + nan.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        ),
+        "tfserving_v1": lambda c: c.post(
+            "/v1/models/digit_odd:predict", json={"instances": [[[[1e39]] * 28] * 28]}
+        ),
     }
     with make_client(model_dir=models_dir, max_images_per_request=2) as client:
         counted = {api: send(client) for api, send in too_many.items()}

@@ -27,8 +27,7 @@ def noise(size: int, channels: int, low: int = 0, high: int = 256) -> Image.Imag
 
 def with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
     """``png`` with one more chunk right after IHDR."""
-    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(
-        ">I", zlib.crc32(kind + data))
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return png[:33] + chunk + png[33:]
 
 
@@ -50,8 +49,9 @@ def graph_path(pngs: list[bytes], spec: InputSpec) -> np.ndarray:
 
 MNIST_PNGS = {
     "pen digit, dark on light": encode(draw_digit(4, canvas=(28, 28), box=(6, 4, 20))),
-    "MNIST style, light on dark": encode(Image.fromarray(
-        255 - np.asarray(draw_digit(9, canvas=(28, 28), box=(6, 4, 20))))),
+    "MNIST style, light on dark": encode(
+        Image.fromarray(255 - np.asarray(draw_digit(9, canvas=(28, 28), box=(6, 4, 20))))
+    ),
     "noise": encode(noise(28, 1)),
     "light noise": encode(noise(28, 1, 100)),
     "interlaced": encode(draw_digit(2, canvas=(28, 28), box=(6, 4, 20)), interlace=1),
@@ -66,9 +66,11 @@ CIFAR_PNGS = {
 }
 
 
-@pytest.mark.parametrize("spec,pngs", [(MNIST, MNIST_PNGS), (CIFAR, CIFAR_PNGS),
-                                       (GRAY_RESIZE, {"gray": encode(noise(32, 1))})],
-                         ids=["mnist", "rgb resize", "gray resize"])
+@pytest.mark.parametrize(
+    "spec,pngs",
+    [(MNIST, MNIST_PNGS), (CIFAR, CIFAR_PNGS), (GRAY_RESIZE, {"gray": encode(noise(32, 1))})],
+    ids=["mnist", "rgb resize", "gray resize"],
+)
 def test_graph_and_pillow_give_the_same_input_bit_for_bit(spec, pngs):
     assert all(graph_decode.decodable(png, spec) for png in pngs.values())
     got = graph_path(list(pngs.values()), spec)
@@ -94,24 +96,27 @@ def test_batches_of_any_size_decode_each_image():
 GRAY_28 = encode(noise(28, 1))
 
 
-@pytest.mark.parametrize("png,spec", [
-    (encode(noise(27, 1)), MNIST),                               # not the input size
-    (encode(noise(64, 1)), MNIST),
-    (encode(noise(28, 3)), MNIST),                               # RGB for a gray model
-    (encode(Image.fromarray(np.zeros((28, 28), np.uint16) + 300)), MNIST),  # 16-bit
-    (encode(noise(28, 1).convert("P")), MNIST),                  # palette
-    (encode(noise(28, 1).convert("LA")), MNIST),                 # alpha
-    (encode(noise(32, 3).convert("RGBA")), CIFAR),
-    (encode(noise(28, 1), transparency=0), MNIST),               # tRNS chunk
-    (with_chunk(GRAY_28, b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00"), MNIST),  # orientation
-    (with_chunk(GRAY_28, b"bKGD", b"\x00\x00"), MNIST),          # unknown to the allow-list
-    (GRAY_28[:-12], MNIST),                                      # truncated: no IEND
-    (GRAY_28[:-12] + GRAY_28[-12:-8], MNIST),
-    (GRAY_28[:8] + b"\x00\x00\x00\x0dIHDX" + GRAY_28[16:], MNIST),  # IHDR not first
-    (encode(noise(28, 1), "JPEG"), MNIST),                       # not a PNG
-    (b"\x89PNG\r\n\x1a\n", MNIST),
-    (b"", MNIST),
-])
+@pytest.mark.parametrize(
+    "png,spec",
+    [
+        (encode(noise(27, 1)), MNIST),  # not the input size
+        (encode(noise(64, 1)), MNIST),
+        (encode(noise(28, 3)), MNIST),  # RGB for a gray model
+        (encode(Image.fromarray(np.zeros((28, 28), np.uint16) + 300)), MNIST),  # 16-bit
+        (encode(noise(28, 1).convert("P")), MNIST),  # palette
+        (encode(noise(28, 1).convert("LA")), MNIST),  # alpha
+        (encode(noise(32, 3).convert("RGBA")), CIFAR),
+        (encode(noise(28, 1), transparency=0), MNIST),  # tRNS chunk
+        (with_chunk(GRAY_28, b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00"), MNIST),  # orientation
+        (with_chunk(GRAY_28, b"bKGD", b"\x00\x00"), MNIST),  # unknown to the allow-list
+        (GRAY_28[:-12], MNIST),  # truncated: no IEND
+        (GRAY_28[:-12] + GRAY_28[-12:-8], MNIST),
+        (GRAY_28[:8] + b"\x00\x00\x00\x0dIHDX" + GRAY_28[16:], MNIST),  # IHDR not first
+        (encode(noise(28, 1), "JPEG"), MNIST),  # not a PNG
+        (b"\x89PNG\r\n\x1a\n", MNIST),
+        (b"", MNIST),
+    ],
+)
 def test_only_pngs_the_graph_decodes_exactly_are_accepted(png, spec):
     assert not graph_decode.decodable(png, spec)
 
@@ -122,8 +127,7 @@ def test_trailing_bytes_after_iend_are_ignored_by_both_paths():
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
 
 
-def test_versions_of_one_input_kind_share_one_png_decoder_traced_once(digit_odd_model,
-                                                                       models_dir):
+def test_versions_of_one_input_kind_share_one_png_decoder_traced_once(digit_odd_model, models_dir):
     # TensorFlow warned of "excessive retracing" when every version traced its own decoder
     plus = ServedModel("digit_odd_plus", 1, models_dir / "digit_odd_plus" / "1", "/device:CPU:0")
     plus.load()

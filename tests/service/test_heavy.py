@@ -25,14 +25,19 @@ def _photo(seed: int) -> bytes:
 
 
 def _explain(client, model: str = "digit_odd", data: bytes = SEVEN, **fields):
-    return client.post(f"/models/{model}/explain", files={"file": ("x.png", data)},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        f"/models/{model}/explain",
+        files={"file": ("x.png", data)},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
 def _maps(client, model: str, images: list[bytes], **fields):
-    return client.post(f"/models/{model}/feature-maps",
-                       files=[("file", (f"{i}.png", data)) for i, data in enumerate(images)],
-                       data=fields)
+    return client.post(
+        f"/models/{model}/feature-maps",
+        files=[("file", (f"{i}.png", data)) for i, data in enumerate(images)],
+        data=fields,
+    )
 
 
 def _overloaded(r) -> None:
@@ -130,8 +135,7 @@ def test_feature_maps_over_the_request_limit_get_413_saying_what_fits(models_dir
         fits = int(re.search(r"send at most (\d+) image", message).group(1))
         assert 1 <= fits < 16 and "layers=" in message
         assert _maps(client, "cifar10_resnet", photos[:fits], format="npz").status_code == 200
-        assert _maps(client, "cifar10_resnet", photos[:fits + 1],
-                     format="npz").status_code == 413
+        assert _maps(client, "cifar10_resnet", photos[: fits + 1], format="npz").status_code == 413
         # or every image, fewer layers
         r = _maps(client, "cifar10_resnet", photos, format="npz", layers="stage3_block3_out")
         assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"

@@ -12,9 +12,13 @@ import pytest
 from tests.service.conftest import spawn_server
 from tests.service.handwriting import draw_digit, encode
 
-LIMITS = {"CNN_SERVE_HEADER_TIMEOUT_S": "1", "CNN_SERVE_BODY_IDLE_TIMEOUT_S": "1",
-          "CNN_SERVE_BODY_TIMEOUT_S": "3", "CNN_SERVE_MAX_HEADER_BYTES": "8192",
-          "CNN_SERVE_KEEPALIVE_TIMEOUT_S": "1"}
+LIMITS = {
+    "CNN_SERVE_HEADER_TIMEOUT_S": "1",
+    "CNN_SERVE_BODY_IDLE_TIMEOUT_S": "1",
+    "CNN_SERVE_BODY_TIMEOUT_S": "3",
+    "CNN_SERVE_MAX_HEADER_BYTES": "8192",
+    "CNN_SERVE_KEEPALIVE_TIMEOUT_S": "1",
+}
 DIGIT = encode(draw_digit(7))
 
 
@@ -45,22 +49,30 @@ def _read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
 
 def _multipart(image: bytes) -> tuple[bytes, str]:
     boundary = "testboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"d.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + image + \
-        f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 def _head(length: int, ctype: str) -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def test_a_complete_request_is_answered(server):
     body, ctype = _multipart(DIGIT)
     with _connect(server[0]) as sock:
-        sock.sendall(_head(len(body), ctype).replace(b"Host: x", b"Host: x\r\nConnection: close")
-                     + body)
+        sock.sendall(
+            _head(len(body), ctype).replace(b"Host: x", b"Host: x\r\nConnection: close") + body
+        )
         reply, _ = _read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 200") and b'"label":"7"' in reply
 
@@ -124,7 +136,7 @@ def test_a_trickling_body_is_cut_off_at_the_body_timeout(server):
     body, ctype = _multipart(DIGIT)
     with _connect(server[0]) as sock:
         sock.sendall(_head(len(body), ctype))
-        chunks = (body[i:i + 20] for i in range(0, len(body), 20))  # never idle for 1 s
+        chunks = (body[i : i + 20] for i in range(0, len(body), 20))  # never idle for 1 s
         reply, elapsed = _dribble(sock, chunks, 0.5)
     assert reply.startswith(b"HTTP/1.1 408")
     assert 2.5 < elapsed < 5  # the whole body had 3 s
@@ -144,8 +156,10 @@ def test_clients_leaving_mid_upload_are_not_server_errors(server):
     for route in ("/predict", "/models/digit_odd/feature-maps"):
         for _ in range(3):
             with _connect(port) as sock:
-                sock.sendall(_head(len(body), ctype).replace(b"/predict", route.encode())
-                             + body[:len(body) // 2])
+                sock.sendall(
+                    _head(len(body), ctype).replace(b"/predict", route.encode())
+                    + body[: len(body) // 2]
+                )
     time.sleep(0.5)  # the server notices the closed sockets
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         metrics = r.read().decode()

@@ -14,8 +14,11 @@ DIGIT = encode(draw_digit(3))
 
 def _lines(caplog) -> list[dict]:
     """The access lines of the captured records, as the JSON formatter writes them."""
-    return [json.loads(JsonFormatter().format(r)) for r in caplog.records
-            if r.name == "cnn_serve.access"]
+    return [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "cnn_serve.access"
+    ]
 
 
 def test_request_ids_are_accepted_or_generated_and_echoed(client):
@@ -33,18 +36,29 @@ def test_request_ids_are_accepted_or_generated_and_echoed(client):
 
 def test_one_json_line_per_request_with_what_it_did(client, caplog):
     with caplog.at_level(logging.INFO, logger="cnn_serve.access"):
-        client.post("/predict", files={"file": ("d.png", DIGIT)},
-                    headers={"X-Request-ID": "trace-1"})
-        client.post("/v2/models/cifar10/infer", json={"inputs": []},
-                    headers={"X-Request-ID": "trace-2"})
+        client.post(
+            "/predict", files={"file": ("d.png", DIGIT)}, headers={"X-Request-ID": "trace-1"}
+        )
+        client.post(
+            "/v2/models/cifar10/infer", json={"inputs": []}, headers={"X-Request-ID": "trace-2"}
+        )
     first, second = _lines(caplog)[-2:]
     assert first["request_id"] == "trace-1" and first["message"] == "request"
-    assert {k: first[k] for k in ("method", "route", "protocol", "status", "model", "version")} \
-        == {"method": "POST", "route": "/predict", "protocol": "native", "status": 200,
-            "model": "digit_odd", "version": 1}
+    assert {k: first[k] for k in ("method", "route", "protocol", "status", "model", "version")} == {
+        "method": "POST",
+        "route": "/predict",
+        "protocol": "native",
+        "status": 200,
+        "model": "digit_odd",
+        "version": 1,
+    }
     assert first["batch_size"] >= 1 and first["latency_ms"] > 0
-    assert (second["request_id"], second["route"], second["protocol"], second["status"]) == \
-        ("trace-2", "/v2/models/{name}/infer", "oip_v2", 400)
+    assert (second["request_id"], second["route"], second["protocol"], second["status"]) == (
+        "trace-2",
+        "/v2/models/{name}/infer",
+        "oip_v2",
+        400,
+    )
     assert "model" not in second  # refused before it reached a model
 
 
@@ -68,7 +82,6 @@ def test_lines_written_while_serving_carry_the_request_id(caplog):
         client.get("/x", headers={"X-Request-ID": "trace-3"})
     inside = next(r for r in caplog.records if r.getMessage() == "something went wrong inside")
     line = json.loads(JsonFormatter().format(inside))
-    assert (line["request_id"], line["level"], line["logger"]) == ("trace-3", "error",
-                                                                   "cnn_serve")
+    assert (line["request_id"], line["level"], line["logger"]) == ("trace-3", "error", "cnn_serve")
     outside = logging.LogRecord("cnn_serve", logging.INFO, __file__, 1, "after", None, None)
     assert "request_id" not in json.loads(JsonFormatter().format(outside))

@@ -23,8 +23,10 @@ def value(found, name, **labels):
 def test_requests_latency_batches_and_load_time_are_exported(client):
     before = samples(client)
     for _ in range(3):
-        assert client.post("/predict", files={"file": ("d.png", encode(draw_digit(1)))}
-                           ).status_code == 200
+        assert (
+            client.post("/predict", files={"file": ("d.png", encode(draw_digit(1)))}).status_code
+            == 200
+        )
     client.post("/predict", data={"model": "nope"}, files={"file": ("d.png", b"x")})
     after = samples(client)
 
@@ -45,6 +47,7 @@ def test_requests_latency_batches_and_load_time_are_exported(client):
 def test_names_and_methods_clients_make_up_do_not_grow_the_metrics(client):
     """Labels come from bounded sets: 2,000 requests for made-up models (and methods) once
     grew /metrics from 17 KB to 91 MB."""
+
     def probe(i: int) -> None:
         client.get(f"/models/no-such-model-{i}")
         client.post(f"/models/no-such-model-{i}/feature-maps", files={"file": ("a", b"x")})

@@ -34,7 +34,8 @@ def repo(tmp_path):
 def _png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)).save(
-        buf, "PNG")
+        buf, "PNG"
+    )
     return buf.getvalue()
 
 
@@ -42,8 +43,9 @@ def _upload(client, name: str, data: bytes, filename: str = "mine.keras", **fiel
     files = {"file": (filename, data)}
     if "labels" in fields:
         files["labels"] = ("labels.txt", fields.pop("labels"))
-    return client.post(f"/models/{name}/versions", files=files, data=fields,
-                       headers={"X-API-Key": KEY})
+    return client.post(
+        f"/models/{name}/versions", files=files, data=fields, headers={"X-API-Key": KEY}
+    )
 
 
 def test_an_uploaded_model_serves_at_once(repo, model_file):
@@ -54,11 +56,14 @@ def test_an_uploaded_model_serves_at_once(repo, model_file):
         body = r.json()
         assert (body["name"], body["version"], body["status"]) == ("mine", 1, "ready")
         assert body["metadata"]["input"]["value_range"] == [0.0, 255.0]
-        predicted = client.post("/predict", data={"model": "mine"},
-                                files={"file": ("x.png", _png())}, headers={"X-API-Key": KEY})
+        predicted = client.post(
+            "/predict",
+            data={"model": "mine"},
+            files={"file": ("x.png", _png())},
+            headers={"X-API-Key": KEY},
+        )
         assert predicted.status_code == 200
-        assert predicted.json()["predictions"][0]["outputs"]["class"]["label"].startswith(
-            "thing")
+        assert predicted.json()["predictions"][0]["outputs"]["class"]["label"].startswith("thing")
         assert _upload(client, "mine", model_file).json()["version"] == 2  # the next one
         assert client.get("/models", headers={"X-API-Key": KEY}).json()["model_uploads"]
 
@@ -90,18 +95,24 @@ def test_a_bad_model_is_a_400_that_says_why_and_leaves_nothing(repo, model_file)
         upside_down = _upload(client, "mine", model_file, value_range="9,1")
         assert upside_down.status_code == 400
         assert "LOW must be below HIGH" in upside_down.json()["error"]["message"]
-        assert client.post("/predict", files={"file": ("x.png", _png())},
-                           headers={"X-API-Key": KEY}).status_code == 200  # served on
+        assert (
+            client.post(
+                "/predict", files={"file": ("x.png", _png())}, headers={"X-API-Key": KEY}
+            ).status_code
+            == 200
+        )  # served on
     assert not (repo / "mine").exists()
 
 
 def test_uploads_have_their_own_size_limit(repo, model_file):
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
-                     max_model_bytes=len(model_file) // 2) as client:
+    with make_client(
+        model_dir=repo, model_uploads=True, api_keys=KEY, max_model_bytes=len(model_file) // 2
+    ) as client:
         r = _upload(client, "mine", model_file)
         assert r.status_code == 413
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
-                     max_upload_bytes=1024) as client:  # larger than an image upload may be
+    with make_client(
+        model_dir=repo, model_uploads=True, api_keys=KEY, max_upload_bytes=1024
+    ) as client:  # larger than an image upload may be
         assert _upload(client, "mine", model_file).status_code == 201
 
 
@@ -110,7 +121,9 @@ def test_the_triton_repository_extension(repo):
     with make_client(model_dir=repo) as client:
         index = client.post("/v2/repository/index").json()
         assert {(e["name"], e["version"], e["state"]) for e in index} == {
-            ("digit_odd", "1", "READY"), ("cifar10", "1", "READY")}
+            ("digit_odd", "1", "READY"),
+            ("cifar10", "1", "READY"),
+        }
         assert client.post("/v2/repository/models/cifar10/unload").status_code == 200
         assert client.get("/v2/models/cifar10/ready").status_code == 404
         index = client.post("/v2/repository/index", json={"ready": True}).json()
@@ -124,8 +137,9 @@ def test_the_triton_repository_extension(repo):
 def test_an_import_waits_its_turn_on_the_heavy_thread(repo, model_file):
     """Importing is heavy work like Grad-CAM: with the heavy-work thread's one slot taken and
     nobody allowed to wait, an upload gets 503 + Retry-After and writes nothing."""
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY,
-                     max_heavy_waiting=0) as client:
+    with make_client(
+        model_dir=repo, model_uploads=True, api_keys=KEY, max_heavy_waiting=0
+    ) as client:
         budget = client.app.state.server.admission.heavy
         assert budget.try_acquire(1)
         try:

@@ -57,8 +57,7 @@ def test_a_broken_model_is_reported_and_the_others_serve(tmp_path, models_dir):
         assert c.get("/health/ready").status_code == 200
         default = c.get("/models/digit_odd").json()["default_version"]
         assert default != 99  # the newest *ready* version serves by default
-        r = c.post("/predict", data={"version": "99"},
-                   files={"file": ("a.png", b"x", "image/png")})
+        r = c.post("/predict", data={"version": "99"}, files={"file": ("a.png", b"x", "image/png")})
         # a permanent failure: no Retry-After, and nothing of the server's files or internals
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
         assert "retry-after" not in r.headers
@@ -76,8 +75,10 @@ def test_not_ready_while_the_default_model_failed(tmp_path, models_dir):
     (broken / "saved_model.pb").write_bytes(b"corrupt")
     with make_client(model_dir=tmp_path) as c:
         ready = c.get("/health/ready")
-        assert ready.status_code == 503 and ready.json()["models"] == {"cifar10": [1],
-                                                                        "digit_odd": []}
+        assert ready.status_code == 503 and ready.json()["models"] == {
+            "cifar10": [1],
+            "digit_odd": [],
+        }
     with make_client(model_dir=tmp_path, default_model="cifar10") as c:
         assert c.get("/health/ready").status_code == 200
 

@@ -46,18 +46,27 @@ def _files(model: str) -> list[bytes]:
     return [*files, jpeg.getvalue()]
 
 
-def _expected(client, model: str, files: list[bytes], version: str = ""
-              ) -> dict[str, np.ndarray]:
+def _expected(client, model: str, files: list[bytes], version: str = "") -> dict[str, np.ndarray]:
     """``/predict``'s probabilities for ``files``, as arrays [n, units] per output."""
-    r = client.post("/predict", data={"model": model, **({"version": version} if version else {})},
-                    files=[("file", (f"f{i}", data)) for i, data in enumerate(files)])
+    r = client.post(
+        "/predict",
+        data={"model": model, **({"version": version} if version else {})},
+        files=[("file", (f"f{i}", data)) for i, data in enumerate(files)],
+    )
     assert r.status_code == 200, r.text
     rows = [p["outputs"] for p in r.json()["predictions"]]
     labels = {o["name"]: o["labels"] for o in client.get(f"/models/{model}").json()["outputs"]}
-    return {name: np.array([[row[name]["probabilities"][label] for label in names]
-                            if row[name]["kind"] == "multiclass"
-                            else [row[name]["probability"]] for row in rows])
-            for name, names in labels.items()}
+    return {
+        name: np.array(
+            [
+                [row[name]["probabilities"][label] for label in names]
+                if row[name]["kind"] == "multiclass"
+                else [row[name]["probability"]]
+                for row in rows
+            ]
+        )
+        for name, names in labels.items()
+    }
 
 
 def _pixels(model: str, files: list[bytes], client) -> np.ndarray:
@@ -84,15 +93,20 @@ def test_model_metadata_and_readiness(triton_client, model):
     assert triton_client.is_model_ready(model)
     assert triton_client.is_model_ready(model, "1")
     shape = [-1, 28, 28, 1] if model in DIGIT_MODELS else [-1, 32, 32, 3]
-    for meta, versions in ((triton_client.get_model_metadata(model), _versions(model)),
-                           (triton_client.get_model_metadata(model, "1"), ["1"])):
+    for meta, versions in (
+        (triton_client.get_model_metadata(model), _versions(model)),
+        (triton_client.get_model_metadata(model, "1"), ["1"]),
+    ):
         assert meta["name"] == model and meta["versions"] == versions
         assert meta["platform"] == "tensorflow_savedmodel"
-        assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": shape},
-                                  {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["inputs"] == [
+            {"name": "image", "datatype": "FP32", "shape": shape},
+            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+        ]
     outputs = {o["name"]: o["shape"] for o in meta["outputs"]}
-    assert outputs == ({"digit": [-1, 10], "odd": [-1, 1]} if model in DIGIT_MODELS
-                       else {"class": [-1, 10]})
+    assert outputs == (
+        {"digit": [-1, 10], "odd": [-1, 1]} if model in DIGIT_MODELS else {"class": [-1, 10]}
+    )
     with pytest.raises(InferenceServerException, match="no model"):
         triton_client.get_model_metadata("nope")
     assert not triton_client.is_model_ready(model, "9")
@@ -104,16 +118,18 @@ def test_model_metadata_and_readiness(triton_client, model):
 def test_infer_equals_predict(triton_client, client, model, binary, version):
     files = _files(model)
     expected = _expected(client, model, files, version)
-    pixels = triton.InferInput("image", [len(files), *_pixels(model, files, client).shape[1:]],
-                               "FP32")
+    pixels = triton.InferInput(
+        "image", [len(files), *_pixels(model, files, client).shape[1:]], "FP32"
+    )
     pixels.set_data_from_numpy(_pixels(model, files, client), binary_data=binary)
     images = triton.InferInput("image_bytes", [len(files)], "BYTES")
     sent = np.array(files if binary else [base64.b64encode(f) for f in files], dtype=object)
     images.set_data_from_numpy(sent, binary_data=binary)
     outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in expected]
     for tensor in (pixels, images):
-        result = triton_client.infer(model, [tensor], model_version=version, outputs=outputs,
-                                     request_id="req-7")
+        result = triton_client.infer(
+            model, [tensor], model_version=version, outputs=outputs, request_id="req-7"
+        )
         assert result.get_response()["id"] == "req-7"
         assert result.get_response()["model_version"] == (version or _versions(model)[-1])
         for name, want in expected.items():
@@ -136,10 +152,21 @@ def test_default_request_answers_every_output_in_binary(triton_client, client):
 def test_output_selection_and_json_shape(client):
     """Plain JSON (no extension): one output chosen, data flat and row-major."""
     pixels = np.zeros((2, 28, 28, 1), np.float32)
-    r = client.post("/v2/models/digit_odd/infer", json={
-        "inputs": [{"name": "image", "shape": [2, 28, 28, 1], "datatype": "FP32",
-                    "data": pixels.tolist()}],
-        "outputs": [{"name": "odd"}], "parameters": {"custom": 1}})
+    r = client.post(
+        "/v2/models/digit_odd/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 28, 28, 1],
+                    "datatype": "FP32",
+                    "data": pixels.tolist(),
+                }
+            ],
+            "outputs": [{"name": "odd"}],
+            "parameters": {"custom": 1},
+        },
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
     assert body["model_name"] == "digit_odd" and "id" not in body
@@ -149,8 +176,11 @@ def test_output_selection_and_json_shape(client):
 
 def _binary_request(header: dict, binary: bytes, length: int | bytes | None = None):
     head = json.dumps(header).encode()
-    value = str(len(head) if length is None else length).encode() \
-        if not isinstance(length, bytes) else length
+    value = (
+        str(len(head) if length is None else length).encode()
+        if not isinstance(length, bytes)
+        else length
+    )
     return head + binary, {"Inference-Header-Content-Length": value}
 
 
@@ -169,50 +199,115 @@ HOSTILE = {
     "ragged data": ({"inputs": [{**PIXELS, "data": [[0.5], [0.5, 0.5]]}]}, None),
     "NaN pixels": ({"inputs": [{**PIXELS, "data": [float("nan")] * 784}]}, None),
     "2^60 batch": ({"inputs": [{**PIXELS, "shape": [2**60, 28, 28, 1], "data": [0]}]}, None),
-    "2^60 per image": ({"inputs": [{**PIXELS, "shape": [1, 2**60, 2**60, 1], "data": [0]}]},
-                       None),
-    "wrong image shape": ({"inputs": [{**PIXELS, "shape": [1, 32, 32, 3], "data": [0] * 3072}]},
-                          None),
+    "2^60 per image": ({"inputs": [{**PIXELS, "shape": [1, 2**60, 2**60, 1], "data": [0]}]}, None),
+    "wrong image shape": (
+        {"inputs": [{**PIXELS, "shape": [1, 32, 32, 3], "data": [0] * 3072}]},
+        None,
+    ),
     "negative dimension": ({"inputs": [{**PIXELS, "shape": [-1, 28, 28, 1], "data": [0]}]}, None),
     "unknown input": ({"inputs": [{**PIXELS, "name": "pixels", "data": [0] * 784}]}, None),
     "two inputs": ({"inputs": [{**PIXELS, "data": [0] * 784}] * 2}, None),
     "no inputs": ({"inputs": []}, None),
     "no data": ({"inputs": [PIXELS]}, None),
-    "duplicate outputs": ({"inputs": [{**PIXELS, "data": [0] * 784}],
-                           "outputs": [{"name": "digit"}, {"name": "digit"}]}, None),
-    "unknown output": ({"inputs": [{**PIXELS, "data": [0] * 784}],
-                        "outputs": [{"name": "logits"}]}, None),
-    "BYTES not base64": ({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                                      "data": ["not base64!"]}]}, None),
-    "BYTES count": ({"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
-                                 "data": [base64.b64encode(b"x").decode()]}]}, None),
-    "not an image": ({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                                  "data": [base64.b64encode(b"hello").decode()]}]}, None),
+    "duplicate outputs": (
+        {
+            "inputs": [{**PIXELS, "data": [0] * 784}],
+            "outputs": [{"name": "digit"}, {"name": "digit"}],
+        },
+        None,
+    ),
+    "unknown output": (
+        {"inputs": [{**PIXELS, "data": [0] * 784}], "outputs": [{"name": "logits"}]},
+        None,
+    ),
+    "BYTES not base64": (
+        {
+            "inputs": [
+                {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["not base64!"]}
+            ]
+        },
+        None,
+    ),
+    "BYTES count": (
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(b"x").decode()],
+                }
+            ]
+        },
+        None,
+    ),
+    "not an image": (
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(b"hello").decode()],
+                }
+            ]
+        },
+        None,
+    ),
     "truncated binary": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS[:-7]),
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS[:-7]
+    ),
     "binary size not the shape's": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": 8}}]}, ZEROS[:8]),
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": 8}}]}, ZEROS[:8]
+    ),
     "bytes after the tensors": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS + b"xx"),
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS + b"xx"
+    ),
     "header length past the body": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS,
-        length=10**9),
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]},
+        ZEROS,
+        length=10**9,
+    ),
     "BYTES element past its size": _binary_request(
-        {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                     "parameters": {"binary_data_size": 8}}]}, struct.pack("<I", 2**31) + b"abcd"),
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        },
+        struct.pack("<I", 2**31) + b"abcd",
+    ),
     "a 401-digit integer": ({"inputs": [{**PIXELS, "data": [10**400] + [0] * 783}]}, None),
     "numeric strings": ({"inputs": [{**PIXELS, "data": ["0.5"] * 784}]}, None),
     "a boolean among numbers": ({"inputs": [{**PIXELS, "data": [True] + [0.5] * 783}]}, None),
     "shape of huge numbers": ({"inputs": [{**PIXELS, "shape": [10**400], "data": [0]}]}, None),
     "header length in Unicode digits": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS,
-        length=b"\xb2"),  # latin-1 '²', which str.isdigit() takes
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]},
+        ZEROS,
+        length=b"\xb2",
+    ),  # latin-1 '²', which str.isdigit() takes
     "header length of 5,000 digits": _binary_request(
-        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]}, ZEROS,
-        length=b"9" * 5000),
+        {"inputs": [{**PIXELS, "parameters": {"binary_data_size": len(ZEROS)}}]},
+        ZEROS,
+        length=b"9" * 5000,
+    ),
     "BYTES length cut": _binary_request(
-        {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                     "parameters": {"binary_data_size": 2}}]}, b"ab"),
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 2},
+                }
+            ]
+        },
+        b"ab",
+    ),
 }
 
 
@@ -230,9 +325,11 @@ def test_hostile_requests_get_a_4xx_in_the_protocols_shape(client, case):
     assert set(r.json()) == {"error"} and r.json()["error"]
 
 
-@pytest.mark.parametrize("body", [_deep(10_000), b"{", b"[]", b"\xff\xfe", b""],
-                         ids=["nested 10,000 deep", "truncated JSON", "not an object",
-                              "not UTF-8", "empty"])
+@pytest.mark.parametrize(
+    "body",
+    [_deep(10_000), b"{", b"[]", b"\xff\xfe", b""],
+    ids=["nested 10,000 deep", "truncated JSON", "not an object", "not UTF-8", "empty"],
+)
 def test_malformed_json_gets_a_400(client, body):
     r = _post(client, body)
     assert r.status_code == 400 and set(r.json()) == {"error"}
@@ -243,8 +340,9 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     assert too_big.status_code == 413 and set(too_big.json()) == {"error"}
     compressed = _post(client, {"inputs": []}, {"Content-Encoding": "gzip"})
     assert compressed.status_code == 415 and set(compressed.json()) == {"error"}
-    identity = _post(client, {"inputs": [{**PIXELS, "data": [0] * 784}]},
-                     {"Content-Encoding": "Identity"})  # encoding names ignore case
+    identity = _post(
+        client, {"inputs": [{**PIXELS, "data": [0] * 784}]}, {"Content-Encoding": "Identity"}
+    )  # encoding names ignore case
     assert identity.status_code == 200, identity.text
     for path in ("/v2/models/nope/infer", "/v2/models/digit_odd/versions/9/infer"):
         r = client.post(path, json={"inputs": []})
@@ -254,6 +352,7 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
     not_a_version = client.get("/v2/models/digit_odd/versions/X!")
     assert not_a_version.status_code == 400 and "version" in not_a_version.json()["error"]
     missing = client.get("/v2/models/nope/ready").json()["error"]
-    assert missing.startswith("no model named 'nope' (served: cifar10, cifar10_resnet, digit_odd, "
-                               "digit_odd_plus)")
+    assert missing.startswith(
+        "no model named 'nope' (served: cifar10, cifar10_resnet, digit_odd, digit_odd_plus)"
+    )
     assert client.get("/v2/nothing").json() == {"error": "Not Found"}

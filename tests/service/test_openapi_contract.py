@@ -22,9 +22,13 @@ def _images() -> list[bytes]:
     noise = np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "WEBP")
-    return [encode(draw_digit(3)), encode(draw_digit(8, mode="RGB"), "JPEG"),
-            encode(draw_digit(1, canvas=(28, 28), box=(6, 4, 20))), buf.getvalue(),
-            encode(Image.fromarray(noise), "GIF")]
+    return [
+        encode(draw_digit(3)),
+        encode(draw_digit(8, mode="RGB"), "JPEG"),
+        encode(draw_digit(1, canvas=(28, 28), box=(6, 4, 20))),
+        buf.getvalue(),
+        encode(Image.fromarray(noise), "GIF"),
+    ]
 
 
 # file fields (format: binary) get real images instead of random bytes
@@ -37,7 +41,6 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 @schema.parametrize()
 # derandomized: the same examples every run, so CI is not a lottery; the binary (octet-stream)
 # body of OIP infer is not yet exact in the schema (issue 22) and a rare draw tripped it
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_every_operation_honours_its_schema(case):
     case.call_and_validate()

@@ -69,8 +69,10 @@ def test_flatten_converts_palette_cmyk_and_16_bit():
 def test_resize_antialiases_to_the_input_size():
     stripes = np.zeros((320, 320, 3), np.uint8)
     stripes[::2] = 255  # one-pixel stripes average to mid-gray when shrunk properly
-    out = resize(Image.fromarray(stripes), InputSpec(shape=[32, 32, 3], color_mode="rgb",
-                                                     preprocessing="resize"))
+    out = resize(
+        Image.fromarray(stripes),
+        InputSpec(shape=[32, 32, 3], color_mode="rgb", preprocessing="resize"),
+    )
     assert out.shape == (32, 32, 3) and out.dtype == np.float32
     assert 0.4 < out.mean() < 0.6 and out.std() < 0.05
 
@@ -87,8 +89,7 @@ def _mnist_like(arr: np.ndarray) -> None:
 
 
 def test_mnist_normalisation_of_a_pen_digit_off_centre_on_a_large_page():
-    page = draw_digit(4, canvas=(900, 700), box=(650, 450, 200), pen=0.04, gradient=50,
-                      mode="RGB")
+    page = draw_digit(4, canvas=(900, 700), box=(650, 450, 200), pen=0.04, gradient=50, mode="RGB")
     arr = to_mnist(decode(encode(page, "JPEG", quality=85), BIG))
     _mnist_like(arr)
 

@@ -16,22 +16,32 @@ def test_a_normal_start_prints_the_models_and_the_address_only(tmp_path, models_
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     lines = (tmp_path / "server.log").read_text().splitlines()
-    started = [json.loads(line)["message"] for line in lines[:lines.index(next(
-        line for line in lines if "running on http://" in line)) + 1]]
-    versions = sorted(f"{p.parent.name} v{p.name}" for p in models_dir.glob("*/*")
-                      if p.name.isdigit())
-    ready = [re.fullmatch(r"model (\S+ v\d+) ready on /device:CPU:0 in [\d.]+s", m)
-             for m in started[:-1]]
+    started = [
+        json.loads(line)["message"]
+        for line in lines[
+            : lines.index(next(line for line in lines if "running on http://" in line)) + 1
+        ]
+    ]
+    versions = sorted(
+        f"{p.parent.name} v{p.name}" for p in models_dir.glob("*/*") if p.name.isdigit()
+    )
+    ready = [
+        re.fullmatch(r"model (\S+ v\d+) ready on /device:CPU:0 in [\d.]+s", m) for m in started[:-1]
+    ]
     assert all(ready), started
     assert sorted(m[1] for m in ready) == versions
     assert started[-1].startswith(f"Uvicorn running on http://127.0.0.1:{port}")
 
 
 def test_debug_level_shows_what_a_normal_start_keeps_quiet(tmp_path, models_dir):
-    proc, _ = spawn_server(tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto",
-                           CNN_SERVE_LOG_LEVEL="debug")
+    proc, _ = spawn_server(
+        tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto", CNN_SERVE_LOG_LEVEL="debug"
+    )
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
-    loggers = {json.loads(line)["logger"] for line in
-               (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")}
+    loggers = {
+        json.loads(line)["logger"]
+        for line in (tmp_path / "server.log").read_text().splitlines()
+        if line.startswith("{")
+    }
     assert {"tensorflow.native", "uvicorn.error", "cnn_serve"} <= loggers

@@ -78,8 +78,12 @@ def test_versions_come_and_go_under_load_without_a_failed_request(tmp_path, mode
         shutil.rmtree(repo / "digit_odd" / "2")  # the version serving the traffic goes
         _within(2 * POLL_S + 1, lambda: 2 not in _versions(client, "digit_odd"))
         _within(2, lambda: load.answers[-1][1] == 1)
-        assert client.post("/predict", data={"version": "2"},
-                           files={"file": ("d.png", DIGIT)}).status_code == 404
+        assert (
+            client.post(
+                "/predict", data={"version": "2"}, files={"file": ("d.png", DIGIT)}
+            ).status_code
+            == 404
+        )
         corrupt = repo / "digit_odd" / "3"
         shutil.copytree(models_dir / "digit_odd" / "1", corrupt)
         (corrupt / "saved_model.pb").write_bytes(b"not a SavedModel")  # a broken version
@@ -132,7 +136,9 @@ def test_a_slow_reload_answers_202_and_carries_on(tmp_path, models_dir, monkeypa
         r = client.post("/models/digit_odd/reload")
         assert r.status_code == 202
         assert {v["version"]: v["status"] for v in r.json()["versions"]}.get(2) in (
-            None, "loading")  # the scan may not have reached it yet
+            None,
+            "loading",
+        )  # the scan may not have reached it yet
         _within(10, lambda: _versions(client, "digit_odd") == {1: "ready", 2: "ready"})
 
 
@@ -145,46 +151,67 @@ def three_versions(tmp_path_factory, models_dir) -> Path:
     return repo
 
 
-@pytest.mark.parametrize("policy, served", [
-    ({"latest": {"num_versions": 2}}, {2, 3}),
-    ({"specific": {"versions": [1, 3, 7]}}, {1, 3}),
-    ({"all": {}}, {1, 2, 3}),
-    (None, {1, 2, 3}),
-])
+@pytest.mark.parametrize(
+    "policy, served",
+    [
+        ({"latest": {"num_versions": 2}}, {2, 3}),
+        ({"specific": {"versions": [1, 3, 7]}}, {1, 3}),
+        ({"all": {}}, {1, 2, 3}),
+        (None, {1, 2, 3}),
+    ],
+)
 def test_version_policies(three_versions, policy, served):
     policies = {"digit_odd": policy} if policy else {}
-    with make_client(model_dir=three_versions, model_poll_seconds=0,
-                     version_policy=policies) as client:
+    with make_client(
+        model_dir=three_versions, model_poll_seconds=0, version_policy=policies
+    ) as client:
         assert set(_versions(client, "digit_odd")) == served
         assert set(_versions(client, "cifar10")) == {1}  # other models: every version
 
 
 def test_labels_name_versions_in_every_api(three_versions):
     labels = {"digit_odd": {"stable": 1, "canary": 3}}
-    with make_client(model_dir=three_versions, model_poll_seconds=0,
-                     version_labels=labels) as client:
+    with make_client(
+        model_dir=three_versions, model_poll_seconds=0, version_labels=labels
+    ) as client:
         assert client.get("/models/digit_odd").json()["labels"] == labels["digit_odd"]
-        native = client.post("/predict", data={"version": "stable"},
-                             files={"file": ("d.png", DIGIT)})
+        native = client.post(
+            "/predict", data={"version": "stable"}, files={"file": ("d.png", DIGIT)}
+        )
         assert native.json()["version"] == 1
-        maps = client.post("/models/digit_odd/feature-maps", data={"version": "canary"},
-                           files={"file": ("d.png", DIGIT)})
+        maps = client.post(
+            "/models/digit_odd/feature-maps",
+            data={"version": "canary"},
+            files={"file": ("d.png", DIGIT)},
+        )
         assert maps.json()["version"] == 3
         assert client.get("/models/digit_odd/versions/canary").json()["version"] == 3
         status = client.get("/v1/models/digit_odd/labels/stable").json()
         assert status["model_version_status"][0]["version"] == "1"
         pixels = [[[0.0]] * 28] * 28
-        tfs = client.post("/v1/models/digit_odd/labels/canary:predict",
-                          json={"instances": [pixels]})
+        tfs = client.post(
+            "/v1/models/digit_odd/labels/canary:predict", json={"instances": [pixels]}
+        )
         assert tfs.status_code == 200 and len(tfs.json()["predictions"]) == 1
         meta = client.get("/v1/models/digit_odd/labels/canary/metadata").json()
         assert meta["model_spec"]["version"] == "3"
-        oip = client.post("/v2/models/digit_odd/versions/stable/infer", json={"inputs": [{
-            "name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-            "data": [0.0] * 784}]})
+        oip = client.post(
+            "/v2/models/digit_odd/versions/stable/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 28, 28, 1],
+                        "datatype": "FP32",
+                        "data": [0.0] * 784,
+                    }
+                ]
+            },
+        )
         assert oip.json()["model_version"] == "1"
-        unknown = client.post("/predict", data={"version": "beta"},
-                              files={"file": ("d.png", DIGIT)})
+        unknown = client.post(
+            "/predict", data={"version": "beta"}, files={"file": ("d.png", DIGIT)}
+        )
         assert unknown.status_code == 404 and "label" in unknown.json()["error"]["message"]
         assert client.get("/v1/models/digit_odd/labels/beta").status_code == 404
         assert "error" in client.get("/v1/models/digit_odd/labels/beta").json()
@@ -196,13 +223,11 @@ def test_policy_and_label_settings_are_validated():
     from service.settings import Settings
 
     with pytest.raises(ValidationError):
-        Settings(device="cpu", version_policy={"m": {"latest": {"num_versions": 1},
-                                                     "all": {}}})
+        Settings(device="cpu", version_policy={"m": {"latest": {"num_versions": 1}, "all": {}}})
     with pytest.raises(ValidationError):
         Settings(device="cpu", version_labels={"m": {"Not A Label": 1}})
     parsed = json.loads(json.dumps({"m": {"latest": {"num_versions": 2}}}))
-    assert Settings(device="cpu", version_policy=parsed).versions_to_serve("m", [1, 2, 5]) \
-        == {2, 5}
+    assert Settings(device="cpu", version_policy=parsed).versions_to_serve("m", [1, 2, 5]) == {2, 5}
 
 
 def test_a_burst_of_reloads_costs_one_scan(tmp_path, models_dir, monkeypatch):
@@ -224,7 +249,6 @@ def test_a_burst_of_reloads_costs_one_scan(tmp_path, models_dir, monkeypatch):
     with make_client(model_dir=repo, model_poll_seconds=0) as client:
         monkeypatch.setattr(registry, "discover", slow_discover)
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: client.post("/models/digit_odd/reload"),
-                                    range(8)))
+            answers = list(pool.map(lambda _: client.post("/models/digit_odd/reload"), range(8)))
     assert [r.status_code for r in answers] == [200] * 8
     assert len(scans) <= 2  # one shared scan (a second if some came after it finished)

@@ -21,13 +21,17 @@ def test_environment_configures_everything(monkeypatch, tmp_path):
     assert s.batch_policy("cifar10").max_batch_size == 4
 
 
-@pytest.mark.parametrize("var,value,complaint", [
-    ("CNN_SERVE_MODEL_DIR", "/does/not/exist", "does not exist"),
-    ("CNN_SERVE_DEVICE", "tpu", "'auto', 'cpu' or 'gpu'"),
-    ("CNN_SERVE_MAX_UPLOAD_BYTES", "-1", "greater than 0"),
-])
-def test_invalid_settings_fail_at_start_with_the_variable_named(monkeypatch, capsys, var, value,
-                                                                complaint):
+@pytest.mark.parametrize(
+    "var,value,complaint",
+    [
+        ("CNN_SERVE_MODEL_DIR", "/does/not/exist", "does not exist"),
+        ("CNN_SERVE_DEVICE", "tpu", "'auto', 'cpu' or 'gpu'"),
+        ("CNN_SERVE_MAX_UPLOAD_BYTES", "-1", "greater than 0"),
+    ],
+)
+def test_invalid_settings_fail_at_start_with_the_variable_named(
+    monkeypatch, capsys, var, value, complaint
+):
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError, match=complaint):
         Settings()

@@ -31,9 +31,15 @@ def _native(client, image: Image.Image, model: str = "digit_odd") -> dict:
 def test_model_status(client):
     r = client.get("/v1/models/digit_odd")
     assert r.status_code == 200
-    assert r.json() == {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK",
-                                                          "error_message": ""}}]}
+    assert r.json() == {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
     assert client.get("/v1/models/digit_odd/versions/1").json() == r.json()
 
 
@@ -54,36 +60,46 @@ def test_metadata_describes_the_signature(client):
 
 
 def test_row_format_answers_as_predict_does(client):
-    r = client.post("/v1/models/digit_odd:predict", json={
-        "signature_name": "serving_default",
-        "instances": [_pixels(DIGITS[d]) for d in (3, 4, 7)]})
+    r = client.post(
+        "/v1/models/digit_odd:predict",
+        json={
+            "signature_name": "serving_default",
+            "instances": [_pixels(DIGITS[d]) for d in (3, 4, 7)],
+        },
+    )
     assert r.status_code == 200, r.text
     predictions = r.json()["predictions"]
     assert [set(p) for p in predictions] == [{"digit", "odd"}] * 3  # several outputs: objects
     for d, p in zip((3, 4, 7), predictions):
         native = _native(client, DIGITS[d])
         assert int(np.argmax(p["digit"])) == d
-        np.testing.assert_allclose(p["digit"], list(native["digit"]["probabilities"].values()),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            p["digit"], list(native["digit"]["probabilities"].values()), atol=1e-5
+        )
         np.testing.assert_allclose(p["odd"], [native["odd"]["probability"]], atol=1e-5)
 
 
 def test_columnar_format_and_named_instances(client):
     batch = [_pixels(DIGITS[d]) for d in (4, 7)]
-    columnar = client.post("/v1/models/digit_odd/versions/1:predict",
-                           json={"inputs": {"image": batch}}).json()["outputs"]
+    columnar = client.post(
+        "/v1/models/digit_odd/versions/1:predict", json={"inputs": {"image": batch}}
+    ).json()["outputs"]
     assert set(columnar) == {"digit", "odd"} and np.shape(columnar["digit"]) == (2, 10)
-    named = client.post("/v1/models/digit_odd:predict",
-                        json={"instances": [{"image": x} for x in batch]}).json()
-    np.testing.assert_allclose(columnar["digit"], [p["digit"] for p in named["predictions"]],
-                               atol=1e-6)
+    named = client.post(
+        "/v1/models/digit_odd:predict", json={"instances": [{"image": x} for x in batch]}
+    ).json()
+    np.testing.assert_allclose(
+        columnar["digit"], [p["digit"] for p in named["predictions"]], atol=1e-6
+    )
 
 
 def test_b64_images_get_the_same_preprocessing_as_predict(client):
     photo = draw_digit(4, canvas=(300, 200), box=(120, 40, 120), gradient=40, mode="RGB")
     data = encode(photo, "JPEG", quality=85)
-    r = client.post("/v1/models/digit_odd:predict",
-                    json={"instances": [{"b64": base64.b64encode(data).decode()}]})
+    r = client.post(
+        "/v1/models/digit_odd:predict",
+        json={"instances": [{"b64": base64.b64encode(data).decode()}]},
+    )
     assert r.status_code == 200, r.text
     native = client.post("/predict", files={"file": ("p.jpg", data)}).json()
     expected = list(native["predictions"][0]["outputs"]["digit"]["probabilities"].values())
@@ -100,16 +116,19 @@ def test_a_single_output_model_answers_plain_lists(client):
     buf = io.BytesIO()
     img.save(buf, "PNG")
     native = _native(client, Image.open(buf), "cifar10")
-    np.testing.assert_allclose(row["predictions"][0],
-                               list(native["class"]["probabilities"].values()), atol=2e-3)
+    np.testing.assert_allclose(
+        row["predictions"][0], list(native["class"]["probabilities"].values()), atol=2e-3
+    )
 
 
 def test_classify_answers_label_score_pairs_of_the_first_head(client):
     png = base64.b64encode(encode(DIGITS[7])).decode()
     results = []
     for example in ({"image": _pixels(DIGITS[3])}, {"image": {"b64": png}}):
-        r = client.post("/v1/models/digit_odd:classify", json={
-            "signature_name": "serving_default", "examples": [example]})
+        r = client.post(
+            "/v1/models/digit_odd:classify",
+            json={"signature_name": "serving_default", "examples": [example]},
+        )
         assert r.status_code == 200, r.text
         results += r.json()["results"]
     assert [[label for label, _ in pairs] for pairs in results] == [list("0123456789")] * 2
@@ -121,26 +140,32 @@ def test_classify_answers_label_score_pairs_of_the_first_head(client):
     assert r.status_code == 400 and "examples" in r.json()["error"]
 
 
-@pytest.mark.parametrize("body,status,words", [
-    ({"instances": [[[0.0] * 28] * 28]}, 400, "shape"),  # [28, 28] per instance, no channel
-    ({"instances": [[1, 2], [3]]}, 400, "one shape"),
-    ({"instances": []}, 400, "non-empty"),
-    ({"instances": [{"b64": "!!"}]}, 400, "base64"),
-    ({"instances": [{"pixels": 1}]}, 400, "unknown input"),
-    ({"instances": [{"b64": "aGk="}, [[[0.0]]]]}, 400, "mix"),
-    ({"inputs": [1], "instances": [1]}, 400, "exactly one"),
-    ({"signature_name": "classify_x", "instances": [1]}, 400, "signature"),
-    ({"signature_name": {}, "instances": [1]}, 400, "signature_name is a string"),
-    # values that are not finite numbers: a 401-digit integer (OverflowError in NumPy once),
-    # numeric strings and booleans (NumPy converts both), null, beyond float32
-    ({"instances": [[[[10**400]] * 28] * 28]}, 400, "not numbers"),
-    ({"instances": [[[["0.5"]] * 28] * 28]}, 400, "not numbers"),
-    ({"instances": [[[[True]] + [[0.5]] * 27] * 28]}, 400, "not numbers"),
-    ({"instances": [[[[None]] * 28] * 28]}, 400, "not numbers"),
-    ({"instances": [[[[1e39]] * 28] * 28]}, 400, "out of float32's range"),
-    ({"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400,
-     "not a decodable image"),
-])
+@pytest.mark.parametrize(
+    "body,status,words",
+    [
+        ({"instances": [[[0.0] * 28] * 28]}, 400, "shape"),  # [28, 28] per instance, no channel
+        ({"instances": [[1, 2], [3]]}, 400, "one shape"),
+        ({"instances": []}, 400, "non-empty"),
+        ({"instances": [{"b64": "!!"}]}, 400, "base64"),
+        ({"instances": [{"pixels": 1}]}, 400, "unknown input"),
+        ({"instances": [{"b64": "aGk="}, [[[0.0]]]]}, 400, "mix"),
+        ({"inputs": [1], "instances": [1]}, 400, "exactly one"),
+        ({"signature_name": "classify_x", "instances": [1]}, 400, "signature"),
+        ({"signature_name": {}, "instances": [1]}, 400, "signature_name is a string"),
+        # values that are not finite numbers: a 401-digit integer (OverflowError in NumPy once),
+        # numeric strings and booleans (NumPy converts both), null, beyond float32
+        ({"instances": [[[[10**400]] * 28] * 28]}, 400, "not numbers"),
+        ({"instances": [[[["0.5"]] * 28] * 28]}, 400, "not numbers"),
+        ({"instances": [[[[True]] + [[0.5]] * 27] * 28]}, 400, "not numbers"),
+        ({"instances": [[[[None]] * 28] * 28]}, 400, "not numbers"),
+        ({"instances": [[[[1e39]] * 28] * 28]}, 400, "out of float32's range"),
+        (
+            {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]},
+            400,
+            "not a decodable image",
+        ),
+    ],
+)
 def test_bad_requests_are_400_in_tf_servings_shape(client, body, status, words):
     r = client.post("/v1/models/digit_odd:predict", content=json.dumps(body))
     assert r.status_code == status and set(r.json()) == {"error"}, r.text
@@ -162,12 +187,15 @@ def test_hostile_bodies_and_unknown_models(client):
 def test_echoed_names_are_cut_short(client):
     r = client.get("/v1/models/" + "m" * 60_000)
     assert r.status_code == 404 and len(r.text) < 300 and "60,002 chars" in r.text
-    r = client.post("/v1/models/digit_odd:predict",
-                    json={"signature_name": "s" * 10_000, "instances": [1]})
+    r = client.post(
+        "/v1/models/digit_odd:predict", json={"signature_name": "s" * 10_000, "instances": [1]}
+    )
     assert r.status_code == 400 and len(r.text) < 300
 
 
 def test_classify_reads_examples_as_strictly(client):
-    r = client.post("/v1/models/digit_odd:classify",
-                    content=json.dumps({"examples": [{"image": [[[10**400]] * 28] * 28}]}))
+    r = client.post(
+        "/v1/models/digit_odd:classify",
+        content=json.dumps({"examples": [{"image": [[[10**400]] * 28] * 28}]}),
+    )
     assert r.status_code == 400 and "not numbers" in r.json()["error"]

@@ -13,7 +13,7 @@ def bar_digits(n: int = 200, noise_seed: int | None = None) -> Dataset:
     labels = np.arange(n) % 10
     images = np.zeros((n, 28, 28, 1), np.uint8)
     for i, label in enumerate(labels):
-        images[i, 2 + 2 * label: 4 + 2 * label, 4:24] = 255
+        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
     if noise_seed is not None:
         noise = np.random.default_rng(noise_seed).integers(0, 40, images.shape)
         images = np.clip(images + noise, 0, 255).astype(np.uint8)

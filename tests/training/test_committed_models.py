@@ -15,10 +15,12 @@ from training.datasets import load, split
 from training.export import KERAS_FILE, feature_map_model
 from training.metadata import ModelMetadata
 
-TARGETS = {"digit_odd": {"digit_accuracy": 0.985, "odd_accuracy": 0.895},
-           "digit_odd_plus": {"digit_accuracy": 0.994, "odd_accuracy": 0.993},
-           "cifar10": {"accuracy": 0.73},
-           "cifar10_resnet": {"accuracy": 0.88}}
+TARGETS = {
+    "digit_odd": {"digit_accuracy": 0.985, "odd_accuracy": 0.895},
+    "digit_odd_plus": {"digit_accuracy": 0.994, "odd_accuracy": 0.993},
+    "cifar10": {"accuracy": 0.73},
+    "cifar10_resnet": {"accuracy": 0.88},
+}
 
 
 DATASETS = MODELS.parents[1] / "shared" / "datasets"  # training data: here, not in CI
@@ -74,8 +76,9 @@ def test_feature_maps_equal_the_layers_own_outputs(model):
     x = np.random.default_rng(0).random((3, *meta.input.shape), np.float32)
     served = loaded.signatures["feature_maps"](image=tf.constant(x))
     for name, value in feature_map_model(keras_model)(x).items():
-        np.testing.assert_allclose(served[name].numpy(), keras.ops.convert_to_numpy(value),
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            served[name].numpy(), keras.ops.convert_to_numpy(value), atol=1e-5, err_msg=name
+        )
     outputs = loaded.signatures["serving_default"](image=tf.constant(x))
     for out in meta.outputs:
         assert np.all((outputs[out.name].numpy() >= 0) & (outputs[out.name].numpy() <= 1))
@@ -86,14 +89,17 @@ def _accuracies(path: Path, meta: ModelMetadata) -> dict[str, float]:
     data = load(meta.dataset.name, DATA[meta.dataset.name])
     _, val = split(len(data.images), meta.training.validation_split, meta.training.seed)
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    batches = [serve(image=tf.constant(data.images[val[i:i + 500]], tf.float32) / 255)
-               for i in range(0, len(val), 500)]
+    batches = [
+        serve(image=tf.constant(data.images[val[i : i + 500]], tf.float32) / 255)
+        for i in range(0, len(val), 500)
+    ]
     labels = data.labels[val]
     accuracies = {}
     for out in meta.outputs:
         p = np.concatenate([b[out.name].numpy() for b in batches])
-        hit = (p[:, 0] > 0.5) == (labels % 2 == 1) if out.kind == "binary" \
-            else p.argmax(-1) == labels
+        hit = (
+            (p[:, 0] > 0.5) == (labels % 2 == 1) if out.kind == "binary" else p.argmax(-1) == labels
+        )
         key = "accuracy" if len(meta.outputs) == 1 else f"{out.name}_accuracy"
         accuracies[key] = float(hit.mean())
     return accuracies
@@ -104,8 +110,10 @@ def _accuracies(path: Path, meta: ModelMetadata) -> dict[str, float]:
 def test_the_claimed_metrics_hold_on_the_held_out_split(name):
     """Recomputed from the shipped SavedModel, not read from its metadata: the best version's
     validation accuracy is what the metadata says and meets the target."""
-    best = max(versions(name), key=lambda p: sum(ModelMetadata.read(p).validation_metrics[m]
-                                                 for m in TARGETS[name]))
+    best = max(
+        versions(name),
+        key=lambda p: sum(ModelMetadata.read(p).validation_metrics[m] for m in TARGETS[name]),
+    )
     meta = ModelMetadata.read(best)
     if not DATA[meta.dataset.name].exists():
         pytest.skip(f"needs {DATA[meta.dataset.name]}")

@@ -18,7 +18,8 @@ RNG = np.random.default_rng(0)
 
 def idx_bytes(array: np.ndarray) -> bytes:
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape)
+        f">{array.ndim}I", *array.shape
+    )
     return header + array.astype(np.uint8).tobytes()
 
 
@@ -45,8 +46,9 @@ def test_mnist_idx(tmp_path, mnist_arrays, compress):
 
 def test_mnist_npz(tmp_path, mnist_arrays):
     images, labels = mnist_arrays
-    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images[:1],
-             y_test=labels[:1])
+    np.savez(
+        tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images[:1], y_test=labels[:1]
+    )
     for path in (tmp_path, tmp_path / "mnist.npz"):
         ds = read_mnist(path)
         np.testing.assert_array_equal(ds.images[..., 0], images)

@@ -22,8 +22,17 @@ def tiny_mnist(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tiny_mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    args = ["digit_odd", "--data", str(tiny_mnist), "--epochs", "2", "--batch-size", "32",
-            "--out", str(out)]
+    args = [
+        "digit_odd",
+        "--data",
+        str(tiny_mnist),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert main(args) == 0  # a second run is the next version
     return out
@@ -72,22 +81,49 @@ def test_reloaded_savedmodel_predicts_like_keras(exported):
 
 
 def test_transfer_model_trains_and_exports(exported, tiny_mnist):
-    assert main(["digit_only", "--data", str(tiny_mnist), "--epochs", "1", "--batch-size", "32",
-                 "--out", str(exported), "--base-dir", str(exported)]) == 0
+    assert (
+        main(
+            [
+                "digit_only",
+                "--data",
+                str(tiny_mnist),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--out",
+                str(exported),
+                "--base-dir",
+                str(exported),
+            ]
+        )
+        == 0
+    )
     meta = ModelMetadata.read(exported / "digit_only" / "1")
     assert meta.training.base_model == "digit_odd" and meta.training.frozen_up_to == "flatten_layer"
     assert meta.trainable_params == 5408 * 10 + 10
     assert [o.name for o in meta.outputs] == ["digit"]
     base = keras.models.load_model(exported / "digit_odd" / "2" / "model.keras")
     child = keras.models.load_model(exported / "digit_only" / "1" / "model.keras")
-    np.testing.assert_array_equal(base.get_layer("conv2d_layer").get_weights()[0],
-                                  child.get_layer("conv2d_layer").get_weights()[0])
+    np.testing.assert_array_equal(
+        base.get_layer("conv2d_layer").get_weights()[0],
+        child.get_layer("conv2d_layer").get_weights()[0],
+    )
 
 
 def test_transfer_without_base_is_a_clear_error(tiny_mnist, tmp_path):
     with pytest.raises(SystemExit, match="no trained 'digit_odd'"):
-        main(["digit_only", "--data", str(tiny_mnist), "--out", str(tmp_path),
-              "--base-dir", str(tmp_path)])
+        main(
+            [
+                "digit_only",
+                "--data",
+                str(tiny_mnist),
+                "--out",
+                str(tmp_path),
+                "--base-dir",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path):

@@ -16,8 +16,9 @@ from training.metadata import ModelMetadata
 def transfer_model() -> keras.Model:
     """A user's transfer model: a Keras Applications base (no weights) under a new head."""
     keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
-                                          include_top=False, weights=None)
+    base = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    )
     image = keras.Input((32, 32, 3), name="image")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(base(image, training=False))
     return keras.Model(image, keras.layers.Dense(5, activation="softmax", name="kind")(x))
@@ -26,12 +27,23 @@ def transfer_model() -> keras.Model:
 def sequential_base_model() -> keras.Model:
     """A user's own Sequential feature extractor nested in a Sequential classifier."""
     keras.utils.set_random_seed(1)
-    base = keras.Sequential([keras.Input((20, 20, 1)),
-                             keras.layers.Conv2D(4, 3, activation="relu", name="conv_a"),
-                             keras.layers.MaxPooling2D(name="pool_a")], name="features")
-    return keras.Sequential([keras.Input((20, 20, 1)), base, keras.layers.Flatten(name="flat"),
-                             keras.layers.Dense(3, activation="softmax", name="head")],
-                            name="classifier")
+    base = keras.Sequential(
+        [
+            keras.Input((20, 20, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv_a"),
+            keras.layers.MaxPooling2D(name="pool_a"),
+        ],
+        name="features",
+    )
+    return keras.Sequential(
+        [
+            keras.Input((20, 20, 1)),
+            base,
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ],
+        name="classifier",
+    )
 
 
 def test_a_keras_applications_base_shows_its_inner_layers():
@@ -53,7 +65,11 @@ def test_a_keras_applications_base_shows_its_inner_layers():
 def test_a_sequential_base_in_a_sequential_model():
     model = sequential_base_model()
     assert [row.name for row in layer_table(model)] == [
-        "features/conv_a", "features/pool_a", "flat", "head"]
+        "features/conv_a",
+        "features/pool_a",
+        "flat",
+        "head",
+    ]
     x = np.random.default_rng(1).random((2, 20, 20, 1), np.float32)
     maps = feature_map_model(model)(x)
     np.testing.assert_allclose(maps["head"], model(x), atol=1e-6)
@@ -61,8 +77,9 @@ def test_a_sequential_base_in_a_sequential_model():
     np.testing.assert_allclose(maps["features/conv_a"], conv(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("version", sorted(MODELS.glob("*/[0-9]*")),
-                         ids=lambda p: f"{p.parent.name}-{p.name}")
+@pytest.mark.parametrize(
+    "version", sorted(MODELS.glob("*/[0-9]*")), ids=lambda p: f"{p.parent.name}-{p.name}"
+)
 def test_the_committed_models_keep_their_layer_tables(version):
     """The replay through Keras's graph runner gives each shipped model the very table it was
     exported with (this fails should Keras's private graph walk change)."""

@@ -35,12 +35,34 @@ def _train_on_two_workers(data, outs, *extra: str) -> list[str]:
     procs = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "3",
-               "CUDA_VISIBLE_DEVICES": ""}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "simple_cnn", "--data", str(data),
-             "--batch-size", "16", "--no-augment", "--out", str(outs[index]), *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(config),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "training.cli",
+                    "simple_cnn",
+                    "--data",
+                    str(data),
+                    "--batch-size",
+                    "16",
+                    "--no-augment",
+                    "--out",
+                    str(outs[index]),
+                    *extra,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], logs
     return logs
@@ -58,8 +80,9 @@ def test_two_workers_train_one_model_and_only_the_chief_exports(tmp_path):
     # the same number of steps of the global batch (2 x 16) on both, the same losses
     epochs = [_epochs(log) for log in logs]
     assert len(epochs[0]) == 3 and all("steps of 32" in line for line in epochs[0])
-    assert [line.split(" - loss ")[1] for line in epochs[0]] == \
-        [line.split(" - loss ")[1] for line in epochs[1]]
+    assert [line.split(" - loss ")[1] for line in epochs[0]] == [
+        line.split(" - loss ")[1] for line in epochs[1]
+    ]
     # the chief (worker 0) exported; the other worker left nothing behind
     assert not outs[1].exists() or not any(outs[1].rglob("saved_model.pb"))
     (version,) = (outs[0] / "simple_cnn").iterdir()

@@ -20,14 +20,22 @@ def _files(root: Path) -> dict[str, int]:
 
 
 def test_the_readme_training_example_leaves_the_served_models_alone(tmp_path):
-    line = next(line for line in (ROOT / "README.md").read_text().splitlines()
-                if line.startswith(".venv/bin/cnn-train digit_odd --data"))
+    line = next(
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(".venv/bin/cnn-train digit_odd --data")
+    )
     args = shlex.split(line, comments=True)[1:]
     args[args.index("--data") + 1] = str(bar_digits_npz(tmp_path / "mnist.npz"))
     before = _files(SERVED)
     try:
-        run = subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=tmp_path,
-                             check=True, capture_output=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-m", "training.cli", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         assert _files(SERVED) == before
         # progress on stdout; stderr quiet (no TensorFlow start-up notices, no Keras warnings)
         assert run.stderr.decode() == "" and "exported runs/digit_odd/1" in run.stdout.decode()
@@ -38,6 +46,10 @@ def test_the_readme_training_example_leaves_the_served_models_alone(tmp_path):
 
 
 def test_cnn_train_help_prints_only_the_help():
-    run = subprocess.run([sys.executable, "-m", "training.cli", "--help"], check=True,
-                         capture_output=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "training.cli", "--help"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert run.stderr.decode() == "" and run.stdout.decode().startswith("usage: cnn-train")

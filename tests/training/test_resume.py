@@ -25,8 +25,9 @@ class Interrupt(keras.callbacks.Callback):
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     arch = get_architecture("simple_cnn")
-    cfg = train.TrainConfig(epochs=4, batch_size=20, resume=str(tmp_path / "ckpt"), verbose=0,
-                            patience=10)
+    cfg = train.TrainConfig(
+        epochs=4, batch_size=20, resume=str(tmp_path / "ckpt"), verbose=0, patience=10
+    )
     original = train._optimizer_and_callbacks
 
     def interrupted(cfg, steps):
@@ -47,10 +48,18 @@ def test_cosine_schedule_trains_the_resnet_a_step():
     arch = get_architecture("cifar10_resnet")
     assert arch.schedule == "cosine"
     rng = np.random.default_rng(0)
-    data = Dataset("cifar10", rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
-                   np.arange(40) % 10, [str(c) for c in range(10)], "npz", None, "test")
-    cfg = train.TrainConfig(epochs=1, batch_size=20, schedule="cosine", learning_rate=0.1,
-                            verbose=0)
+    data = Dataset(
+        "cifar10",
+        rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+        np.arange(40) % 10,
+        [str(c) for c in range(10)],
+        "npz",
+        None,
+        "test",
+    )
+    cfg = train.TrainConfig(
+        epochs=1, batch_size=20, schedule="cosine", learning_rate=0.1, verbose=0
+    )
     result = train.fit(arch.build, arch.outputs, arch.input, data, cfg)
     assert isinstance(result.model.optimizer, keras.optimizers.SGD)
     assert set(result.validation_metrics) >= {"accuracy", "loss"}
@@ -65,8 +74,16 @@ def test_init_from_starts_where_an_exported_version_ended(tmp_path):
     small to move them keeps them), records where it started, and refuses another
     architecture's version."""
     bar_digits_npz(tmp_path / "mnist.npz")
-    common = ["--data", str(tmp_path / "mnist.npz"), "--epochs", "1", "--batch-size", "20",
-              "--out", str(tmp_path / "models")]
+    common = [
+        "--data",
+        str(tmp_path / "mnist.npz"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--out",
+        str(tmp_path / "models"),
+    ]
     models = tmp_path / "models" / "simple_cnn"
     assert main(["simple_cnn", *common]) == 0
     assert main(["simple_cnn", *common, "--lr", "1e-12", "--init-from", str(models / "1")]) == 0

@@ -1,6 +1,7 @@
 """Batches of 64 images through every API, against the model alone at batch 64.
 
     python -m bench.protocols [--model digit_odd] [--duration 10] [--concurrency 4]
+                              [--baseline GIT_REF]
 
 Starts ``cnn-serve`` (one worker, as the command runs it) and drives it with wrk, one request
 body at a time, each carrying 64 images: the Open Inference Protocol with binary FP32 pixels
@@ -8,7 +9,8 @@ body at a time, each carrying 64 images: the Open Inference Protocol with binary
 Serving's REST API with JSON pixels (``instances``) and with ``{"b64": ...}`` PNGs; and the
 native multipart ``/predict`` with 64 PNG files. Prints images/s (req/s x 64), p50/p99 and
 non-2xx per API, and each as a fraction of the model-only images/s at batch 64 (measured
-after the server stops, so they do not share the cores).
+after the server stops, so they do not share the cores). ``--baseline REF`` also runs
+cnn-serve as of that git commit (from a temporary worktree), in the same run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import date
 
 import numpy as np
 
-from bench.run import BOUNDARY, free_port, model_only, sample_image, start, wrk
+from bench.run import BOUNDARY, ROOT, free_port, model_only, sample_image, start, worktree, wrk
 
 BATCH = 64
 
@@ -124,13 +126,46 @@ def main() -> int:
     parser.add_argument("--model", default="digit_odd")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--baseline", metavar="GIT_REF")
     args = parser.parse_args()
     shape = [28, 28, 1] if args.model == "digit_odd" else [32, 32, 3]
+    bodies = requests(args.model, shape)
+    with worktree(args.baseline) as baseline:
+        runs = {"cnn-serve": measure(ROOT, args, bodies)}
+        if baseline is not None:
+            runs["baseline"] = measure(baseline, args, bodies)
+    alone = model_only(args.model, (BATCH,))[BATCH]
+    print(
+        f"\n## {args.model}: {BATCH} images per request, c={args.concurrency}  ({date.today()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
+    )
+    for server, results in runs.items():
+        print(f"\n{server}")
+        print(
+            f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'non-2xx':>9}{'x model':>9}"
+            + (f"{'x base':>8}" if server == "cnn-serve" and "baseline" in runs else "")
+        )
+        for name, (size, run) in results.items():
+            rate = run["rps"] * BATCH
+            versus = ""
+            if server == "cnn-serve" and "baseline" in runs:
+                versus = f"{run['rps'] / runs['baseline'][name][1]['rps']:>8.2f}"
+            print(
+                f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}"
+                f"{run['p99']:>9.1f}{run['non2xx']:>9}{rate / alone:>9.2f}{versus}"
+            )
+    print(f"\nmodel only, batch {BATCH}: {alone:,.0f} images/s")
+    return 0
+
+
+def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict]]:
+    """cnn-serve from the source tree ``root``, every API's body in turn: (size, wrk run)."""
     port = free_port()
-    proc, _ = start("cnn-serve", args.model, port)
+    proc, _ = start("cnn-serve", args.model, port, root)
     results = {}
     try:
-        for name, (path, body, ctype, length) in requests(args.model, shape).items():
+        for name, (path, body, ctype, length) in bodies.items():
             check(port, path, body, ctype, length)
             with tempfile.NamedTemporaryFile(delete=False) as f:
                 f.write(body)
@@ -151,23 +186,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(10)
-    alone = model_only(args.model, (BATCH,))[BATCH]
-    print(
-        f"\n## {args.model}: {BATCH} images per request, c={args.concurrency}  ({date.today()}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
-    )
-    print(
-        f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
-        f"{'x model':>9}"
-    )
-    for name, (size, run) in results.items():
-        rate = run["rps"] * BATCH
-        print(
-            f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}{run['p99']:>9.1f}"
-            f"{run['non2xx']:>9}{rate / alone:>9.2f}"
-        )
-    print(f"model only, batch {BATCH}: {alone:,.0f} images/s")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the image from the Dockerfile, run it, wait for readiness, POST a digit to /predict,
-# check the answer and that the server runs as a non-root user, then stop it.
+# Build the image from the Dockerfile, run it, wait for readiness, check that its start printed
+# nothing but the model and address lines, POST a digit to /predict, check the answer and that
+# the server runs as a non-root user, then stop it.
 # Uses docker when an engine answers, else podman (set up by ../shared/tools/container-env.sh
 # where that script exists). Exit 0 = passed, 1 = failed, 3 = no container tooling here.
 set -euo pipefail
@@ -81,6 +82,17 @@ if [ -z "${ready:-}" ]; then
   "${ENGINE[@]}" logs "$NAME" 2>&1 | tail -30; echo "FAIL: not ready (exited or 120 s)" >&2
   exit 1
 fi
+
+# a normal start says which models are ready and where it listens, nothing else
+"${ENGINE[@]}" logs "$NAME" 2>&1 | "$PY" -c "
+import re, sys
+lines = sys.stdin.read().splitlines()
+start = lines[:next(i for i, line in enumerate(lines) if 'running on http://' in line) + 1]
+wanted = re.compile(r'\"message\": \"(model \\S+ v\\d+ ready on |Uvicorn running on )')
+noise = [line for line in start if not wanted.search(line)]
+sys.exit(f'start-up noise: {noise[:3]}' if noise else 0)" \
+  || { echo "FAIL: the start printed more than the models and the address" >&2; exit 1; }
+echo "   start-up output: the model lines and the address only"
 
 digit=$(mktemp --suffix=.png)
 PYTHONPATH=. "$PY" -c "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,7 +122,53 @@ def page(server_url):
         assert not leaked, f"the page reached outside the service: {leaked}"
 
 
-def spawn_server(log: Path, models_dir: Path, **env: str) -> tuple[subprocess.Popen, int]:
+class Spawned:
+    """A real ``cnn-serve`` process: its output goes to ``log`` line by line, and a test can
+    wait for a line instead of sleeping."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._copier = threading.Thread(target=self._copy, daemon=True)
+        self._copier.start()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait for the exit and the last of the output; the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(timeout)
+        self._copier.join(timeout)
+        return status
+
+    def _copy(self) -> None:
+        with self.log.open("wb", buffering=0) as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                with self._changed:
+                    self._lines.append(line.decode(errors="replace"))
+                    self._changed.notify_all()
+        with self._changed:
+            self._lines.append("")  # the end: nothing more will come
+            self._changed.notify_all()
+
+    def count(self, text: str) -> int:
+        """Lines of its output so far that contain ``text``."""
+        with self._changed:
+            return sum(text in line for line in self._lines)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 60) -> bool:
+        """Until ``count`` lines of its output contain ``text``; False if it ends first or
+        the timeout passes."""
+
+        def seen() -> bool:
+            return sum(text in line for line in self._lines) >= count
+
+        with self._changed:
+            self._changed.wait_for(lambda: seen() or self._lines[-1:] == [""], timeout)
+            return seen()
+
+
+def spawn_server(log: Path, models_dir: Path, **env: str) -> Spawned:
     """The real ``cnn-serve`` process on a free port with ``CNN_SERVE_*`` overrides ``env``,
     its output in ``log``; returns once it says it is listening."""
     with socket.socket() as s:
@@ -139,18 +186,8 @@ def spawn_server(log: Path, models_dir: Path, **env: str) -> tuple[subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    listening = threading.Event()
-
-    def copy_output() -> None:  # to the log, line by line, noting the listening line
-        with log.open("wb", buffering=0) as out:
-            for line in proc.stdout:
-                out.write(line)
-                if b"running on http://" in line:
-                    listening.set()
-        listening.set()  # the process ended: nothing more will come
-
-    threading.Thread(target=copy_output, daemon=True).start()
-    if listening.wait(60) and proc.poll() is None:
-        return proc, port
+    server = Spawned(proc, port, log)
+    if server.wait_for("running on http://") and proc.poll() is None:
+        return server
     proc.kill()
     pytest.fail("cnn-serve did not start listening:\n" + log.read_text())

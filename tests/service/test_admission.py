@@ -141,9 +141,10 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
                 max_waiting_requests=0,
             )
         )
-        release, read = asyncio.Event(), []
+        release, admitted, read = asyncio.Event(), asyncio.Event(), []
 
-        async def slow_body():
+        async def slow_body():  # read once the request is admitted
+            admitted.set()
             yield head
             await release.wait()
             yield png + tail
@@ -158,8 +159,8 @@ def test_a_request_the_process_cannot_take_is_refused_before_its_body_is_read(mo
                 first = asyncio.create_task(
                     client.post("/predict", content=slow_body(), headers=headers)
                 )
-                while app.state.server.admission.requests.used == 0:
-                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(admitted.wait(), 10)
+                assert app.state.server.admission.requests.used == 1
                 second = await client.post("/predict", content=watched_body(), headers=headers)
                 release.set()
                 return (await first), second, read

@@ -21,9 +21,15 @@ class SlowEcho:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.entered = threading.Event()  # a call is on the inference thread
         self.release = threading.Event()
 
+    async def busy(self) -> None:
+        """Until a call occupies the inference thread."""
+        assert await asyncio.to_thread(self.entered.wait, 5)
+
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.entered.set()
         self.release.wait(5)
         self.batches.append(len(batch))
         return {"sum": batch.reshape(len(batch), -1).sum(axis=1)}
@@ -42,9 +48,9 @@ async def queued_behind_a_busy_call(
     runner = Runner(model, policy, timeout_s=timeout_s, heavy_limit=1)
     runner.start()
     first = asyncio.create_task(runner.predict(np.full((1, width), 1.0)))
-    await asyncio.sleep(0.05)  # the first call occupies the inference thread
+    await model.busy()
     rest = [asyncio.create_task(runner.predict(np.full((n, width), float(n)))) for n in sizes]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop: each task queues its request
     return model, runner, [first, *rest]
 
 
@@ -85,7 +91,7 @@ def test_full_queue_answers_overloaded_at_once():
         )
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
-        await asyncio.sleep(0.05)
+        await model.busy()
         queued = [asyncio.create_task(runner.predict(np.zeros((1, 1)))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as info:
@@ -103,7 +109,8 @@ def test_requests_that_waited_past_the_deadline_get_503_and_are_not_computed():
     async def scenario():
         model, runner, tasks = await queued_behind_a_busy_call(
             BatchPolicy(max_batch_size=64), (1, 2), timeout_s=0.02
-        )  # the helper waits 0.05 s
+        )
+        await asyncio.sleep(0.05)  # time passes: the queued requests' deadline with it
         model.release.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         fresh = await runner.predict(np.full((1, 1), 3.0))  # a new request is served
@@ -122,14 +129,14 @@ def test_requests_whose_client_has_gone_are_not_computed():
         runner = Runner(model, BatchPolicy(max_batch_size=64), timeout_s=5, heavy_limit=1)
         runner.start()
         busy = asyncio.create_task(runner.predict(np.zeros((1, 1))))
-        await asyncio.sleep(0.05)
+        await model.busy()
 
         async def gone() -> bool:
             return True
 
         abandoned = asyncio.create_task(runner.predict(np.zeros((5, 1)), is_gone=gone))
         kept = asyncio.create_task(runner.predict(np.zeros((2, 1))))
-        await asyncio.sleep(0.1)  # longer than GONE_CHECK_AFTER_S: worth asking
+        await asyncio.sleep(0.1)  # time passes, longer than GONE_CHECK_AFTER_S: worth asking
         model.release.set()
         await busy
         assert (await kept)["sum"].shape == (2,)

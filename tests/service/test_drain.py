@@ -26,10 +26,18 @@ BODY = (
 )
 
 
-def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: list) -> None:
+def _client(
+    port: int,
+    stop: threading.Event,
+    outcomes: list,
+    told_to_leave: list,
+    answered: threading.Semaphore,
+) -> None:
     """POST /predict over one keep-alive connection until told ``Connection: close`` (the
-    drain), recording each answer's status or how a request failed."""
+    drain), recording each answer's status or how a request failed; ``answered`` is released
+    after the first answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    first = True
     while not stop.is_set():
         try:
             conn.request(
@@ -41,6 +49,9 @@ def _client(port: int, stop: threading.Event, outcomes: list, told_to_leave: lis
             response = conn.getresponse()
             response.read()
             outcomes.append(response.status)
+            if first:
+                answered.release()
+                first = False
         except (OSError, http.client.HTTPException) as exc:
             outcomes.append(f"{type(exc).__name__}: {exc}")
             return
@@ -69,21 +80,22 @@ def _ready_status(port: int) -> int:
 
 
 def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
-    proc, port = spawn_server(
-        tmp_path / "server.log", models_dir, CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S)
-    )
-    stop, outcomes, left = threading.Event(), [], []
+    server = spawn_server(tmp_path / "server.log", models_dir, CNN_SERVE_DRAIN_SECONDS=str(DRAIN_S))
+    proc, port = server.proc, server.port
+    stop, outcomes, left, answered = threading.Event(), [], [], threading.Semaphore(0)
     clients = [
-        threading.Thread(target=_client, args=(port, stop, outcomes, left)) for _ in range(CLIENTS)
+        threading.Thread(target=_client, args=(port, stop, outcomes, left, answered))
+        for _ in range(CLIENTS)
     ]
     try:
         for client in clients:
             client.start()
-        time.sleep(1.0)
+        for _ in clients:  # every client has a keep-alive connection and an answer
+            assert answered.acquire(timeout=30)
         assert _ready_status(port) == 200 and not left
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        assert server.wait_for("draining for", timeout=10)
         assert _ready_status(port) == 503  # readiness drops at once ...
         assert _predict_on_a_new_connection(port) == 200  # ... while it still serves
         for client in clients:
@@ -98,7 +110,8 @@ def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
             client.join(30)
     failures = [o for o in outcomes if o != 200]
     assert not failures, failures
-    assert len(outcomes) > 50 and len(left) == CLIENTS  # every client answered, then told
+    # every client answered before the signal, then was told to leave by a later answer
+    assert len(outcomes) >= 2 * CLIENTS and len(left) == CLIENTS
     assert DRAIN_S <= exited_after <= DRAIN_S + 10
     log = (tmp_path / "server.log").read_text()
     assert "draining for 2 s" in log

@@ -24,14 +24,12 @@ DIGIT = encode(draw_digit(7))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
-    """``cnn-serve`` on a free port; yields (port, path of its log)."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc, port = spawn_server(log, models_dir, **LIMITS)
+    """``cnn-serve`` on a free port, with short limits."""
+    spawned = spawn_server(tmp_path_factory.mktemp("server") / "server.log", models_dir, **LIMITS)
     try:
-        yield port, log
+        yield spawned
     finally:
-        proc.terminate()
-        proc.wait(10)
+        spawned.stop()
 
 
 def _connect(port: int) -> socket.socket:
@@ -69,7 +67,7 @@ def _head(length: int, ctype: str) -> bytes:
 
 def test_a_complete_request_is_answered(server):
     body, ctype = _multipart(DIGIT)
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(
             _head(len(body), ctype).replace(b"Host: x", b"Host: x\r\nConnection: close") + body
         )
@@ -97,7 +95,7 @@ def _dribble(sock: socket.socket, pieces, every_s: float) -> tuple[bytes, float]
 
 
 def test_slowloris_headers_are_cut_off_at_the_header_timeout(server):
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
         lines = (f"X-Slow-{i}: {i}\r\n".encode() for i in range(40))  # 8 s at 0.2 s each
         reply, elapsed = _dribble(sock, lines, 0.2)
@@ -106,13 +104,13 @@ def test_slowloris_headers_are_cut_off_at_the_header_timeout(server):
 
 
 def test_a_silent_connection_is_closed(server):
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         _, elapsed = _read_until_closed(sock)
     assert elapsed < 3
 
 
 def test_oversized_headers_are_refused(server):
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
         try:
             for _ in range(64):  # 64 x 1 KiB of headers against a limit of 8 KiB
@@ -125,7 +123,7 @@ def test_oversized_headers_are_refused(server):
 
 def test_a_body_shorter_than_its_content_length_times_out(server):
     body, ctype = _multipart(DIGIT)
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(_head(len(body), ctype) + body[:100])
         reply, elapsed = _read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in reply
@@ -134,7 +132,7 @@ def test_a_body_shorter_than_its_content_length_times_out(server):
 
 def test_a_trickling_body_is_cut_off_at_the_body_timeout(server):
     body, ctype = _multipart(DIGIT)
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(_head(len(body), ctype))
         chunks = (body[i : i + 20] for i in range(0, len(body), 20))  # never idle for 1 s
         reply, elapsed = _dribble(sock, chunks, 0.5)
@@ -143,15 +141,16 @@ def test_a_trickling_body_is_cut_off_at_the_body_timeout(server):
 
 
 def test_an_idle_keep_alive_connection_is_closed(server):
-    with _connect(server[0]) as sock:
+    with _connect(server.port) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         reply, elapsed = _read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 200") and elapsed < 3  # keep-alive limit 1 s
 
 
 def test_clients_leaving_mid_upload_are_not_server_errors(server):
-    port, log = server
+    port, log = server.port, server.log
     logged_before = len(log.read_text())
+    gone_before = server.count('"status": 499')
     body, ctype = _multipart(encode(draw_digit(3, canvas=(800, 800)), "BMP"))
     for route in ("/predict", "/models/digit_odd/feature-maps"):
         for _ in range(3):
@@ -160,7 +159,8 @@ def test_clients_leaving_mid_upload_are_not_server_errors(server):
                     _head(len(body), ctype).replace(b"/predict", route.encode())
                     + body[: len(body) // 2]
                 )
-    time.sleep(0.5)  # the server notices the closed sockets
+    # the server notices each closed socket and logs the request (499: the client left)
+    assert server.wait_for('"status": 499', count=gone_before + 6, timeout=30), log.read_text()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     text = log.read_text()[logged_before:]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 
 from tests.service.conftest import spawn_server
 
 
 def test_a_normal_start_prints_the_models_and_the_address_only(tmp_path, models_dir):
-    proc, port = spawn_server(tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    server = spawn_server(tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto")
+    server.stop()
     lines = (tmp_path / "server.log").read_text().splitlines()
     started = [
         json.loads(line)["message"]
@@ -30,15 +28,13 @@ def test_a_normal_start_prints_the_models_and_the_address_only(tmp_path, models_
     ]
     assert all(ready), started
     assert sorted(m[1] for m in ready) == versions
-    assert started[-1].startswith(f"Uvicorn running on http://127.0.0.1:{port}")
+    assert started[-1].startswith(f"Uvicorn running on http://127.0.0.1:{server.port}")
 
 
 def test_debug_level_shows_what_a_normal_start_keeps_quiet(tmp_path, models_dir):
-    proc, _ = spawn_server(
+    spawn_server(
         tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto", CNN_SERVE_LOG_LEVEL="debug"
-    )
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    ).stop()
     loggers = {
         json.loads(line)["logger"]
         for line in (tmp_path / "server.log").read_text().splitlines()

@@ -1,4 +1,5 @@
-"""The README's training example, run as written (on a tiny dataset instead of MNIST): it
+"""The training guide's example (docs/training.md), run as written (on a tiny dataset instead
+of MNIST): it
 must not touch the model repository that a running service serves, and prints no noise."""
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
-def test_the_readme_training_example_leaves_the_served_models_alone(tmp_path):
+def test_the_training_example_leaves_the_served_models_alone(tmp_path):
     line = next(
         line
-        for line in (ROOT / "README.md").read_text().splitlines()
+        for line in (ROOT / "docs" / "training.md").read_text().splitlines()
         if line.startswith(".venv/bin/cnn-train digit_odd --data")
     )
     args = shlex.split(line, comments=True)[1:]

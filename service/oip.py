@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.errors import BadRequest, UnsupportedMediaType, clip
 from service.model import Outputs, ServedModel
 from service.model_input import ModelInput, of_files, of_pixels
+from service.schemas import BASE64, numbers
 from service.tensors import header_length, json_floats, may_hold_booleans
 from service.uploads import Upload
 from training.metadata import ModelMetadata
@@ -59,12 +60,23 @@ class TensorParameters(_Open):
 class RequestInput(_Open):
     name: str = Field(max_length=256)
     shape: list[Annotated[int, Field(ge=0, le=2**40)]] = Field(max_length=8)
-    datatype: str = Field(max_length=16)
+    datatype: str = Field(max_length=16, json_schema_extra={"enum": ["FP32", "BYTES"]})
     parameters: TensorParameters | None = None
     data: Any = Field(
         None,
-        description="row-major values, flat or nested; absent when the "
-        "tensor is in the binary section",
+        description="FP32: row-major values, flat or nested; BYTES: image files in base64, "
+        "one per image; absent when the tensor is in the binary section",
+        json_schema_extra={
+            "anyOf": [
+                *(numbers(depth) for depth in (1, 2, 3, 4)),
+                {"type": "array", "minItems": 1, "items": BASE64},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "array", "minItems": 1, "maxItems": 1, "items": BASE64},
+                },
+            ]
+        },
     )
 
 

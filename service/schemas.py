@@ -116,6 +116,48 @@ def upload_body(params: type[BaseModel]) -> dict:
     }
 
 
+# JSON Schema pieces for the protocols' request bodies: what the schema allows, the service
+# accepts (schemathesis checks it), short of image files that do not decode
+BASE64: dict[str, Any] = {
+    "type": "string",
+    "contentEncoding": "base64",
+    "pattern": r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+}
+FLOAT32: dict[str, Any] = {"type": "number", "minimum": -3.4e38, "maximum": 3.4e38}
+IMAGE_FILE: dict[str, Any] = {
+    "type": "object",
+    "required": ["b64"],
+    "additionalProperties": False,
+    "properties": {"b64": {**BASE64, "description": "an image file (PNG, JPEG, ...)"}},
+}
+
+
+def numbers(depth: int) -> dict:
+    """Nested arrays of float32-range numbers, ``depth`` deep, none empty."""
+    schema: dict = FLOAT32
+    for _ in range(depth):
+        schema = {"type": "array", "minItems": 1, "items": schema}
+    return schema
+
+
+def inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` written in place: an OpenAPI operation's
+    schema cannot refer to ``#/$defs/...`` (no such place in the document)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: object) -> object:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)  # type: ignore[return-value]
+
+
 class ClassScore(BaseModel):
     label: str
     index: int

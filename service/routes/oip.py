@@ -16,7 +16,7 @@ from service import __version__, inference, oip, uploads
 from service.apis import OIP
 from service.deps import RegistryDep, ServerDep
 from service.model import Status
-from service.schemas import VERSION_OR_LABEL, Responses
+from service.schemas import VERSION_OR_LABEL, Responses, inline
 from service.server import Server
 
 router = APIRouter(prefix=OIP.prefix, tags=[OIP.tag])
@@ -115,9 +115,12 @@ def _readiness(body: dict):
 INFER_BODY = {
     "requestBody": {
         "required": True,
+        "description": "JSON; or, with Triton's binary tensor data extension, the same JSON "
+        "(its length in the Inference-Header-Content-Length header) followed by the tensors' "
+        "bytes, which JSON Schema cannot describe.",
         "content": {
             "application/json": {
-                "schema": oip.InferenceRequest.model_json_schema(),
+                "schema": inline(oip.InferenceRequest.model_json_schema()),
                 "example": {
                     "id": "1",
                     "inputs": [
@@ -129,14 +132,6 @@ INFER_BODY = {
                         }
                     ],
                 },
-            },
-            "application/octet-stream": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "binary tensor data extension: the JSON request "
-                    "(Inference-Header-Content-Length bytes), then the tensors' bytes",
-                }
             },
         },
     }

@@ -12,7 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from service import inference, tfserving, uploads
 from service.apis import TF_SERVING
 from service.deps import RegistryDep, ServerDep
-from service.schemas import Responses
+from service.schemas import IMAGE_FILE, Responses, numbers
 from service.server import Server
 from service.settings import LABEL
 from service.tensors import may_hold_booleans
@@ -86,6 +86,23 @@ async def label_metadata(name: ModelName, label: Label, registry: RegistryDep) -
     return tfserving.metadata(registry.runner(name, label).model)
 
 
+# an instance: [H, W, C] pixels, or an image file; a batch: a list of either
+SIGNATURE_NAME = {"type": "string", "enum": ["", "serving_default"]}
+INSTANCE = {"anyOf": [numbers(3), IMAGE_FILE]}
+BATCH = {"anyOf": [numbers(4), {"type": "array", "minItems": 1, "items": IMAGE_FILE}]}
+
+
+def named(value: dict) -> dict:
+    """``{"<the model's input name>": value}``."""
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "propertyNames": {"not": {"const": "b64"}},
+        "additionalProperties": value,
+    }
+
+
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
@@ -95,15 +112,18 @@ PREDICT_BODY = {
                     "type": "object",
                     "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
                     "properties": {
-                        "signature_name": {"type": "string", "enum": ["serving_default"]},
+                        "signature_name": SIGNATURE_NAME,
                         "instances": {
                             "type": "array",
                             "minItems": 1,
+                            "items": {"anyOf": [INSTANCE, named(INSTANCE)]},
                             "description": "row format: [H, W, C] pixels in [0, 1] per instance, "
-                            'or {"b64": "<image file>"}',
+                            'or {"b64": "<image file>"}; either may be wrapped as '
+                            '{"<input name>": ...}',
                         },
                         "inputs": {
-                            "description": 'columnar format: the batch, or {"image": batch}'
+                            "anyOf": [BATCH, named(BATCH)],
+                            "description": 'columnar format: the batch, or {"<input name>": batch}',
                         },
                     },
                 },
@@ -155,10 +175,11 @@ CLASSIFY_BODY = {
                     "type": "object",
                     "required": ["examples"],
                     "properties": {
-                        "signature_name": {"type": "string", "enum": ["serving_default"]},
+                        "signature_name": SIGNATURE_NAME,
                         "examples": {
                             "type": "array",
                             "minItems": 1,
+                            "items": named(INSTANCE),
                             "description": '{"image": pixels or {"b64": "<image file>"}} '
                             "per example",
                         },

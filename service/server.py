@@ -16,14 +16,13 @@ from service.settings import Settings
 
 @dataclass
 class Server:
-    """Decoding has its own pool of one thread per core: on Starlette's 40 shared threads,
-    8 concurrent photos thrashed two cores (1200x900 JPEGs at 8 clients, bench/run.py
-    --photo: 198 req/s with 40 threads, 302 with 2).
+    """What every request may use, built once by the app's lifespan.
 
-    Grad-CAM and feature maps run on one ``heavy`` thread of their own, never on a model
-    version's inference thread: tracing a Grad-CAM graph takes up to 2 s of Python, which on
-    the inference thread held every ``/predict`` of that version behind it (p50 7 ms -> 1.8 s
-    with 4 explain clients). The traced graphs of every version share one bounded cache."""
+    ``decoder``: one thread per core decodes uploads (on Starlette's 40 shared threads,
+    concurrent photos thrashed the cores). ``heavy``: Grad-CAM and feature maps run on one
+    thread of their own, never on a model version's inference thread, so ``/predict`` keeps
+    its latency while they work (docs/performance.md); the traced Grad-CAM graphs of every
+    version share one bounded cache, ``gradcams``."""
 
     registry: ModelRegistry
     settings: Settings

@@ -2,9 +2,9 @@
 ``multipart/form-data`` body, parses it and validates its parameters. What the images must
 be is :mod:`service.model_input`'s to say.
 
-The in-memory body is parsed with the `multipart` library's push parser: ~9 µs for a
-one-image form, against ~70 µs through Starlette's form machinery, which spools each file into
-a temporary file (measured; the form was the largest single cost of a request).
+The in-memory body is parsed with the `multipart` library's push parser rather than through
+Starlette's form machinery, which spools each file into a temporary file and was the largest
+single cost of a request (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ fi
 import re, sys
 lines = sys.stdin.read().splitlines()
 start = lines[:next(i for i, line in enumerate(lines) if 'running on http://' in line) + 1]
-wanted = re.compile(r'\"message\": \"(model \\S+ v\\d+ ready on |Uvicorn running on )')
+wanted = re.compile(r'\"message\": ?\"(model \\S+ v\\d+ ready on |Uvicorn running on )')
 noise = [line for line in start if not wanted.search(line)]
 sys.exit(f'start-up noise: {noise[:3]}' if noise else 0)" \
   || { echo "FAIL: the start printed more than the models and the address" >&2; exit 1; }

@@ -19,13 +19,13 @@ from fastapi.responses import Response
 from service import __version__, http_guard, logs, memory, metrics
 from service.admission import Admission
 from service.apis import OPENAPI_TAGS
-from service.auth import ApiKeyGuard
+from service.auth import ApiKeys
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_handlers
 from service.explorer import install_explorer
 from service.gradcam import TracedCache
-from service.middleware import BodyGuard, RequestTelemetry
+from service.middleware import RequestGate
 from service.model_uploads import UPLOAD_PATH
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
@@ -78,12 +78,18 @@ def _lifespan(settings: Settings):
             if settings.model_poll_seconds > 0
             else None
         )
+        # access lines collected in a quiet moment are written within a second
+        flusher = asyncio.get_running_loop().create_task(
+            logs.flush_access_every(1.0), name="access-log-flusher"
+        )
         try:
             yield http_guard.lifespan_state(settings)
         finally:
+            flusher.cancel()
             if poller is not None:
                 poller.cancel()
             await registry.close()
+            logs.flush_access()
             decoder.shutdown(wait=False, cancel_futures=True)
             heavy.shutdown(wait=False, cancel_futures=True)
 
@@ -125,21 +131,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    keys = [k.get_secret_value() for k in settings.api_keys]
     app.add_middleware(
-        BodyGuard,
-        limit=settings.max_upload_bytes,
+        RequestGate,
+        drain=app.state.drain,
+        body_limit=settings.max_upload_bytes,
         idle_s=settings.body_idle_timeout_s,
         total_s=settings.body_timeout_s,
+        keys=ApiKeys(keys, settings.public_paths, cors=bool(settings.cors_origins))
+        if keys
+        else None,
         model_uploads=(UPLOAD_PATH, settings.max_model_bytes) if settings.model_uploads else None,
     )
-    if settings.api_keys:
-        app.add_middleware(
-            ApiKeyGuard,
-            keys=[k.get_secret_value() for k in settings.api_keys],
-            public_paths=settings.public_paths,
-            cors=bool(settings.cors_origins),
-        )
-    app.add_middleware(RequestTelemetry)
     return app
 
 

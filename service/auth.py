@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from service.apis import is_probe
-from service.errors import send_error
 
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cnn-serve"')
 
@@ -34,11 +33,29 @@ def offered_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-class ApiKeyGuard:
-    def __init__(self, app: ASGIApp, keys: list[str], public_paths: list[str], cors: bool) -> None:
-        self.app, self.cors = app, cors
+class ApiKeys:
+    """Who may pass: checked by :class:`service.middleware.RequestGate` before the app runs."""
+
+    def __init__(self, keys: list[str], public_paths: list[str], cors: bool) -> None:
+        self.cors = cors
         self.digests = [_digest(key) for key in keys]
         self.public = [p.rstrip("/") or "/" for p in public_paths]
+
+    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        """None when the request may pass, else the 401's (status, code, message)."""
+        if (
+            self._is_public(scope["path"])
+            or self._authorised(scope["headers"])
+            or self._preflight(scope)
+        ):
+            return None
+        missing = offered_key(scope["headers"]) is None
+        message = (
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            if missing
+            else "the API key is not valid"
+        )
+        return 401, "unauthorized", message
 
     def _is_public(self, path: str) -> bool:
         if is_probe(path):  # probes must work without secrets
@@ -52,22 +69,6 @@ class ApiKeyGuard:
         given = _digest(key)
         matches = [hmac.compare_digest(given, digest) for digest in self.digests]
         return any(matches)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or self._is_public(scope["path"])
-            or self._authorised(scope["headers"])
-            or self._preflight(scope)
-        ):
-            return await self.app(scope, receive, send)
-        missing = offered_key(scope["headers"]) is None
-        message = (
-            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            if missing
-            else "the API key is not valid"
-        )
-        await send_error(scope, send, 401, "unauthorized", message, (CHALLENGE,))
 
     def _preflight(self, scope: Scope) -> bool:
         """A browser's CORS preflight carries no credentials; CORS answers it."""

@@ -5,7 +5,7 @@ Without them a slowloris client holds a connection forever by sending a header l
 then, and a 64 MB header is parsed and answered (httptools sets no limit). The limits are
 checked per connection on bytes uvicorn already handles: a counter on each read and one timer
 per request head, nothing per header. ``cnn-serve`` runs uvicorn with this class; the body's
-limits are :class:`service.middleware.BodyGuard`'s.
+limits are :class:`service.middleware.RequestGate`'s.
 
 It subclasses uvicorn's ``httptools_impl.HttpToolsProtocol``, which is not a public API:
 pyproject pins uvicorn to one minor release, and ``tests/service/test_http_guard.py`` (431,

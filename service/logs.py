@@ -7,16 +7,24 @@ anywhere while serving a request names it, and the request's own line says what 
 
 from __future__ import annotations
 
-import json
+import asyncio
+import atexit
+import contextlib
 import logging
 import re
+import sys
+import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TextIO
+
+import orjson
 
 from training import quiet_tf
 
+ACCESS = logging.getLogger("cnn_serve.access")
 REQUEST_ID_HEADER_BYTES = b"x-request-id"
 VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # printable, bounded: safe to log and echo
 
@@ -63,11 +71,21 @@ def _record_with_request(*args: object, **kwargs: object) -> logging.LogRecord:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", "request_id", ...fields}`` per line."""
+    """``{"time", "level", "logger", "message", "request_id", ...fields}`` per line (orjson;
+    the time's second is formatted once per second)."""
+
+    _second, _prefix = -1, ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            stamp = datetime.fromtimestamp(second, UTC).isoformat()  # ...T21:26:15+00:00
+            self._second, self._prefix = second, stamp[:-6]
+        return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -78,11 +96,42 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 class _Handler(logging.StreamHandler):
     """The handler :func:`configure` installs (and replaces on the next call)."""
+
+
+class AccessWriter(logging.Handler):
+    """The access lines, one per request: formatted like every other line, but collected and
+    written in blocks, when 64 KiB have gathered or 0.25 s have passed since the last write,
+    rather than a write and flush each (a system call per request on the event loop).
+    :func:`flush_access` writes what is left (at shutdown, and at exit)."""
+
+    MAX_BYTES, MAX_DELAY_S = 64 * 1024, 0.25
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.lines: list[str] = []
+        self.size, self.written = 0, time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.lines.append(line)
+        self.size += len(line) + 1
+        if self.size >= self.MAX_BYTES or time.monotonic() - self.written >= self.MAX_DELAY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            if self.lines:
+                self.lines.append("")
+                self.stream.write("\n".join(self.lines))
+                self.stream.flush()
+                self.lines.clear()
+            self.size, self.written = 0, time.monotonic()
 
 
 def configure(level: str, fmt: str) -> None:
@@ -93,15 +142,21 @@ def configure(level: str, fmt: str) -> None:
     # line is written for every request, and skips the caller lookup: see access())
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
-        root.removeHandler(old)
-    handler = _Handler()
-    handler.setFormatter(
+    for logger in (root, ACCESS):
+        for old in [h for h in logger.handlers if isinstance(h, _Handler | AccessWriter)]:
+            old.flush()
+            logger.removeHandler(old)
+    formatter = (
         JsonFormatter()
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     )
+    handler, writer = _Handler(), AccessWriter(sys.stderr)
+    handler.addFilter(lambda record: record.name != ACCESS.name)  # the writer's
+    for one in (handler, writer):
+        one.setFormatter(formatter)
     root.addHandler(handler)
+    ACCESS.addHandler(writer)
     root.setLevel(level.upper())
     _quieten_libraries(debug=level.lower() == "debug")
 
@@ -137,9 +192,6 @@ def _startup_chatter(record: logging.LogRecord) -> bool:
     return record.msg not in UVICORN_CHATTER
 
 
-ACCESS = logging.getLogger("cnn_serve.access")
-
-
 def access(record: RequestRecord, **fields: object) -> None:
     """The request's own line: its ID, what it asked and what it got."""
     if ACCESS.isEnabledFor(logging.INFO):
@@ -160,3 +212,18 @@ def access(record: RequestRecord, **fields: object) -> None:
                 extra={"fields": fields},
             )
         )
+
+
+def flush_access() -> None:
+    """Write the access lines still collected (at shutdown; nothing is lost at exit)."""
+    for handler in ACCESS.handlers:
+        handler.flush()
+
+
+async def flush_access_every(seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        flush_access()
+
+
+atexit.register(flush_access)

@@ -1,4 +1,5 @@
-"""ASGI middleware: request body limits (size and pace); request IDs, metrics and logs."""
+"""The one ASGI layer every request passes (:class:`RequestGate`): request IDs, API keys,
+body limits (size and pace), drain, metrics and the access line, in one pass."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
 from service.apis import api_of
+from service.auth import CHALLENGE, ApiKeys
+from service.drain import Drain
 from service.errors import send_error
 from service.tensors import header_length
 
@@ -22,81 +25,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 CLOSE = ((b"connection", b"close"),)  # the rest of the body is never read
 
 
-async def _send_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    await send_error(scope, send, status, code, message, CLOSE)
-
-
 def _too_large(limit: int) -> str:
     return f"request body exceeds the limit of {limit:,} bytes"
-
-
-class BodyGuard:
-    """Limits on a request body while the app reads it: its size (413: at once from
-    Content-Length, else as soon as a chunked body passes the limit) and its pace (408 after a
-    pause of ``idle_s``, or when the whole body takes longer than ``total_s``, counted from
-    the app's first read, so time spent waiting for admission does not count).
-
-    On either, the app's read ends as if the client had left, its answer is replaced by the
-    error, and the connection is closed (the rest of the body is never read).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        idle_s: float,
-        total_s: float,
-        model_uploads: tuple[re.Pattern, int] | None = None,
-    ) -> None:
-        self.app, self.limit, self.idle_s, self.total_s = app, limit, idle_s, total_s
-        self.model_uploads = model_uploads  # (POST path, its larger limit): a model file
-
-    def _limit(self, scope: Scope) -> int:
-        if (
-            self.model_uploads is not None
-            and scope["method"] == "POST"
-            and self.model_uploads[0].fullmatch(scope["path"])
-        ):
-            return self.model_uploads[1]
-        return self.limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        counting, limit = True, self._limit(scope)
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = header_length(value)
-                if length is None:
-                    return await _send_error(
-                        scope, send, 400, "bad_request", "invalid Content-Length"
-                    )
-                if length > limit:
-                    return await _send_error(
-                        scope, send, 413, "payload_too_large", _too_large(limit)
-                    )
-                counting = False  # the server delivers no more than Content-Length bytes
-        body = _Body(self, receive, counting, limit)
-        started = False
-
-        async def guarded_send(msg: Message) -> None:
-            nonlocal started
-            if body.failure is None:
-                started = started or msg["type"] == "http.response.start"
-                return await send(msg)
-            if not started:
-                started = True
-                await _send_error(scope, send, *body.failure)
-
-        try:
-            await self.app(scope, body.receive, guarded_send)
-        except Exception:
-            if body.failure is None:
-                raise
-        finally:
-            body.stop()
-        if body.failure is not None and not started:
-            await _send_error(scope, send, *body.failure)
 
 
 class _Body:
@@ -118,7 +48,7 @@ class _Body:
         "waiting",
     )
 
-    def __init__(self, guard: BodyGuard, receive: Receive, counting: bool, limit: int) -> None:
+    def __init__(self, guard: RequestGate, receive: Receive, counting: bool, limit: int) -> None:
         self.guard, self.raw_receive, self.counting, self.limit = guard, receive, counting, limit
         self.failure: tuple[int, str, str] | None = None
         self.seen, self.done, self.waiting = 0, False, False
@@ -177,66 +107,151 @@ class _Body:
             self.timer = None
 
 
-class RequestTelemetry:
-    """Per request: an ID (the client's ``X-Request-ID`` or a new one, echoed in the answer
-    and on every log line written while serving it), metrics by route template, API and
-    status, and one access log line (per-model counts are the runners': a ``/predict``
-    request names its model inside the body)."""
+class RequestGate:
+    """Every HTTP request passes this one layer, in one pass, before and after the app:
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    - an ID: the client's ``X-Request-ID`` when sane, else a new one, echoed in the answer
+      and carried by every log line written while serving it;
+    - the API keys (when set): 401 in the path's API's error shape;
+    - the body's limits: its size (413 at once from ``Content-Length``, else as soon as a
+      chunked body passes the limit) and its pace (408 after a pause of ``idle_s`` or when the
+      whole body takes longer than ``total_s``, from the app's first read, so time spent
+      waiting for admission does not count); on either the app's read ends as if the client
+      had left, its answer is replaced by the error and the connection closed;
+    - while draining, ``Connection: close`` on every answer;
+    - an unexpected exception: a 500 in the error shape, connection closed in order;
+    - after the answer: metrics by route template, API and status, and the access line.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        drain: Drain,
+        body_limit: int,
+        idle_s: float,
+        total_s: float,
+        keys: ApiKeys | None = None,
+        model_uploads: tuple[re.Pattern, int] | None = None,
+    ) -> None:
+        self.app, self.drain, self.keys = app, drain, keys
+        self.limit, self.idle_s, self.total_s = body_limit, idle_s, total_s
+        self.model_uploads = model_uploads  # (POST path, its larger limit): a model file
+
+    def _limit(self, scope: Scope) -> int:
+        if (
+            self.model_uploads is not None
+            and scope["method"] == "POST"
+            and self.model_uploads[0].fullmatch(scope["path"])
+        ):
+            return self.model_uploads[1]
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500
-        offered = next((v for k, v in scope["headers"] if k == logs.REQUEST_ID_HEADER_BYTES), None)
+        offered, length = None, b""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == logs.REQUEST_ID_HEADER_BYTES:
+                offered = value
         record = logs.RequestRecord(logs.request_id(offered))
         token = logs.CURRENT.set(record)
-        echoed = (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode())
-
-        started = False
-
-        async def record_send(msg: Message) -> None:
-            nonlocal status, started
-            if msg["type"] == "http.response.start":
-                status, started = msg["status"], True
-                msg["headers"] = [*msg.get("headers", ()), echoed]
-                drain = getattr(scope["app"].state, "drain", None)
-                if drain is not None and drain.active:  # clients: leave keep-alive connections
-                    msg["headers"].append((b"connection", b"close"))
-            await send(msg)
-
+        exchange = _Exchange(
+            scope, send, (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode()), self.drain
+        )
         try:
-            await self.app(scope, receive, record_send)
-        except Exception:
-            # a bug, never a client's mistake: logged with its request ID; the client gets
-            # the error shape and a connection closed cleanly after it (not a reset)
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"][:200])
-            if started:
-                raise
-            await send_error(
-                scope,
-                record_send,
-                500,
-                "internal_error",
-                "internal error; see the server log",
-                CLOSE,
-            )
+            refusal = self._refusal(scope, length)
+            if refusal is not None:
+                await exchange.error(*refusal)
+            else:
+                await self._serve(scope, receive, exchange, length)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            protocol = api_of(scope["path"]).label
-            method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
-            seconds = time.perf_counter() - start
-            metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
-            metrics.LATENCY.labels(route, protocol).observe(seconds)
-            logs.access(
-                record,
-                method=method,
-                route=route,
-                protocol=protocol,
-                status=status,
-                latency_ms=round(seconds * 1000, 3),
-            )
+            self._record(scope, record, exchange.status, time.perf_counter() - start)
             logs.CURRENT.reset(token)
+
+    def _refusal(self, scope: Scope, length: bytes) -> tuple | None:
+        """(status, code, message, headers) of an answer the app never sees, or None."""
+        if self.keys is not None:
+            refused = self.keys.refusal(scope)
+            if refused is not None:
+                return (*refused, (CHALLENGE,))
+        if length:
+            size, limit = header_length(length), self._limit(scope)
+            if size is None:
+                return 400, "bad_request", "invalid Content-Length", CLOSE
+            if size > limit:
+                return 413, "payload_too_large", _too_large(limit), CLOSE
+        return None
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, exchange: _Exchange, length: bytes
+    ) -> None:
+        # the server delivers no more than Content-Length bytes: count only a chunked body
+        body = exchange.body = _Body(self, receive, not length, self._limit(scope))
+        try:
+            await self.app(scope, body.receive, exchange.send)
+        except Exception:
+            if body.failure is None:
+                # a bug, never a client's mistake: logged with its request ID; the client gets
+                # the error shape and a connection closed cleanly after it (not a reset)
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"][:200])
+                if exchange.started:
+                    raise
+                await exchange.error(
+                    500, "internal_error", "internal error; see the server log", CLOSE
+                )
+        finally:
+            body.stop()
+        if body.failure is not None and not exchange.started:
+            await exchange.error(*body.failure, CLOSE)
+
+    @staticmethod
+    def _record(scope: Scope, record: logs.RequestRecord, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        protocol = api_of(scope["path"]).label
+        method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
+        metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
+        metrics.LATENCY.labels(route, protocol).observe(seconds)
+        logs.access(
+            record,
+            method=method,
+            route=route,
+            protocol=protocol,
+            status=status,
+            latency_ms=round(seconds * 1000, 3),
+        )
+
+
+class _Exchange:
+    """The answer's side of one request: its status, the headers the gate adds to it, and a
+    body failure, whose error replaces whatever the app would send."""
+
+    __slots__ = ("body", "drain", "echoed", "raw_send", "scope", "started", "status")
+
+    def __init__(self, scope: Scope, send: Send, echoed: tuple[bytes, bytes], drain: Drain) -> None:
+        self.scope, self.raw_send, self.echoed, self.drain = scope, send, echoed, drain
+        self.status, self.started = 500, False
+        self.body: _Body | None = None
+
+    async def send(self, msg: Message) -> None:
+        """The app's ``send``."""
+        if self.body is not None and self.body.failure is not None:
+            if not self.started:
+                await self.error(*self.body.failure, CLOSE)
+            return
+        await self._forward(msg)
+
+    async def error(self, status: int, code: str, message: str, headers: tuple = ()) -> None:
+        """An error in the shape of the request's API, sent by the gate itself."""
+        await send_error(self.scope, self._forward, status, code, message, headers)
+
+    async def _forward(self, msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            self.status, self.started = msg["status"], True
+            headers = [*msg.get("headers", ()), self.echoed]
+            if self.drain.active:  # clients: leave keep-alive connections
+                headers.append((b"connection", b"close"))
+            msg["headers"] = headers
+        await self.raw_send(msg)

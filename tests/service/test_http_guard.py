@@ -150,7 +150,7 @@ def test_an_idle_keep_alive_connection_is_closed(server):
 def test_clients_leaving_mid_upload_are_not_server_errors(server):
     port, log = server.port, server.log
     logged_before = len(log.read_text())
-    gone_before = server.count('"status": 499')
+    gone_before = server.count('"status":499')
     body, ctype = _multipart(encode(draw_digit(3, canvas=(800, 800)), "BMP"))
     for route in ("/predict", "/models/digit_odd/feature-maps"):
         for _ in range(3):
@@ -160,7 +160,7 @@ def test_clients_leaving_mid_upload_are_not_server_errors(server):
                     + body[: len(body) // 2]
                 )
     # the server notices each closed socket and logs the request (499: the client left)
-    assert server.wait_for('"status": 499', count=gone_before + 6, timeout=30), log.read_text()
+    assert server.wait_for('"status":499', count=gone_before + 6, timeout=30), log.read_text()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     text = log.read_text()[logged_before:]

@@ -69,15 +69,18 @@ def test_lines_written_while_serving_carry_the_request_id(caplog):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
+    from service.drain import Drain
     from service.logs import configure
-    from service.middleware import RequestTelemetry
+    from service.middleware import RequestGate
 
     async def failing(request):
         logging.getLogger("cnn_serve").error("something went wrong inside")
         return PlainTextResponse("ok")
 
     configure("info", "json")
-    app = RequestTelemetry(Starlette(routes=[Route("/x", failing)]))
+    app = RequestGate(
+        Starlette(routes=[Route("/x", failing)]), Drain(0), body_limit=100, idle_s=1, total_s=1
+    )
     with caplog.at_level(logging.INFO), TestClient(app) as client:
         client.get("/x", headers={"X-Request-ID": "trace-3"})
     inside = next(r for r in caplog.records if r.getMessage() == "something went wrong inside")

@@ -93,7 +93,6 @@ def start(
     if kind == "cnn-serve":  # as the `cnn-serve` command runs it
         cmd = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
         env.update(CNN_SERVE_DEFAULT_MODEL=model, CNN_SERVE_MODEL_DIR=str(ROOT / "models"))
-        env.setdefault("CNN_SERVE_LOG_LEVEL", "warning")  # info: with the access log
     else:
         app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app"}[kind]
         cmd = [
@@ -112,7 +111,10 @@ def start(
     if kind == "naive":
         env["NAIVE_MODEL_PATH"] = str(latest(model))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL)
+    # the defaults a user gets: info level, the access line per request, written to a file
+    # as a container runtime or journald would take it
+    with tempfile.TemporaryFile(prefix=f"bench-{kind}-", suffix=".log") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/health/ready"
     while time.perf_counter() - t0 < 120:
         try:

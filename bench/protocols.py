@@ -1,6 +1,7 @@
 """Batches of 64 images through every API, against the model alone at batch 64.
 
-    python -m bench.protocols [--model digit_odd] [--duration 10] [--concurrency 4]
+    python -m bench.protocols [--model digit_odd] [--duration 10] [--concurrency 4] [--batch 64]
+                              [--apis NAME ...]
                               [--baseline GIT_REF]
 
 Starts ``cnn-serve`` (one worker, as the command runs it) and drives it with wrk, one request
@@ -30,8 +31,6 @@ import numpy as np
 
 from bench.run import BOUNDARY, ROOT, free_port, model_only, sample_image, start, worktree, wrk
 
-BATCH = 64
-
 
 def _png_multipart(png: bytes, n: int) -> bytes:
     part = (
@@ -45,9 +44,11 @@ def _png_multipart(png: bytes, n: int) -> bytes:
     return part * n + f"--{BOUNDARY}--\r\n".encode()
 
 
-def requests(model: str, shape: list[int]) -> dict[str, tuple[str, bytes, str | None, int | None]]:
+def requests(
+    model: str, shape: list[int], batch: int
+) -> dict[str, tuple[str, bytes, str | None, int | None]]:
     """API -> (path, body, content type, Inference-Header-Content-Length)."""
-    pixels = np.random.default_rng(0).random((BATCH, *shape), np.float32)
+    pixels = np.random.default_rng(0).random((batch, *shape), np.float32)
     png = sample_image(model)
     oip = f"/v2/models/{model}/infer"
     tfs = f"/v1/models/{model}:predict"
@@ -63,18 +64,18 @@ def requests(model: str, shape: list[int]) -> dict[str, tuple[str, bytes, str | 
         return head + raw, len(head)
 
     fp32_body, fp32_len = binary(
-        {"name": "image", "shape": [BATCH, *shape], "datatype": "FP32"}, pixels.tobytes()
+        {"name": "image", "shape": [batch, *shape], "datatype": "FP32"}, pixels.tobytes()
     )
-    files = b"".join(struct.pack("<I", len(png)) + png for _ in range(BATCH))
+    files = b"".join(struct.pack("<I", len(png)) + png for _ in range(batch))
     bytes_body, bytes_len = binary(
-        {"name": "image_bytes", "shape": [BATCH], "datatype": "BYTES"}, files
+        {"name": "image_bytes", "shape": [batch], "datatype": "BYTES"}, files
     )
     json_body = json.dumps(
         {
             "inputs": [
                 {
                     "name": "image",
-                    "shape": [BATCH, *shape],
+                    "shape": [batch, *shape],
                     "datatype": "FP32",
                     "data": pixels.ravel().tolist(),
                 }
@@ -94,13 +95,13 @@ def requests(model: str, shape: list[int]) -> dict[str, tuple[str, bytes, str | 
         ),
         "TFS b64 PNG": (
             tfs,
-            json.dumps({"instances": [{"b64": b64}] * BATCH}).encode(),
+            json.dumps({"instances": [{"b64": b64}] * batch}).encode(),
             "application/json",
             None,
         ),
         "native multipart PNG": (
             "/predict",
-            _png_multipart(png, BATCH),
+            _png_multipart(png, batch),
             f"multipart/form-data; boundary={BOUNDARY}",
             None,
         ),
@@ -126,17 +127,23 @@ def main() -> int:
     parser.add_argument("--model", default="digit_odd")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64, help="images per request")
+    parser.add_argument(
+        "--apis", nargs="+", help="only these (names as printed, e.g. 'OIP binary FP32')"
+    )
     parser.add_argument("--baseline", metavar="GIT_REF")
     args = parser.parse_args()
     shape = [28, 28, 1] if args.model == "digit_odd" else [32, 32, 3]
-    bodies = requests(args.model, shape)
+    bodies = requests(args.model, shape, args.batch)
+    if args.apis:
+        bodies = {name: body for name, body in bodies.items() if name in args.apis}
     with worktree(args.baseline) as baseline:
         runs = {"cnn-serve": measure(ROOT, args, bodies)}
         if baseline is not None:
             runs["baseline"] = measure(baseline, args, bodies)
-    alone = model_only(args.model, (BATCH,))[BATCH]
+    alone = model_only(args.model, (args.batch,))[args.batch]
     print(
-        f"\n## {args.model}: {BATCH} images per request, c={args.concurrency}  ({date.today()}, "
+        f"\n## {args.model}: {args.batch} images per request, c={args.concurrency}  ({date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
     )
     for server, results in runs.items():
@@ -147,7 +154,7 @@ def main() -> int:
             + (f"{'x base':>8}" if server == "cnn-serve" and "baseline" in runs else "")
         )
         for name, (size, run) in results.items():
-            rate = run["rps"] * BATCH
+            rate = run["rps"] * args.batch
             versus = ""
             if server == "cnn-serve" and "baseline" in runs:
                 versus = f"{run['rps'] / runs['baseline'][name][1]['rps']:>8.2f}"
@@ -155,7 +162,7 @@ def main() -> int:
                 f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}"
                 f"{run['p99']:>9.1f}{run['non2xx']:>9}{rate / alone:>9.2f}{versus}"
             )
-    print(f"\nmodel only, batch {BATCH}: {alone:,.0f} images/s")
+    print(f"\nmodel only, batch {args.batch}: {alone:,.0f} images/s")
     return 0
 
 

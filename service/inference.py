@@ -157,7 +157,7 @@ async def predict(
     start = time.perf_counter()
     runner = server.registry.runner(params.model or server.settings.default_model, params.version)
     metadata = runner.model.metadata
-    of_files(uploads, server.settings.max_images_per_request)
+    of_files(uploads, server.max_images(runner.model))
     outputs, decode_s = await infer_files(server, runner, uploads, is_gone)
     total_s = time.perf_counter() - start
     return {
@@ -278,7 +278,7 @@ async def reserve_feature_maps(
             "(cnn-serve import MODEL.keras --name NAME)"
         )
     layers = _chosen_layers(metadata, params.layers)
-    of_files(uploads, server.settings.max_images_per_request)
+    of_files(uploads, server.max_images(model))
     cost = feature_map_cost(metadata, layers, len(uploads), params.format)
     limit = server.settings.max_feature_map_bytes
     total = cost.total()
@@ -351,7 +351,7 @@ async def explain(server: Server, uploads: list[Upload], name: str, params: Expl
             "which Grad-CAM needs (cnn-serve import MODEL.keras "
             "--name NAME writes one)"
         )
-    if len(of_files(uploads, server.settings.max_images_per_request)) != 1:
+    if len(of_files(uploads, server.max_images(model))) != 1:
         raise InvalidParameter("explain takes one image")
     head = _head(metadata, params)
     image = (await to_batch(server, uploads, metadata.input))[0]

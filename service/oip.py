@@ -153,6 +153,31 @@ def model_metadata(name: str, versions: list[int], meta: ModelMetadata) -> dict:
     }
 
 
+def model_config(name: str, meta: ModelMetadata, max_batch_size: int) -> dict:
+    """``GET /v2/models/{name}[/versions/{v}]/config``: Triton's model configuration, which
+    is where its clients read ``max_batch_size`` (dims then leave out the batch)."""
+    return {
+        "name": name,
+        "platform": PLATFORM,
+        "max_batch_size": max_batch_size,
+        "input": [
+            {"name": meta.input.name, "data_type": "TYPE_FP32", "dims": meta.input.shape},
+            {"name": BYTES_INPUT, "data_type": "TYPE_STRING", "dims": [1]},
+        ],
+        "output": [
+            {"name": o.name, "data_type": "TYPE_FP32", "dims": [o.units]} for o in meta.outputs
+        ],
+    }
+
+
+class ModelConfig(BaseModel):
+    name: str
+    platform: str
+    max_batch_size: int = Field(description="the most images one request may send")
+    input: list[dict[str, Any]]
+    output: list[dict[str, Any]]
+
+
 @dataclass
 class Request:
     """A parsed inference request: its JSON header and the binary section after it."""

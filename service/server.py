@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from service.admission import Admission
 from service.gradcam import TracedCache
 from service.memory import Trimmer
+from service.model import ServedModel
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -31,3 +32,10 @@ class Server:
     heavy: ThreadPoolExecutor
     gradcams: TracedCache
     trimmer: Trimmer
+
+    def max_images(self, model: ServedModel) -> int:
+        """The most images one request may send ``model``: the model's own maximum batch
+        size (its metadata), within the service's cap."""
+        own = model.metadata.max_batch_size
+        cap = self.settings.max_images_per_request
+        return cap if own is None else min(own, cap)

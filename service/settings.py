@@ -87,7 +87,13 @@ class Settings(BaseSettings):
         description="pixels decoded for one "
         "request, all images (JPEGs count at their decode scale)",
     )
-    max_images_per_request: int = Field(64, ge=1)
+    max_images_per_request: int = Field(
+        1024,
+        ge=1,
+        le=1024,
+        description="images in one request, unless the model's metadata says fewer "
+        "(max_batch_size); bytes and pixels are bounded by their own limits and budgets",
+    )
     # process-wide budgets (admission control): reserved before use, waited for when short
     max_concurrent_requests: int = Field(
         256, ge=1, description="upload requests being read, decoded or computed at once"

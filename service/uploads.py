@@ -27,7 +27,9 @@ from service.tensors import header_length
 Params = TypeVar("Params", bound=BaseModel)
 
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
-MAX_PARTS = 1024  # images are limited by settings; this bounds the parser's work on junk
+# the most images a request may send (settings: at most 1,024) and the form's few fields;
+# this bounds the parser's work on junk
+MAX_PARTS = 1024 + 16
 
 
 @dataclass

@@ -142,6 +142,12 @@ class ModelMetadata(BaseModel):
     total_params: int
     trainable_params: int
     signatures: list[str] = ["serving_default", "feature_maps"]
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="the most images one request may send this model (Triton's "
+        "max_batch_size); None: the service's CNN_SERVE_MAX_IMAGES_PER_REQUEST",
+    )
     validation_metrics: dict[str, float] = Field(default_factory=dict)
     dataset: DatasetInfo | None = Field(
         None, description="what it was trained on (None: imported, trained elsewhere)"

@@ -73,6 +73,28 @@ async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
 
 
 @router.get(
+    "/models/{name}/config",
+    summary="Triton's model configuration: max_batch_size, inputs, outputs",
+    response_model=oip.ModelConfig,
+    responses=ERRORS,
+)
+async def model_config(name: ModelName, server: ServerDep) -> dict:
+    model = server.registry.runner(name).model
+    return oip.model_config(name, model.metadata, server.max_images(model))
+
+
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    summary="Triton's model configuration of one version",
+    response_model=oip.ModelConfig,
+    responses=ERRORS,
+)
+async def version_config(name: ModelName, version: VersionOrLabel, server: ServerDep) -> dict:
+    model = server.registry.runner(name, version).model
+    return oip.model_config(name, model.metadata, server.max_images(model))
+
+
+@router.get(
     "/models/{name}/versions/{version}",
     summary="Metadata of one version",
     response_model=oip.ModelMetadataResponse,
@@ -168,7 +190,7 @@ async def _infer(request: Request, server: Server, name: str, version: str | Non
         parsed = oip.parse(await request.body(), request.headers)
         meta = runner.model.metadata
         chosen = oip.requested_outputs(parsed, meta)
-        model_input = oip.model_input(parsed, meta, server.settings.max_images_per_request)
+        model_input = oip.model_input(parsed, meta, server.max_images(runner.model))
         outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
     header, binary = oip.answer(parsed, runner.model, outputs, chosen)
     head = to_json(header)

@@ -235,7 +235,7 @@ async def _infer(
         body = tfserving.parse(raw, classify)
         meta = runner.model.metadata
         model_input = tfserving.model_input(
-            body, meta, server.settings.max_images_per_request, may_hold_booleans(raw)
+            body, meta, server.max_images(runner.model), may_hold_booleans(raw)
         )
         outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
     if classify:

@@ -356,3 +356,45 @@ def test_limits_and_unknown_names_answer_in_the_protocols_shape(client):
         "no model named 'nope' (served: cifar10, cifar10_resnet, digit_odd, digit_odd_plus)"
     )
     assert client.get("/v2/nothing").json() == {"error": "Not Found"}
+
+
+def test_a_batch_client_sends_1024_images_in_one_request(triton_client, client):
+    """The per-request limit is the model's maximum batch size, which Triton's model
+    configuration advertises: 1,024 digits in one binary request are one answer."""
+    config = triton_client.get_model_config("digit_odd")
+    assert config["max_batch_size"] == 1024
+    assert config["input"][0] == {"name": "image", "data_type": "TYPE_FP32", "dims": [28, 28, 1]}
+    pixels = np.random.default_rng(3).random((1024, 28, 28, 1), np.float32)
+    tensor = triton.InferInput("image", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=True)
+    result = triton_client.infer("digit_odd", [tensor])
+    digits = result.as_numpy("digit")
+    assert digits.shape == (1024, 10)
+    alone = client.post(
+        "/v2/models/digit_odd/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 28, 28, 1],
+                    "datatype": "FP32",
+                    "data": pixels[700].ravel().tolist(),
+                }
+            ]
+        },
+    ).json()["outputs"]
+    one = next(o for o in alone if o["name"] == "digit")["data"]
+    np.testing.assert_allclose(digits[700], one, atol=1e-5)  # image 700 is image 700's answer
+
+
+def test_a_model_advertises_a_smaller_batch_and_holds_to_it(triton_client, client):
+    # the bundled ResNet's metadata says 256: a 1,024-image call held its thread for 1.2 s
+    assert triton_client.get_model_config("cifar10_resnet", "3")["max_batch_size"] == 256
+    pixels = np.zeros((257, 32, 32, 3), np.float32)
+    tensor = triton.InferInput("image", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=True)
+    with pytest.raises(InferenceServerException, match="257 images in one request; send 1 to 256"):
+        triton_client.infer("cifar10_resnet", [tensor])
+    tensor = triton.InferInput("image", [256, 32, 32, 3], "FP32")
+    tensor.set_data_from_numpy(pixels[:256], binary_data=True)
+    assert triton_client.infer("cifar10_resnet", [tensor]).as_numpy("class").shape == (256, 10)

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import re
+import select
 import sys
 import time
 import uuid
@@ -105,11 +106,13 @@ class _Handler(logging.StreamHandler):
 
 class AccessWriter(logging.Handler):
     """The access lines, one per request: formatted like every other line, but collected and
-    written in blocks, when 64 KiB have gathered or 0.25 s have passed since the last write,
-    rather than a write and flush each (a system call per request on the event loop).
-    :func:`flush_access` writes what is left (at shutdown, and at exit)."""
+    written in blocks rather than a write and flush each (a system call per request on the
+    event loop). A block is written before it would pass ``select.PIPE_BUF`` bytes, so it is
+    one atomic write of whole lines: the workers of ``--workers N`` share one pipe, and a
+    larger write could interleave with another's mid-line. Also written 0.25 s after the last
+    write, and by :func:`flush_access` (a lifespan task every second, shutdown, exit)."""
 
-    MAX_BYTES, MAX_DELAY_S = 64 * 1024, 0.25
+    MAX_BYTES, MAX_DELAY_S = select.PIPE_BUF, 0.25
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
@@ -119,9 +122,12 @@ class AccessWriter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         line = self.format(record)
+        size = len(line.encode()) + 1
+        if self.size + size > self.MAX_BYTES:
+            self.flush()
         self.lines.append(line)
-        self.size += len(line) + 1
-        if self.size >= self.MAX_BYTES or time.monotonic() - self.written >= self.MAX_DELAY_S:
+        self.size += size
+        if time.monotonic() - self.written >= self.MAX_DELAY_S:
             self.flush()
 
     def flush(self) -> None:

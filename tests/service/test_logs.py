@@ -88,3 +88,36 @@ def test_lines_written_while_serving_carry_the_request_id(caplog):
     assert (line["request_id"], line["level"], line["logger"]) == ("trace-3", "error", "cnn_serve")
     outside = logging.LogRecord("cnn_serve", logging.INFO, __file__, 1, "after", None, None)
     assert "request_id" not in json.loads(JsonFormatter().format(outside))
+
+
+def test_access_lines_are_written_in_whole_line_blocks_no_larger_than_a_pipe_takes_at_once():
+    """Workers share one pipe: a write of more than PIPE_BUF bytes could interleave with
+    another worker's mid-line, so the writer's blocks are whole lines within it."""
+    import io
+    import select
+
+    from service.logs import AccessWriter
+
+    class Recording(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+    stream = Recording()
+    writer = AccessWriter(stream)
+    writer.setFormatter(JsonFormatter())
+    for i in range(200):
+        record = logging.LogRecord(
+            "cnn_serve.access", logging.INFO, __file__, 0, "request", None, None
+        )
+        record.fields = {"route": "/predict", "n": i, "pad": "x" * (i % 97)}
+        writer.emit(record)
+    writer.flush()
+    assert len(stream.writes) > 5  # in blocks, not one write per line nor one in all
+    assert all(len(w.encode()) <= select.PIPE_BUF and w.endswith("\n") for w in stream.writes)
+    lines = "".join(stream.writes).splitlines()
+    assert [json.loads(line)["n"] for line in lines] == list(range(200))

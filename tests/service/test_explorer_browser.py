@@ -211,15 +211,20 @@ def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
             route.continue_()
 
     page.route("**/explain", busy_once)
-    _draw(page, SEVEN)
-    _wait_for_label(page, "7")
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=gradcam]').src.startsWith('data:image/png')",
-        timeout=15_000,
-    )
-    assert refused and page.locator("#cam-caption").text_content().startswith("digit = 7")
-    # the browser reports the refused request on its console; nothing else may appear there
-    page.errors[:] = [e for e in page.errors if "503" not in e]
+    try:
+        _draw(page, SEVEN)
+        _wait_for_label(page, "7")
+        # the refused request may be one made mid-stroke: wait for the finished drawing's
+        # explanation, not for the first picture
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=gradcam]').src.startsWith('data:image/png')"
+            " && document.querySelector('#cam-caption').textContent.startsWith('digit = 7')",
+            timeout=15_000,
+        )
+        assert refused
+    finally:
+        # the browser reports the refused request on its console; nothing else may appear there
+        page.errors[:] = [e for e in page.errors if "503" not in e]
 
 
 @pytest.fixture(scope="module")

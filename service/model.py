@@ -75,7 +75,8 @@ class ServedModel:
         self.public_metadata: ModelMetadata | None = None  # None until loaded
         self._serve: Any = None  # TensorFlow concrete functions, once loaded
         self._maps: Any = None
-        self._serve_png: Any = None
+        self._call_pixels: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
+        self._call_pngs: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
         self._gradcam: GradCam | None = None
         self.pngs = BatchCall(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
@@ -108,7 +109,10 @@ class ServedModel:
                 )
             )
             stage = "warming up"
-            self._serve_png = graph_decode.serving(metadata.input, self._serve, model_tensor)
+            self._call_pixels = direct(self._serve)
+            self._call_pngs = direct(
+                graph_decode.serving(metadata.input, self._serve, model_tensor)
+            )
             warm = np.zeros((1, *metadata.input.shape), np.float32)
             self.predict(warm)
             self.predict_png([_blank_png(metadata.input)])
@@ -145,13 +149,10 @@ class ServedModel:
         return self._metadata
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        assert self._call_pixels is not None, "load() first"
         with tf.device(self.device):
-            out = self._serve(
-                **{
-                    self.metadata.input.name: model_tensor(
-                        tf.convert_to_tensor(batch, tf.float32), self.metadata.input
-                    )
-                }
+            out = self._call_pixels(
+                model_tensor(tf.convert_to_tensor(batch, tf.float32), self.metadata.input)
             )
         return {name: value.numpy() for name, value in out.items()}
 
@@ -161,9 +162,10 @@ class ServedModel:
 
     def predict_png(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
         """Like :meth:`predict` for PNGs that :func:`graph_decode.decodable` accepted."""
+        assert self._call_pngs is not None, "load() first"
         try:
             with tf.device(self.device):
-                out = self._serve_png(tf.constant(pngs, tf.string))
+                out = self._call_pngs(tf.constant(pngs, tf.string))
         except tf.errors.InvalidArgumentError as exc:
             raise GraphDecodeFailed(str(exc)) from None
         return {name: value.numpy() for name, value in out.items()}
@@ -208,6 +210,27 @@ class ServedModel:
             name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
             for name, chunks in parts.items()
         }
+
+
+def direct(function: Any) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """A concrete function of one input (tensor -> dict of tensors), called through its graph
+    directly: TensorFlow's Python binding of the arguments and outputs costs ~100 µs a call,
+    under the GIL the event loop needs (bench.stages). ``function`` itself where this
+    TensorFlow lacks the hook or the function takes more than one input."""
+    inputs = function.structured_input_signature
+    atomic = getattr(function, "_inference_function", None)
+    if (
+        atomic is None
+        or len(inputs[0]) + len(inputs[1]) != 1
+        or not isinstance(function.structured_outputs, dict)
+    ):
+        if inputs[1]:  # a signature: by its keyword
+            name = next(iter(inputs[1]))
+            return lambda tensor: function(**{name: tensor})
+        return function
+    captured = tuple(function.captured_inputs)
+    names = sorted(function.structured_outputs)  # tf.nest's order of a dict's values
+    return lambda tensor: dict(zip(names, atomic.call_flat(tensor, *captured), strict=True))
 
 
 def model_tensor(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:

@@ -1,7 +1,7 @@
 """Load benchmark: the HTTP floor vs the naive way vs cnn-serve, driven by wrk on 127.0.0.1.
 
     python -m bench.run [--models digit_odd cifar10] [--duration 10] [--concurrency 1 8 32 64]
-                        [--format PNG|JPEG|BMP] [--photo] [--baseline GIT_REF]
+                        [--format PNG|JPEG|BMP] [--photo] [--baseline GIT_REF] [--access-off]
 
 For each model: starts each server in turn (one worker; cnn-serve as ``cnn-serve`` runs it),
 measures cold start (process start to ready) and peak RSS, drives it with wrk at each
@@ -10,7 +10,8 @@ cnn-serve/naive; then model-only images/s at batch 1, 8, 32, 128.
 
 The image is the model's input size (a pen digit 7, or colour noise for cifar10), or with
 ``--photo`` a 1200x900 JPEG photo of a pen digit on a page. ``--baseline REF`` also runs
-cnn-serve as of that git commit (from a temporary worktree), in the same run.
+cnn-serve as of that git commit (from a temporary worktree), ``--access-off`` cnn-serve
+without its access line, in the same run.
 """
 
 from __future__ import annotations
@@ -230,19 +231,29 @@ def worktree(ref: str | None):
 
 
 def bench_model(
-    model: str, concurrency: list[int], duration: int, fmt: str, photo: bool, baseline: Path | None
+    model: str,
+    concurrency: list[int],
+    duration: int,
+    fmt: str,
+    photo: bool,
+    baseline: Path | None,
+    access_off: bool = False,
 ) -> None:
     if photo:
         fmt = "JPEG"
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
         body.write(multipart(sample_image(model, fmt, photo), model, fmt))
     results: dict[str, dict] = {}
-    servers = [("floor", ROOT), ("naive", ROOT), ("cnn-serve", ROOT)]
+    # (label, server, source tree, environment)
+    servers = [("floor", "floor", ROOT, {}), ("naive", "naive", ROOT, {})]
+    servers.append(("cnn-serve", "cnn-serve", ROOT, {}))
+    if access_off:
+        servers.append(("no-access", "cnn-serve", ROOT, {"CNN_SERVE_ACCESS_LOG": "false"}))
     if baseline is not None:
-        servers.append(("baseline", baseline))
-    for kind, root in servers:
+        servers.append(("baseline", "cnn-serve", baseline, {}))
+    for kind, server, root, env in servers:
         port = free_port()
-        proc, cold = start("cnn-serve" if kind == "baseline" else kind, model, port, root)
+        proc, cold = start(server, model, port, root, **env)
         try:
             runs = {c: wrk(port, body.name, c, duration) for c in concurrency}
             results[kind] = {"cold": cold, "rss": peak_rss_mb(proc.pid), "runs": runs}
@@ -270,10 +281,10 @@ def bench_model(
             f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
             f"   p50 cnn-serve/naive = "
             f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}"
-            + (
-                f"   cnn-serve/baseline = {ours['rps'] / results['baseline']['runs'][c]['rps']:.2f}"
-                if "baseline" in results
-                else ""
+            + "".join(
+                f"   cnn-serve/{other} = {ours['rps'] / results[other]['runs'][c]['rps']:.2f}"
+                for other in ("no-access", "baseline")
+                if other in results
             )
         )
     for kind, r in results.items():
@@ -304,13 +315,26 @@ def main() -> int:
         metavar="GIT_REF",
         help="also run cnn-serve as of this commit, in the same run",
     )
+    parser.add_argument(
+        "--access-off",
+        action="store_true",
+        help="also run cnn-serve without its access line (no-access), in the same run",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     with worktree(args.baseline) as baseline:
         for model in args.models:
-            bench_model(model, args.concurrency, args.duration, args.format, args.photo, baseline)
+            bench_model(
+                model,
+                args.concurrency,
+                args.duration,
+                args.format,
+                args.photo,
+                baseline,
+                args.access_off,
+            )
     return 0
 
 

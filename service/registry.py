@@ -20,9 +20,10 @@ log = logging.getLogger("cnn_serve")
 
 
 def configure_threads(threads: int) -> None:
-    """TensorFlow's intra-op threads: by default half the cores (one on a 2-core machine), so
-    the event loop keeps a core for HTTP while batching supplies the parallelism."""
-    threads = threads or max(1, (os.cpu_count() or 2) // 2)
+    """TensorFlow's intra-op threads: by default one per core. Small batches stay on one
+    thread (Eigen's cost model) and leave the event loop its core; a big batch uses every core,
+    which half the cores would cap at half the model's speed (bench.protocols --batch 1024)."""
+    threads = threads or os.cpu_count() or 1
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

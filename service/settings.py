@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     )
     max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request body")
     inference_threads: int = Field(
-        0, ge=0, description="TensorFlow intra-op threads; 0 = half the cores"
+        0, ge=0, description="TensorFlow intra-op threads; 0 = one per core"
     )
     decode_threads: int = Field(
         0, ge=0, description="threads that decode and normalise uploads; 0 = one per core"

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Api:
     label: str  # in metrics (``protocol=``) and access lines
-    prefix: str  # its paths: the prefix itself or below it; "" = every other path
+    # its paths: the prefix itself or below it; a prefix ending in "." takes every gRPC
+    # package under it; "" = every other path
+    prefix: str
     plain_errors: bool  # ``{"error": "<message>"}`` (and no 422) instead of our error shape
     probes: tuple[str, ...]  # prefixes of its health probes: open without an API key
     tags: tuple[tuple[str, str], ...]  # OpenAPI tags (name, description)
 
     def owns(self, path: str) -> bool:
+        if self.prefix.endswith("."):
+            return path.startswith(self.prefix)
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
     @property
@@ -48,6 +52,27 @@ TF_SERVING = Api(
     probes=(),
     tags=(("TensorFlow Serving REST API (v1)", f"TensorFlow Serving's REST API; {PLAIN_ERRORS}"),),
 )
+# gRPC, on its own port: a method's path is /<package>.<Service>/<Method>
+OIP_GRPC = Api(
+    "oip_v2_grpc",
+    "/inference.GRPCInferenceService",
+    plain_errors=True,
+    probes=(
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    ),
+    tags=(),
+)
+TF_SERVING_GRPC = Api(
+    "tfserving_grpc", "/tensorflow.serving.PredictionService", True, probes=(), tags=()
+)
+GRPC_PROBES = Api(  # health checks (Kubernetes' gRPC probe) and reflection (grpcurl)
+    "grpc_health",
+    "/grpc.",
+    plain_errors=True,
+    probes=("/grpc.health.v1.Health/", "/grpc.reflection."),
+    tags=(),
+)
 NATIVE = Api(
     "native",
     "",
@@ -59,7 +84,7 @@ NATIVE = Api(
         ("health", "cnn-serve's own API: liveness and readiness"),
     ),
 )
-APIS = (OIP, TF_SERVING, NATIVE)  # the catch-all last
+APIS = (OIP, TF_SERVING, OIP_GRPC, TF_SERVING_GRPC, GRPC_PROBES, NATIVE)  # the catch-all last
 
 
 def api_of(path: str) -> Api:

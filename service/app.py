@@ -30,6 +30,7 @@ from service.middleware import RequestGate
 from service.model_uploads import UPLOAD_PATH
 from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
+from service.rpc import server as rpc_server
 from service.server import Server
 from service.settings import Settings, get_settings
 
@@ -72,6 +73,7 @@ def _lifespan(settings: Settings):
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         memory.tune_allocator()  # large answers' arrays go back to the OS when freed
         app.state.drain.install()
+        grpc_door = await rpc_server.start(app.state.server, app.state.drain)
         poller = (
             asyncio.get_running_loop().create_task(
                 registry.poll(settings.model_poll_seconds), name="model-poller"
@@ -89,6 +91,8 @@ def _lifespan(settings: Settings):
             flusher.cancel()
             if poller is not None:
                 poller.cancel()
+            if grpc_door is not None:
+                await grpc_door.stop(settings.shutdown_timeout_s)
             await registry.close()
             logs.flush_access()
             decoder.shutdown(wait=False, cancel_futures=True)
@@ -132,16 +136,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    keys = [k.get_secret_value() for k in settings.api_keys]
     app.add_middleware(
         RequestGate,
         drain=app.state.drain,
         body_limit=settings.max_upload_bytes,
         idle_s=settings.body_idle_timeout_s,
         total_s=settings.body_timeout_s,
-        keys=ApiKeys(keys, settings.public_paths, cors=bool(settings.cors_origins))
-        if keys
-        else None,
+        keys=ApiKeys.from_settings(settings),
         model_uploads=(UPLOAD_PATH, settings.max_model_bytes) if settings.model_uploads else None,
         # past CORS, which would not see them
         direct=None if settings.cors_origins else _direct_routes(),

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import TYPE_CHECKING
 
 from starlette.types import Scope
 
 from service.apis import is_probe
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 CHALLENGE = (b"www-authenticate", b'Bearer realm="cnn-serve"')
 
@@ -41,15 +45,23 @@ class ApiKeys:
         self.digests = [_digest(key) for key in keys]
         self.public = [p.rstrip("/") or "/" for p in public_paths]
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeys | None:
+        """The settings' keys, or None when no key is set (everything is open)."""
+        keys = [k.get_secret_value() for k in settings.api_keys]
+        return cls(keys, settings.public_paths, bool(settings.cors_origins)) if keys else None
+
     def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
-        """None when the request may pass, else the 401's (status, code, message)."""
-        if (
-            self._is_public(scope["path"])
-            or self._authorised(scope["headers"])
-            or self._preflight(scope)
-        ):
+        """None when the HTTP request may pass, else the 401's (status, code, message)."""
+        return None if self._preflight(scope) else self.refusal_of(scope["path"], scope["headers"])
+
+    def refusal_of(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, str, str] | None:
+        """The same for any transport: a path (a gRPC method's too) and its headers."""
+        if self._is_public(path) or self._authorised(headers):
             return None
-        missing = offered_key(scope["headers"]) is None
+        missing = offered_key(headers) is None
         message = (
             "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
             if missing

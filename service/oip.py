@@ -20,8 +20,9 @@ import base64
 import binascii
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -36,7 +37,9 @@ from service.uploads import Upload
 from training.metadata import ModelMetadata
 
 PLATFORM = "tensorflow_savedmodel"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
+CLASSIFICATION = "classification"  # an output's parameter: N of a top-N answer
+MAX_CLASSES = 2**31 - 1  # N beyond a head's classes answers them all
 BYTES_INPUT = "image_bytes"
 HEADER_LENGTH = "inference-header-content-length"
 MAX_TENSORS = 16  # a model has one input in two forms and a few outputs; bounds the parsing
@@ -82,6 +85,13 @@ class RequestInput(_Open):
 
 class OutputParameters(_Open):
     binary_data: bool | None = Field(None, description="answer this output in the binary section")
+    classification: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CLASSES,
+        description="answer the top N classes instead of the scores: BYTES [batch, N] of "
+        '"<score>:<index>:<label>", best first (Triton\'s classification extension)',
+    )
 
 
 class RequestOutput(_Open):
@@ -107,7 +117,9 @@ class ResponseOutput(BaseModel):
     datatype: str
     shape: list[int]
     parameters: TensorParameters | None = None
-    data: list[float] | None = None
+    data: list[float] | list[str] | None = Field(
+        None, description="FP32 scores; BYTES strings of a classification"
+    )
 
 
 class InferenceResponse(BaseModel):
@@ -214,21 +226,50 @@ def _problems(exc: ValidationError) -> str:
     )
 
 
+@dataclass
+class InputTensor:
+    """One input tensor as a transport delivered it (JSON or binary over HTTP, a protobuf over
+    gRPC): its declaration, and either its raw bytes (FP32 little-endian; BYTES as a 4-byte
+    little-endian length before each element) or readers of its typed contents."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    raw: memoryview | None
+    floats: Callable[[], np.ndarray]  # the typed FP32 contents, flat
+    strings: Callable[[], list[bytes]]  # the typed BYTES contents
+
+
 def model_input(request: Request, meta: ModelMetadata, limit: int) -> ModelInput:
-    """The request's one input: FP32 pixels, or BYTES image files to preprocess."""
-    inputs = request.header.inputs
-    names = [tensor.name for tensor in inputs]
-    if len(inputs) != 1:
+    """The HTTP request's one input: FP32 pixels, or BYTES image files to preprocess."""
+    sections = _binary_sections(request)
+    tensors = [
+        InputTensor(
+            tensor.name,
+            tensor.datatype,
+            tensor.shape,
+            raw,
+            partial(_json_floats, tensor, request.may_hold_booleans),
+            partial(_base64_strings, tensor.data),
+        )
+        for tensor, raw in zip(request.header.inputs, sections, strict=True)
+    ]
+    return input_of(tensors, meta, limit)
+
+
+def input_of(tensors: list[InputTensor], meta: ModelMetadata, limit: int) -> ModelInput:
+    """A request's one input tensor, from any transport: FP32 pixels, or BYTES image files
+    to preprocess."""
+    names = [tensor.name for tensor in tensors]
+    if len(tensors) != 1:
         raise BadRequest(
             f"send one input, {meta.input.name!r} or {BYTES_INPUT!r}; got {clip(names)}"
         )
-    tensor = inputs[0]
-    raw = _binary_sections(request)[0]
+    tensor = tensors[0]
     if tensor.name == meta.input.name:
-        pixels = _pixels(tensor, raw, request.may_hold_booleans)
-        return of_pixels(pixels, meta.input, limit, f"input {meta.input.name!r}")
+        return of_pixels(_pixels(tensor), meta.input, limit, f"input {meta.input.name!r}")
     if tensor.name == BYTES_INPUT:
-        return of_files(_files(tensor, raw), limit)
+        return of_files(_files(tensor), limit)
     raise BadRequest(
         f"unknown input {clip(tensor.name)}; the model takes {meta.input.name!r} "
         f"(FP32 pixels) or {BYTES_INPUT!r} (BYTES image files)"
@@ -266,20 +307,22 @@ def _binary_sections(request: Request) -> list[memoryview | None]:
     return sections
 
 
-def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: bool) -> np.ndarray:
+def _pixels(tensor: InputTensor) -> np.ndarray:
     """The FP32 tensor as sent, in its declared shape (the declaration must fit the data)."""
     what = f"input {clip(tensor.name)}"
     if tensor.datatype != "FP32":
         raise BadRequest(f"{what} is FP32, not {clip(tensor.datatype)}")
+    if any(d < 0 for d in tensor.shape) or len(tensor.shape) > 8:
+        raise BadRequest(f"{what}: shape {clip(tensor.shape)} is not a tensor's shape")
     count = math.prod(tensor.shape)
+    raw = tensor.raw
     if raw is not None:
         if len(raw) != 4 * count:
             raise BadRequest(
-                f"{what} of shape {tensor.shape} is {4 * count} bytes of FP32; "
-                f"binary_data_size says {len(raw)}"
+                f"{what} of shape {tensor.shape} is {4 * count} bytes of FP32; {len(raw)} were sent"
             )
         return np.frombuffer(raw, "<f4").reshape(tensor.shape)
-    pixels = json_floats(tensor.data, f"{what}: 'data'", may_hold_booleans)
+    pixels = tensor.floats()
     if pixels.size != count:
         raise BadRequest(
             f"{what}: 'data' holds {pixels.size} values; shape {tensor.shape} needs {count}"
@@ -287,7 +330,11 @@ def _pixels(tensor: RequestInput, raw: memoryview | None, may_hold_booleans: boo
     return pixels.reshape(tensor.shape)
 
 
-def _files(tensor: RequestInput, raw: memoryview | None) -> list[Upload]:
+def _json_floats(tensor: RequestInput, may_hold_booleans: bool) -> np.ndarray:
+    return json_floats(tensor.data, f"input {clip(tensor.name)}: 'data'", may_hold_booleans)
+
+
+def _files(tensor: InputTensor) -> list[Upload]:
     """The BYTES tensor's elements, one image file each, as many as its shape declares."""
     if tensor.datatype != "BYTES":
         raise BadRequest(f"input {BYTES_INPUT!r} is BYTES, not {clip(tensor.datatype)}")
@@ -296,7 +343,7 @@ def _files(tensor: RequestInput, raw: memoryview | None) -> list[Upload]:
         raise BadRequest(
             f"input {BYTES_INPUT!r} has shape [-1] (one file per image); got {tensor.shape}"
         )
-    files = _split_bytes(raw) if raw is not None else _base64_strings(tensor.data)
+    files = _split_bytes(tensor.raw) if tensor.raw is not None else tensor.strings()
     if len(files) != n:
         raise BadRequest(
             f"input {BYTES_INPUT!r} holds {len(files)} files; shape {tensor.shape} says {n}"
@@ -331,37 +378,87 @@ def _base64_strings(data: Any) -> list[bytes]:
         raise BadRequest(f"input {BYTES_INPUT!r}: invalid base64") from None
 
 
-def requested_outputs(request: Request, meta: ModelMetadata) -> list[tuple[str, bool]]:
-    """(output name, in binary?) for each output to answer, in the order asked."""
+@dataclass(frozen=True)
+class Chosen:
+    """An output to answer: its name, whether in the binary section (HTTP), and the N of a
+    top-N classification answer instead of its scores."""
+
+    name: str
+    binary: bool = False
+    classes: int | None = None
+
+
+def requested_outputs(request: Request, meta: ModelMetadata) -> list[Chosen]:
+    """The HTTP request's outputs to answer, in the order asked."""
     default = bool(request.header.parameters and request.header.parameters.binary_data_output)
     if request.header.outputs is None:
-        return [(o.name, default) for o in meta.outputs]
+        return choose(None, meta, default)
+    asked = []
+    for output in request.header.outputs:
+        given = output.parameters or OutputParameters()
+        binary = default if given.binary_data is None else given.binary_data
+        asked.append(Chosen(output.name, binary, given.classification))
+    return choose(asked, meta, default)
+
+
+def choose(asked: list[Chosen] | None, meta: ModelMetadata, binary: bool = False) -> list[Chosen]:
+    """The outputs a request asked for (every output's scores when it names none), each the
+    model's and asked for once."""
+    if not asked:
+        return [Chosen(o.name, binary) for o in meta.outputs]
     known = [o.name for o in meta.outputs]
-    names = [o.name for o in request.header.outputs]
+    names = [o.name for o in asked]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadRequest(f"unknown output(s) {clip(unknown)}; the model's outputs are {known}")
     if len(set(names)) != len(names):
         raise BadRequest(f"an output is requested more than once: {clip(names)}")
-    chosen = []
-    for output in request.header.outputs:
-        binary = output.parameters.binary_data if output.parameters else None
-        chosen.append((output.name, default if binary is None else binary))
-    return chosen
+    return asked
+
+
+def output_tensor(meta: ModelMetadata, outputs: Outputs, chosen: Chosen) -> tuple[str, np.ndarray]:
+    """(datatype, values) of an output to answer: its FP32 scores; or, for a classification,
+    BYTES [batch, N] of ``b"<score>:<index>:<label>"``, best first (a sigmoid head scores
+    both of its labels, as TF Serving's Classify does)."""
+    value = outputs[chosen.name]
+    if chosen.classes is None:
+        return "FP32", value
+    head = next(o for o in meta.outputs if o.name == chosen.name)
+    scores = head.label_scores(value)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : chosen.classes]
+    rows = [
+        [f"{row[i]:f}:{i}:{head.labels[i]}".encode() for i in best]
+        for row, best in zip(scores.tolist(), top.tolist())
+    ]
+    return "BYTES", np.array(rows, dtype=object).reshape(top.shape)
+
+
+def raw_contents(datatype: str, values: np.ndarray) -> bytes:
+    """A tensor's raw bytes: FP32 little-endian; BYTES as a 4-byte little-endian length
+    before each element (both protocols' binary form)."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(item)) + item for item in values.ravel())
+    return values.astype("<f4", copy=False).tobytes()
 
 
 def answer(
-    request: Request, model: ServedModel, outputs: Outputs, chosen: list[tuple[str, bool]]
+    request: Request, model: ServedModel, outputs: Outputs, chosen: list[Chosen]
 ) -> tuple[dict, list[bytes]]:
     """The response header and the binary section (empty when every output is JSON)."""
     tensors, binary = [], []
-    for name, in_binary in chosen:
-        value = outputs[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
-        if in_binary:
-            raw = value.astype("<f4", copy=False).tobytes()
+    for output in chosen:
+        datatype, value = output_tensor(model.metadata, outputs, output)
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": datatype,
+            "shape": list(value.shape),
+        }
+        if output.binary:
+            raw = raw_contents(datatype, value)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
+        elif datatype == "BYTES":
+            tensor["data"] = [item.decode() for item in value.ravel()]
         else:
             tensor["data"] = value.ravel().tolist()
         tensors.append(tensor)

@@ -73,6 +73,21 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="gRPC (KServe V2 / Triton, TF Serving); 0 = off"
+    )
+    grpc_max_message_bytes: int = Field(
+        40 * 2**20,
+        ge=4096,
+        description="a gRPC request or answer (more: RESOURCE_EXHAUSTED); 64 images of "
+        "224x224x3 FP32 are 38.5 MB",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        32,
+        ge=1,
+        description="gRPC calls in progress (more: RESOURCE_EXHAUSTED); times the message "
+        "size, the memory gRPC may hold before admission sees a request",
+    )
     workers: int = Field(1, ge=1, description="processes; each loads every model")
     model_dir: Path = Field(BUNDLED_MODELS, description="TF Serving layout: <name>/<version>/")
     device: Literal["auto", "cpu", "gpu"] = "auto"
@@ -258,6 +273,7 @@ class Settings(BaseSettings):
         """A request within the per-request limits must always fit the process budgets."""
         for budget, limit in (
             ("body_bytes_budget", "max_upload_bytes"),
+            ("body_bytes_budget", "grpc_max_message_bytes"),
             ("decode_pixels_budget", "max_request_pixels"),
             ("feature_map_bytes_budget", "max_feature_map_bytes"),
         ):

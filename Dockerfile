@@ -28,13 +28,15 @@ RUN pip install --no-deps . \
 FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 \
-    CNN_SERVE_HOST=0.0.0.0 CNN_SERVE_PORT=8000 CNN_SERVE_MODEL_DIR=/app/models
+    CNN_SERVE_HOST=0.0.0.0 CNN_SERVE_PORT=8000 CNN_SERVE_GRPC_PORT=8001 \
+    CNN_SERVE_MODEL_DIR=/app/models
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cnnserve
 COPY --from=build /opt/venv /opt/venv
 COPY models /app/models
 WORKDIR /app
 USER 10001
-EXPOSE 8000
+# REST (and the explorer), and gRPC: KServe V2 / Triton, TF Serving, health, reflection
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
 CMD ["cnn-serve"]

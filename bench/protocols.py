@@ -1,17 +1,24 @@
 """Batches of 64 images through every API, against the model alone at batch 64.
 
     python -m bench.protocols [--model digit_odd] [--duration 10] [--concurrency 4] [--batch 64]
-                              [--apis NAME ...]
-                              [--baseline GIT_REF]
+                              [--apis NAME ...] [--baseline GIT_REF]
+                              [--kserve PYTHON]
 
 Starts ``cnn-serve`` (one worker, as the command runs it) and drives it with wrk, one request
 body at a time, each carrying 64 images: the Open Inference Protocol with binary FP32 pixels
 (as ``tritonclient.http`` sends them), with JSON pixels, and with binary BYTES PNG files; TF
 Serving's REST API with JSON pixels (``instances``) and with ``{"b64": ...}`` PNGs; and the
-native multipart ``/predict`` with 64 PNG files. Prints images/s (req/s x 64), p50/p99 and
-non-2xx per API, and each as a fraction of the model-only images/s at batch 64 (measured
-after the server stops, so they do not share the cores). ``--baseline REF`` also runs
-cnn-serve as of that git commit (from a temporary worktree), in the same run.
+native multipart ``/predict`` with 64 PNG files; and over gRPC (driven by
+:mod:`bench.grpc_load`) the OIP with raw FP32 pixels and raw BYTES PNGs, and TF Serving's
+Predict with FP32 ``tensor_content``. Prints images/s (req/s x 64), p50/p99 and non-2xx per
+API, and each as a fraction of the model-only images/s at batch 64 (measured after the server
+stops, so they do not share the cores). ``--baseline REF`` also runs cnn-serve as of that git
+commit (from a temporary worktree), in the same run.
+
+``--kserve PYTHON`` also runs KServe's own model server (the ``kserve`` package, installed
+for that interpreter, e.g. a virtualenv with ``kserve`` and ``tensorflow-cpu``) serving the
+same SavedModel through a custom ``kserve.Model`` (bench/kserve_peer.py), REST and gRPC V2,
+driven by the same clients with the same bodies.
 """
 
 from __future__ import annotations
@@ -22,14 +29,29 @@ import json
 import os
 import platform
 import struct
+import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from datetime import date
 
 import numpy as np
 
-from bench.run import BOUNDARY, ROOT, free_port, model_only, sample_image, start, worktree, wrk
+from bench import grpc_load
+from bench.run import (
+    BOUNDARY,
+    ROOT,
+    free_port,
+    latest,
+    model_only,
+    sample_image,
+    start,
+    worktree,
+    wrk,
+)
+
+GRPC = "grpc"  # the content type of the gRPC rows: driven by bench.grpc_load
 
 
 def _png_multipart(png: bytes, n: int) -> bytes:
@@ -105,6 +127,14 @@ def requests(
             f"multipart/form-data; boundary={BOUNDARY}",
             None,
         ),
+        "gRPC OIP raw FP32": (grpc_load.OIP_INFER, grpc_load.oip_fp32(model, pixels), GRPC, None),
+        "gRPC OIP raw BYTES PNG": (
+            grpc_load.OIP_INFER,
+            grpc_load.oip_files(model, [png] * batch),
+            GRPC,
+            None,
+        ),
+        "gRPC TFS FP32": (grpc_load.TFS_PREDICT, grpc_load.tfs_fp32(model, pixels), GRPC, None),
     }
 
 
@@ -132,6 +162,9 @@ def main() -> int:
         "--apis", nargs="+", help="only these (names as printed, e.g. 'OIP binary FP32')"
     )
     parser.add_argument("--baseline", metavar="GIT_REF")
+    parser.add_argument(
+        "--kserve", metavar="PYTHON", help="also run KServe's model server with this interpreter"
+    )
     args = parser.parse_args()
     shape = [28, 28, 1] if args.model == "digit_odd" else [32, 32, 3]
     bodies = requests(args.model, shape, args.batch)
@@ -141,6 +174,8 @@ def main() -> int:
         runs = {"cnn-serve": measure(ROOT, args, bodies)}
         if baseline is not None:
             runs["baseline"] = measure(baseline, args, bodies)
+    if args.kserve:
+        runs["kserve"] = measure_kserve(args, bodies)
     alone = model_only(args.model, (args.batch,))[args.batch]
     print(
         f"\n## {args.model}: {args.batch} images per request, c={args.concurrency}  ({date.today()}, "
@@ -151,13 +186,16 @@ def main() -> int:
         print(
             f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'non-2xx':>9}{'x model':>9}"
-            + (f"{'x base':>8}" if server == "cnn-serve" and "baseline" in runs else "")
+            + "".join(f"{'x ' + other[:6]:>10}" for other in others(server, runs))
         )
         for name, (size, run) in results.items():
             rate = run["rps"] * args.batch
-            versus = ""
-            if server == "cnn-serve" and "baseline" in runs:
-                versus = f"{run['rps'] / runs['baseline'][name][1]['rps']:>8.2f}"
+            versus = "".join(
+                f"{run['rps'] / runs[other][name][1]['rps']:>10.2f}"
+                if name in runs[other]
+                else f"{'':>10}"
+                for other in others(server, runs)
+            )
             print(
                 f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}"
                 f"{run['p99']:>9.1f}{run['non2xx']:>9}{rate / alone:>9.2f}{versus}"
@@ -166,33 +204,86 @@ def main() -> int:
     return 0
 
 
+def others(server: str, runs: dict) -> list[str]:
+    """The servers cnn-serve's rows are compared with."""
+    return [other for other in runs if other != server] if server == "cnn-serve" else []
+
+
 def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict]]:
-    """cnn-serve from the source tree ``root``, every API's body in turn: (size, wrk run)."""
-    port = free_port()
-    proc, _ = start("cnn-serve", args.model, port, root)
-    results = {}
+    """cnn-serve from the source tree ``root``, every API's body in turn: (size, run)."""
+    port, grpc_port = free_port(), free_port()
+    proc, _ = start("cnn-serve", args.model, port, root, CNN_SERVE_GRPC_PORT=str(grpc_port))
     try:
-        for name, (path, body, ctype, length) in bodies.items():
-            check(port, path, body, ctype, length)
-            with tempfile.NamedTemporaryFile(delete=False) as f:
-                f.write(body)
-            results[name] = (
-                len(body),
-                wrk(
-                    port,
-                    f.name,
-                    args.concurrency,
-                    args.duration,
-                    timeout_s=10,
-                    path=path,
-                    content_type=ctype,
-                    header_length=length,
-                ),
-            )
-            os.unlink(f.name)
+        return drive_all(args, bodies, port, grpc_port)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict]]:
+    """KServe's model server on the same SavedModel: the V2 bodies it can take."""
+    port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            args.kserve,
+            str(ROOT / "bench" / "kserve_peer.py"),
+            "--model_name",
+            args.model,
+            "--model_dir",
+            str(latest(args.model)),
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(grpc_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v2/models/{args.model}/ready"
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        kserve_bodies = {k: v for k, v in bodies.items() if k in KSERVE_APIS}
+        return drive_all(args, kserve_bodies, port, grpc_port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# what KServe's V2 server takes: JSON FP32 over REST, raw FP32 over gRPC (it has no image
+# decoding, TF Serving API or binary REST extension for a custom model)
+KSERVE_APIS = ("OIP JSON FP32", "gRPC OIP raw FP32")
+
+
+def drive_all(args, bodies: dict, port: int, grpc_port: int) -> dict[str, tuple[int, dict]]:
+    """Every body in turn, REST by wrk, gRPC by bench.grpc_load: (size, run)."""
+    results = {}
+    for name, (path, body, ctype, length) in bodies.items():
+        if ctype == GRPC:
+            target = f"127.0.0.1:{grpc_port}"
+            grpc_load.check(target, path, body)
+            run = grpc_load.drive(target, path, body, args.concurrency, args.duration)
+            results[name] = (len(body), run)
+            continue
+        check(port, path, body, ctype, length)
+        with tempfile.NamedTemporaryFile(delete=False) as f:
+            f.write(body)
+        run = wrk(
+            port,
+            f.name,
+            args.concurrency,
+            args.duration,
+            timeout_s=10,
+            path=path,
+            content_type=ctype,
+            header_length=length,
+        )
+        os.unlink(f.name)
+        results[name] = (len(body), run)
     return results
 
 

@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 IMAGE=${IMAGE:-cnn-serve:test}
 PORT=${PORT:-18080}
+GRPC_PORT=${GRPC_PORT:-18081}
 NAME=cnn-serve-test-$$
 SETUP=../shared/tools/container-env.sh
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-  ENGINE=(docker); BUILD_ARGS=(); RUN_NET=(-p "127.0.0.1:${PORT}:8000"); URL_PORT=$PORT
+  ENGINE=(docker); BUILD_ARGS=(); URL_PORT=$PORT
+  RUN_NET=(-p "127.0.0.1:${PORT}:8000" -p "127.0.0.1:${GRPC_PORT}:8001")
 else
   if [ -x "$SETUP" ]; then  # installs podman and makes the local base image (idempotent)
     "$SETUP" >/dev/null 2>&1 || echo "!!! $SETUP failed" >&2
@@ -60,7 +62,8 @@ dst.close()" | "${ENGINE[@]}" import \
     BASE=$BASE-755
   fi
   BUILD_ARGS=(--network host --build-arg "BASE_IMAGE=$BASE")
-  RUN_NET=(--network host -e "CNN_SERVE_PORT=${PORT}"); URL_PORT=$PORT
+  RUN_NET=(--network host -e "CNN_SERVE_PORT=${PORT}" -e "CNN_SERVE_GRPC_PORT=${GRPC_PORT}")
+  URL_PORT=$PORT
 fi
 
 echo "== building $IMAGE with ${ENGINE[0]}"
@@ -88,11 +91,11 @@ fi
 import re, sys
 lines = sys.stdin.read().splitlines()
 start = lines[:next(i for i, line in enumerate(lines) if 'running on http://' in line) + 1]
-wanted = re.compile(r'\"message\": ?\"(model \\S+ v\\d+ ready on |Uvicorn running on )')
+wanted = re.compile(r'\"message\": ?\"(model \\S+ v\\d+ ready on |gRPC on |Uvicorn running on )')
 noise = [line for line in start if not wanted.search(line)]
 sys.exit(f'start-up noise: {noise[:3]}' if noise else 0)" \
-  || { echo "FAIL: the start printed more than the models and the address" >&2; exit 1; }
-echo "   start-up output: the model lines and the address only"
+  || { echo "FAIL: the start printed more than the models and the addresses" >&2; exit 1; }
+echo "   start-up output: the model lines and the addresses only"
 
 digit=$(mktemp --suffix=.png)
 PYTHONPATH=. "$PY" -c "
@@ -102,6 +105,20 @@ answer=$(curl -fsS -F "file=@${digit};type=image/png" "http://127.0.0.1:${URL_PO
 label=$(echo "$answer" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['predictions'][0]['outputs']['digit']['label'])")
 echo "   /predict answered digit=$label"
 [ "$label" = "7" ] || { echo "FAIL: expected 7, got: $answer" >&2; exit 1; }
+
+# gRPC: health (as a Kubernetes gRPC probe asks) and an inference through tritonclient.grpc
+grpc_label=$(PYTHONPATH=. "$PY" -c "
+import grpc, numpy as np, tritonclient.grpc as g
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel('127.0.0.1:${GRPC_PORT}') as channel:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+assert status.status == health_pb2.HealthCheckResponse.SERVING, status
+tensor = g.InferInput('image_bytes', [1], 'BYTES')
+tensor.set_data_from_numpy(np.array([open('$digit', 'rb').read()], dtype=object))
+reply = g.InferenceServerClient('127.0.0.1:${GRPC_PORT}').infer('digit_odd', [tensor])
+print(int(reply.as_numpy('digit')[0].argmax()))")
+echo "   gRPC health SERVING; ModelInfer answered digit=$grpc_label"
+[ "$grpc_label" = "7" ] || { echo "FAIL: gRPC answered: $grpc_label" >&2; exit 1; }
 
 # the explorer page and its assets are in the installed package; Grad-CAM runs model.keras
 curl -fsS "http://127.0.0.1:${URL_PORT}/" | grep -q 'data-testid="draw"' \
@@ -119,4 +136,4 @@ echo "   server process uid=$uid"
 
 "${ENGINE[@]}" stop -t 10 "$NAME" >/dev/null
 "${ENGINE[@]}" image prune -f >/dev/null 2>&1 || true  # vfs keeps full copies of old layers
-echo "PASS: container built, served /predict, the explorer and Grad-CAM as uid $uid, stopped"
+echo "PASS: container built, served /predict, gRPC, the explorer and Grad-CAM as uid $uid, stopped"

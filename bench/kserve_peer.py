@@ -36,7 +36,9 @@ class SavedModel(Model):
             answer = InferOutput(name=name, shape=list(value.shape), datatype="FP32")
             answer.set_data_from_numpy(value.numpy())
             answers.append(answer)
-        return InferResponse(model_name=self.name, infer_outputs=answers, response_id=payload.id)
+        return InferResponse(
+            model_name=self.name, infer_outputs=answers, response_id=payload.id or ""
+        )
 
 
 if __name__ == "__main__":

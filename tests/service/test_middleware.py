@@ -18,7 +18,10 @@ CASES = [
     (
         "two files and top_k",
         {
-            "files": [("file", ("a.png", PNG, "image/png")), ("file", ("b.jpg", JPEG, "image/jpeg"))],
+            "files": [
+                ("file", ("a.png", PNG, "image/png")),
+                ("file", ("b.jpg", JPEG, "image/jpeg")),
+            ],
             "data": {"top_k": "2"},
         },
     ),

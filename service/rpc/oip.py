@@ -97,7 +97,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         server = self.server
         runner = server.registry.runner(request.model_name, _version(request.model_version))
-        async with server.admission.reserve(requests=1, body_bytes=max(request.ByteSize(), 1)):
+        size = sum(map(len, request.raw_input_contents)) or request.ByteSize()
+        async with server.admission.reserve(requests=1, body_bytes=max(size, 1)):
             meta = runner.model.metadata
             asked = [oip.Chosen(o.name, True, classes_of(o.parameters)) for o in request.outputs]
             chosen = oip.choose(asked, meta, binary=True)

@@ -61,6 +61,8 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
+            # batches of images, not chat: +10 % images/s on 64-image calls (bench.protocols)
+            ("grpc.optimization_target", "throughput"),
             # several workers share the port; one alone must learn that it is taken
             ("grpc.so_reuseport", int(settings.workers > 1)),
         ],

@@ -1,4 +1,4 @@
-"""A normal start prints one line per model version and the listening address, nothing else:
+"""A normal start prints one line per model version and the listening addresses, nothing else:
 no TensorFlow start-up notices ("failed call to cuInit" on a CPU machine), no retracing
 warnings, no line twice."""
 
@@ -8,10 +8,17 @@ import json
 import re
 
 from tests.service.conftest import spawn_server
+from tests.service.rpc.conftest import free_port
 
 
-def test_a_normal_start_prints_the_models_and_the_address_only(tmp_path, models_dir):
-    server = spawn_server(tmp_path / "server.log", models_dir, CNN_SERVE_DEVICE="auto")
+def test_a_normal_start_prints_the_models_and_the_addresses_only(tmp_path, models_dir):
+    grpc_port = free_port()
+    server = spawn_server(
+        tmp_path / "server.log",
+        models_dir,
+        CNN_SERVE_DEVICE="auto",
+        CNN_SERVE_GRPC_PORT=str(grpc_port),
+    )
     server.stop()
     lines = (tmp_path / "server.log").read_text().splitlines()
     started = [
@@ -24,10 +31,11 @@ def test_a_normal_start_prints_the_models_and_the_address_only(tmp_path, models_
         f"{p.parent.name} v{p.name}" for p in models_dir.glob("*/*") if p.name.isdigit()
     )
     ready = [
-        re.fullmatch(r"model (\S+ v\d+) ready on /device:CPU:0 in [\d.]+s", m) for m in started[:-1]
+        re.fullmatch(r"model (\S+ v\d+) ready on /device:CPU:0 in [\d.]+s", m) for m in started[:-2]
     ]
     assert all(ready), started
     assert sorted(m[1] for m in ready) == versions
+    assert started[-2].startswith(f"gRPC on 127.0.0.1:{grpc_port} ")
     assert started[-1].startswith(f"Uvicorn running on http://127.0.0.1:{server.port}")
 
 

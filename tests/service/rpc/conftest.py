@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -28,19 +30,24 @@ class Served:
     grpc: str  # host:port
 
 
-@pytest.fixture(scope="session")
-def served(models_dir):
+@contextmanager
+def grpc_serving(models_dir, **overrides) -> Iterator[Served]:
+    """An app with gRPC on a free port, served by uvicorn in a thread."""
     port = free_port()
-    settings = Settings(
-        model_dir=models_dir,
-        device="cpu",
-        grpc_port=port,
-        batching_overrides={"digit_odd_plus": GATHERING},
-        version_labels={"digit_odd": {"stable": 1}},
-    )
+    settings = Settings(model_dir=models_dir, device="cpu", grpc_port=port, **overrides)
     app = create_app(settings)
     with serving(app) as http:
         yield Served(app, http, f"127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def served(models_dir):
+    with grpc_serving(
+        models_dir,
+        batching_overrides={"digit_odd_plus": GATHERING},
+        version_labels={"digit_odd": {"stable": 1}},
+    ) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")

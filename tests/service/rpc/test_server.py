@@ -21,13 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service.app import create_app
 from service.errors import Overloaded
 from service.rpc.gate import retry_hint
-from service.settings import Settings
-from tests.service.conftest import serving
 from tests.service.handwriting import draw_digit
-from tests.service.rpc.conftest import free_port
+from tests.service.rpc.conftest import grpc_serving
 from tests.service.rpc.test_oip import DIGITS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -181,15 +178,8 @@ def test_overload_carries_the_retry_hint():
 
 @pytest.fixture(scope="module")
 def keyed(models_dir):
-    port = free_port()
-    settings = Settings(
-        model_dir=models_dir,
-        device="cpu",
-        grpc_port=port,
-        api_keys="cnn-serve-test-key-0123",
-        default_model="cifar10",
-    )
-    with serving(create_app(settings)), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    keys = {"api_keys": "cnn-serve-test-key-0123", "default_model": "cifar10"}
+    with grpc_serving(models_dir, **keys) as served, grpc.insecure_channel(served.grpc) as channel:
         yield channel
 
 

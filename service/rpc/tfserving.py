@@ -41,6 +41,7 @@ PIXEL_TYPES = {
     types_pb2.DT_INT64,
 }
 SIGNATURE_DEF = "signature_def"
+DTYPE_NAMES = set(types_pb2.DataType.values())  # a client may send any number
 
 
 def _version(spec: Any) -> str | None:
@@ -81,9 +82,9 @@ def tensor_input(
         files = [Upload(f"image {i}", data) for i, data in enumerate(proto.string_val)]
         return of_files(files, limit)
     if proto.dtype not in PIXEL_TYPES:
+        kind = types_pb2.DataType.Name(proto.dtype) if proto.dtype in DTYPE_NAMES else proto.dtype
         raise BadRequest(
-            f"input {clip(name)} is {types_pb2.DataType.Name(proto.dtype)}; send pixels as "
-            "DT_FLOAT or image files as DT_STRING"
+            f"input {clip(name)} is {kind}; send pixels as DT_FLOAT or image files as DT_STRING"
         )
     if name != meta.input.name:
         raise BadRequest(f"input {BYTES_INPUT!r} holds image files (DT_STRING)")

@@ -1,7 +1,8 @@
-"""cnn-serve [--host --port --workers]: run the service with uvicorn.
+"""cnn-serve [--host --port --grpc-port --workers]: run the service with uvicorn (and gRPC).
 cnn-serve import SOURCE --name NAME [...]: make a Keras model a served version (--help).
 
-Flags override the CNN_SERVE_HOST / CNN_SERVE_PORT / CNN_SERVE_WORKERS settings.
+Flags override the CNN_SERVE_HOST / CNN_SERVE_PORT / CNN_SERVE_GRPC_PORT / CNN_SERVE_WORKERS
+settings.
 """
 
 from __future__ import annotations
@@ -41,12 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument(
+        "--grpc-port", type=int, default=settings.grpc_port, help="0 turns gRPC off"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=settings.workers,
         help="processes; each loads every model (see README for memory)",
     )
     args = parser.parse_args(argv)
+    # the app's settings (in each worker) serve gRPC where the flags say HTTP is served
+    os.environ.update(CNN_SERVE_HOST=args.host, CNN_SERVE_GRPC_PORT=str(args.grpc_port))
+    taken = _taken(args.host, args.grpc_port) if args.grpc_port and args.workers == 1 else None
+    if taken:
+        print(
+            f"cnn-serve: cannot listen for gRPC on {args.host}:{args.grpc_port} ({taken}); "
+            "pass --grpc-port (CNN_SERVE_GRPC_PORT) a free port, or 0 to turn gRPC off",
+            file=sys.stderr,
+        )
+        return 2
 
     import tempfile
 
@@ -73,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
     )
     return 0
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None (checked before the models load, so
+    a taken port fails in a second with one line, not after them with a traceback)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as servers bind: a port whose old connections linger (TIME_WAIT) is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -80,7 +80,13 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), rpc
     )
     address = _address(settings.host, settings.grpc_port)
-    port = rpc.add_insecure_port(address)  # raises when the port is taken
+    try:
+        port = rpc.add_insecure_port(address)
+    except RuntimeError:
+        raise RuntimeError(
+            f"cannot listen for gRPC on {address} (is the port taken?); set "
+            "CNN_SERVE_GRPC_PORT to a free port, or to 0 to turn gRPC off"
+        ) from None
     await rpc.start()
     watcher = asyncio.get_running_loop().create_task(
         _keep_health(checks, server, drain), name="grpc-health"

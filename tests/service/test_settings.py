@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,3 +40,16 @@ def test_invalid_settings_fail_at_start_with_the_variable_named(
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "CNN_SERVE_" in err and complaint in err
+
+
+def test_a_taken_grpc_port_fails_at_start_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("CNN_SERVE_GRPC_PORT", "0")  # main() sets both for the workers:
+    monkeypatch.delenv("CNN_SERVE_HOST", raising=False)  # restored after the test
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--grpc-port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in err and "--grpc-port" in err

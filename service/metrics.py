@@ -55,6 +55,24 @@ LATENCY = Histogram(
         10,
     ),
 )
+# (route, method, protocol, status) -> its children: a label lookup takes a lock and
+# validates the labels each time (~3 µs a request); the key sets are bounded (above)
+_REQUEST_CHILDREN: dict[tuple[str, str, str, str], tuple] = {}
+
+
+def record_request(route: str, method: str, protocol: str, status: str, seconds: float) -> None:
+    """One answered request (HTTP or gRPC): counted and its latency observed."""
+    key = (route, method, protocol, status)
+    children = _REQUEST_CHILDREN.get(key)
+    if children is None:
+        children = _REQUEST_CHILDREN[key] = (
+            REQUESTS.labels(*key),
+            LATENCY.labels(route, protocol),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
+
+
 MODEL_REQUESTS = Counter(
     "cnn_serve_model_requests_total", "Requests queued for a model version, from every API", MODEL
 )

@@ -252,8 +252,7 @@ class RequestGate:
         route = getattr(scope.get("route"), "path", "unmatched")
         protocol = api_of(scope["path"]).label
         method = scope["method"] if scope["method"] in METHODS else metrics.OTHER
-        metrics.REQUESTS.labels(route, method, protocol, str(status)).inc()
-        metrics.LATENCY.labels(route, protocol).observe(seconds)
+        metrics.record_request(route, method, protocol, str(status), seconds)
         logs.access(
             record,
             method=method,

@@ -121,8 +121,7 @@ class RpcGate(grpc.aio.ServerInterceptor):
                     await context.abort(code, "internal error; see the server log", trailers)
             finally:
                 seconds = time.perf_counter() - start
-                metrics.REQUESTS.labels(method, "POST", api.label, code.name).inc()
-                metrics.LATENCY.labels(method, api.label).observe(seconds)
+                metrics.record_request(method, "POST", api.label, code.name, seconds)
                 logs.access(
                     record,
                     method="POST",

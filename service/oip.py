@@ -325,7 +325,7 @@ def _pixels(tensor: InputTensor) -> np.ndarray:
     pixels = tensor.floats()
     if pixels.size != count:
         raise BadRequest(
-            f"{what}: 'data' holds {pixels.size} values; shape {tensor.shape} needs {count}"
+            f"{what} holds {pixels.size} values; shape {tensor.shape} needs {count}"
         )
     return pixels.reshape(tensor.shape)
 

@@ -159,7 +159,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64, help="images per request")
     parser.add_argument(
-        "--apis", nargs="+", help="only these (names as printed, e.g. 'OIP binary FP32')"
+        "--apis",
+        nargs="+",
+        help="only these, in this order (names as printed, e.g. 'OIP binary FP32')",
     )
     parser.add_argument("--baseline", metavar="GIT_REF")
     parser.add_argument(
@@ -168,8 +170,11 @@ def main() -> int:
     args = parser.parse_args()
     shape = [28, 28, 1] if args.model == "digit_odd" else [32, 32, 3]
     bodies = requests(args.model, shape, args.batch)
-    if args.apis:
-        bodies = {name: body for name, body in bodies.items() if name in args.apis}
+    if args.apis:  # in the order given: the host's load drifts, so alternate orders to compare
+        unknown = set(args.apis) - set(bodies)
+        if unknown:
+            parser.error(f"unknown API(s) {sorted(unknown)}; known: {list(bodies)}")
+        bodies = {name: bodies[name] for name in args.apis}
     with worktree(args.baseline) as baseline:
         runs = {"cnn-serve": measure(ROOT, args, bodies)}
         if baseline is not None:

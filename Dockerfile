@@ -14,10 +14,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends binutils \
  && python -m venv /opt/venv
 WORKDIR /src
 # Dependencies first (cached until pyproject.toml changes). TensorFlow comes as TF_PACKAGE:
-# CPU-only by default, which keeps the image small; the project itself is installed --no-deps.
+# CPU-only by default, which keeps the image small; the project itself is installed --no-deps,
+# and so is tensorflow-serving-api, which asks for the full `tensorflow` that TF_PACKAGE
+# replaces.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('tensorflow')))" > requirements.txt \
- && pip install "${TF_PACKAGE}>=2.16,<2.22" -r requirements.txt
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; tf = [d for d in deps if d.startswith('tensorflow')]; open('requirements.txt', 'w').write('\n'.join(d for d in deps if d not in tf)); open('no-deps.txt', 'w').write('\n'.join(d for d in tf if d.startswith('tensorflow-serving-api')))" \
+ && pip install "${TF_PACKAGE}>=2.16,<2.22" -r requirements.txt \
+ && pip install --no-deps -r no-deps.txt
 COPY . .
 RUN pip install --no-deps . \
  && SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \

@@ -324,9 +324,7 @@ def _pixels(tensor: InputTensor) -> np.ndarray:
         return np.frombuffer(raw, "<f4").reshape(tensor.shape)
     pixels = tensor.floats()
     if pixels.size != count:
-        raise BadRequest(
-            f"{what} holds {pixels.size} values; shape {tensor.shape} needs {count}"
-        )
+        raise BadRequest(f"{what} holds {pixels.size} values; shape {tensor.shape} needs {count}")
     return pixels.reshape(tensor.shape)
 
 

@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -42,6 +43,20 @@ def digit_odd_model(models_dir) -> ServedModel:
     model = ServedModel("digit_odd", int(path.name), path, "/device:CPU:0")
     model.load()
     return model
+
+
+def oip_fp32(pixels: np.ndarray, name: str = "image") -> dict:
+    """An OIP JSON inference request sending ``pixels`` as its one FP32 input, flat."""
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(pixels.shape),
+                "datatype": "FP32",
+                "data": pixels.ravel().tolist(),
+            }
+        ]
+    }
 
 
 def make_client(**overrides) -> TestClient:

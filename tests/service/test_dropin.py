@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.conftest import MODELS
-from tests.service.conftest import make_client
+from tests.service.conftest import make_client, oip_fp32
 
 ATOL = 1e-4
 
@@ -107,16 +107,7 @@ def test_protocol_tensors_pass_through(client, repo):
     np.testing.assert_allclose(tfs.json()["predictions"], model(x), atol=ATOL)
     oip = client.post(
         "/v2/models/exported/infer",
-        json={
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": [2, 16, 16, 3],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        },
+        json=oip_fp32(x, name),
     )
     assert oip.status_code == 200, oip.text
     np.testing.assert_allclose(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.settings import BatchPolicy
-from tests.service.conftest import make_client
+from tests.service.conftest import make_client, oip_fp32
 from tests.service.handwriting import draw_digit
 from tests.service.test_metrics import samples, value
 
@@ -30,16 +30,7 @@ def test_requests_of_every_api_share_a_batch_and_are_labelled_by_protocol(models
         "native": lambda c: c.post("/predict", files={"file": ("d.jpg", _jpeg())}),
         "oip_v2": lambda c: c.post(
             "/v2/models/digit_odd/infer",
-            json={
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": [1, 28, 28, 1],
-                        "datatype": "FP32",
-                        "data": PIXELS.ravel().tolist(),
-                    }
-                ]
-            },
+            json=oip_fp32(PIXELS),
         ),
         "tfserving_v1": lambda c: c.post(
             "/v1/models/digit_odd:predict", json={"instances": PIXELS.tolist()}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import make_client
+from tests.service.conftest import make_client, oip_fp32
 from tests.training.test_importer import cifar_like, two_heads
 from training.importer import main as import_main
 
@@ -133,16 +133,7 @@ def test_oip_and_tfserving_tensors_are_the_models_own_input(client, keras_models
     want = _keras(keras_models["mine"], x)["class"]
     oip = client.post(
         "/v2/models/mine/infer",
-        json={
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        },
+        json=oip_fp32(x),
     )
     assert oip.status_code == 200, oip.text
     got = np.array(oip.json()["outputs"][0]["data"]).reshape(2, 10)

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.preprocess import decode, to_model_input
 from tests.conftest import committed_versions
+from tests.service.conftest import oip_fp32
 from tests.service.handwriting import draw_digit, encode
 
 DIGIT_MODELS = ("digit_odd", "digit_odd_plus")  # the same input and heads
@@ -372,16 +373,7 @@ def test_a_batch_client_sends_1024_images_in_one_request(triton_client, client):
     assert digits.shape == (1024, 10)
     alone = client.post(
         "/v2/models/digit_odd/infer",
-        json={
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1, 28, 28, 1],
-                    "datatype": "FP32",
-                    "data": pixels[700].ravel().tolist(),
-                }
-            ]
-        },
+        json=oip_fp32(pixels[700:701]),
     ).json()["outputs"]
     one = next(o for o in alone if o["name"] == "digit")["data"]
     np.testing.assert_allclose(digits[700], one, atol=1e-5)  # image 700 is image 700's answer

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Self
 
+import numpy as np
 import pytest
 
-from tests.service.conftest import make_client
+from tests.service.conftest import make_client, oip_fp32
 from tests.service.handwriting import draw_digit, encode
 
 POLL_S = 0.5
@@ -199,16 +200,7 @@ def test_labels_name_versions_in_every_api(three_versions):
         assert meta["model_spec"]["version"] == "3"
         oip = client.post(
             "/v2/models/digit_odd/versions/stable/infer",
-            json={
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": [1, 28, 28, 1],
-                        "datatype": "FP32",
-                        "data": [0.0] * 784,
-                    }
-                ]
-            },
+            json=oip_fp32(np.zeros((1, 28, 28, 1), np.float32)),
         )
         assert oip.json()["model_version"] == "1"
         unknown = client.post(

@@ -11,6 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.preprocess import prepare
 from tests.conftest import committed_versions
+from tests.service.conftest import oip_fp32
 from tests.service.handwriting import draw_digit, encode
 from training.metadata import ModelMetadata
 
@@ -76,16 +77,7 @@ def test_fp32_pixels_answer_as_rest_does(triton, served, models_dir):
     grpc_digits = triton.infer("digit_odd", [pixels_input(pixels)]).as_numpy("digit")
     rest = httpx.post(
         f"http://{served.http}/v2/models/digit_odd/infer",
-        json={
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": list(pixels.shape),
-                    "datatype": "FP32",
-                    "data": pixels.ravel().tolist(),
-                }
-            ]
-        },
+        json=oip_fp32(pixels),
     ).json()
     (digit,) = [o for o in rest["outputs"] if o["name"] == "digit"]
     np.testing.assert_allclose(grpc_digits.ravel(), digit["data"], rtol=1e-5)

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.errors import Overloaded
 from service.rpc.gate import retry_hint
+from tests.service.conftest import oip_fp32
 from tests.service.handwriting import draw_digit
 from tests.service.rpc.conftest import grpc_serving
 from tests.service.rpc.test_oip import DIGITS
@@ -139,13 +140,8 @@ def test_grpc_and_rest_requests_share_one_model_call(served):
         return client.infer("digit_odd_plus", [tensor]).as_numpy("digit").shape == (1, 10)
 
     def over_oip() -> bool:
-        body = {
-            "inputs": [
-                {"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": [0.0] * 784}
-            ]
-        }
         url = f"http://{served.http}/v2/models/digit_odd_plus/infer"
-        return httpx.post(url, json=body, timeout=30).status_code == 200
+        return httpx.post(url, json=oip_fp32(pixels), timeout=30).status_code == 200
 
     def over_predict() -> bool:
         url = f"http://{served.http}/predict"

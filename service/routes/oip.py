@@ -79,8 +79,7 @@ async def model_metadata(name: ModelName, registry: RegistryDep) -> dict:
     responses=ERRORS,
 )
 async def model_config(name: ModelName, server: ServerDep) -> dict:
-    model = server.registry.runner(name).model
-    return oip.model_config(name, model.metadata, server.max_images(model))
+    return _config(server, name, None)
 
 
 @router.get(
@@ -90,6 +89,10 @@ async def model_config(name: ModelName, server: ServerDep) -> dict:
     responses=ERRORS,
 )
 async def version_config(name: ModelName, version: VersionOrLabel, server: ServerDep) -> dict:
+    return _config(server, name, version)
+
+
+def _config(server: Server, name: str, version: str | None) -> dict:
     model = server.registry.runner(name, version).model
     return oip.model_config(name, model.metadata, server.max_images(model))
 

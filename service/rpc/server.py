@@ -32,6 +32,32 @@ SERVICES = (
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
 )
 HEALTH_EVERY_S = 0.25  # how soon a probe sees a change of readiness or the start of a drain
+MAX_WATCHES = 4  # health Watch streams at once (probes use Check)
+# every connection is closed after this long (clients reconnect, as after any GOAWAY), and a
+# call still open then gets the grace: a call cannot hold one of the few call slots forever
+MAX_CONNECTION_AGE_MS, MAX_CONNECTION_AGE_GRACE_MS = 10 * 60_000, 30_000
+
+
+class BoundedHealth(health.aio.HealthServicer):
+    """The health service with at most :data:`MAX_WATCHES` Watch streams: each holds one of
+    the server's ``grpc_max_concurrent_rpcs`` slots for as long as it lasts, so watchers
+    must not be able to take the slots inference needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watching = 0
+
+    async def Watch(self, request, context) -> None:
+        if self.watching >= MAX_WATCHES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"at most {MAX_WATCHES} health watches at once; probes can use Check",
+            )
+        self.watching += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watching -= 1
 
 
 class GrpcFrontDoor:
@@ -65,6 +91,8 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
             ("grpc.optimization_target", "throughput"),
             # several workers share the port; one alone must learn that it is taken
             ("grpc.so_reuseport", int(settings.workers > 1)),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
         ],
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
@@ -74,7 +102,7 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(server), rpc
     )
-    checks = health.aio.HealthServicer()
+    checks = BoundedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(checks, rpc)
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), rpc
@@ -95,7 +123,7 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
     return GrpcFrontDoor(rpc, watcher, port)
 
 
-async def _keep_health(checks: health.aio.HealthServicer, server: Server, drain: Drain) -> None:
+async def _keep_health(checks: BoundedHealth, server: Server, drain: Drain) -> None:
     status = None
     while True:
         serving = server.registry.ready and not drain.active

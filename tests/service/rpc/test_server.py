@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.errors import Overloaded
 from service.rpc.gate import retry_hint
+from service.rpc.server import MAX_WATCHES
 from tests.service.conftest import oip_fp32
 from tests.service.handwriting import draw_digit
 from tests.service.rpc.conftest import grpc_serving
@@ -80,6 +81,34 @@ def test_health_follows_readiness_and_drain(served, channel):
     with pytest.raises(grpc.RpcError) as caught:
         check(channel, "no.such.Service")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_watches_are_bounded_so_they_cannot_take_every_call_slot(served):
+    """Each Watch holds a call slot while it lasts: a fifth at once is refused, and a slot
+    comes back when a watcher leaves."""
+    with grpc.insecure_channel(served.grpc) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        watches = [stub.Watch(request, timeout=30) for _ in range(MAX_WATCHES)]
+        assert [next(w).status for w in watches] == [SERVING] * MAX_WATCHES
+        extra = stub.Watch(request, timeout=30)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(extra)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert check(channel) == SERVING  # Check is not a watch
+        watches.pop().cancel()
+
+        def watch_again() -> bool:
+            again = stub.Watch(request, timeout=30)
+            try:
+                watches.append(again)
+                return next(again).status == SERVING
+            except grpc.RpcError:
+                return False
+
+        assert eventually(watch_again)
+        for watch in watches:
+            watch.cancel()
 
 
 def test_reflection_lists_every_service(channel):

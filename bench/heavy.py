@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.hostile import rss_mb
-from bench.run import BOUNDARY, ROOT, free_port, start, worktree
+from bench.run import BOUNDARY, ROOT, free_port, rss_mb, start, worktree
 from tests.service.handwriting import draw_digit, encode
 
 RESNET = "cifar10_resnet"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.run import BOUNDARY, ROOT, free_port, start, worktree
+from bench.run import BOUNDARY, ROOT, free_port, rss_mb, start, worktree
 from tests.service.handwriting import draw_digit, encode
 
 UNFINISHED = 100
@@ -109,13 +109,6 @@ def staller(port: int, until: float, statuses: Counter, lock: threading.Lock) ->
             status = type(exc).__name__
         with lock:
             statuses[f"unfinished:{status}"] += 1
-
-
-def rss_mb(pid: int, field: str = "VmRSS:") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def attack(label: str, root: Path, duration: int) -> None:

@@ -127,11 +127,32 @@ def start(
     raise RuntimeError(f"{kind} did not become ready")
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's decode worker processes)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(parents.get(tree[-1], []))
+    return tree
+
+
+def rss_mb(pid: int, field: str = "VmRSS:") -> float:
+    """A server's resident memory (``VmHWM:``: its peak) in MB, with its worker processes'."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(field))
+    return total / 1024 if total else float("nan")
 
 
 def _ms(text: str) -> float:
@@ -256,7 +277,7 @@ def bench_model(
         proc, cold = start(server, model, port, root, **env)
         try:
             runs = {c: wrk(port, body.name, c, duration) for c in concurrency}
-            results[kind] = {"cold": cold, "rss": peak_rss_mb(proc.pid), "runs": runs}
+            results[kind] = {"cold": cold, "rss": rss_mb(proc.pid, "VmHWM:"), "runs": runs}
         finally:
             proc.terminate()
             proc.wait(10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from service import __version__, http_guard, logs, memory, metrics
 from service.admission import Admission
 from service.apis import OPENAPI_TAGS
 from service.auth import ApiKeys
+from service.decoding import Decoder
 from service.docs import install_docs
 from service.drain import Drain
 from service.errors import install_handlers
@@ -32,7 +32,7 @@ from service.registry import ModelRegistry
 from service.routes import health, models, oip, predict, tfserving
 from service.rpc import server as rpc_server
 from service.server import Server
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, usable_cores
 
 SWITCH_INTERVAL_S = 0.002
 GC_THRESHOLDS = (20_000, 50, 50)  # CPython's defaults: (700, 10, 10)
@@ -47,9 +47,12 @@ def _lifespan(settings: Settings):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = ModelRegistry(settings)
-        decoder = ThreadPoolExecutor(
-            settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
+        cores = usable_cores()
+        decoder = Decoder(
+            cores if settings.decode_processes < 0 else settings.decode_processes,
+            settings.decode_threads or cores,
         )
+        decoder.warm()  # the workers start while the models load
         heavy = ThreadPoolExecutor(1, thread_name_prefix="heavy")
         app.state.server = Server(
             registry,
@@ -71,7 +74,7 @@ def _lifespan(settings: Settings):
         # the inference thread needs the GIL for a moment after each model call; with the
         # default 5 ms switch interval a busy event loop makes it wait that long every time
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        memory.tune_allocator()  # large answers' arrays go back to the OS when freed
+        memory.tune_allocator()  # megabyte arrays reused, not faulted in anew each request
         app.state.drain.install()
         grpc_door = await rpc_server.start(app.state.server, app.state.drain)
         poller = (
@@ -95,7 +98,7 @@ def _lifespan(settings: Settings):
                 await grpc_door.stop(settings.shutdown_timeout_s)
             await registry.close()
             logs.flush_access()
-            decoder.shutdown(wait=False, cancel_futures=True)
+            decoder.close()
             heavy.shutdown(wait=False, cancel_futures=True)
 
     return lifespan

@@ -56,7 +56,7 @@ async def to_batch(server: Server, uploads: list[Upload], spec: InputSpec) -> np
     set to decode at the scale preprocessing needs, and the pixels the request will decode are
     counted: over ``max_request_pixels`` is a 413 before anything expands, and the process
     budget ``decode_pixels_budget`` is reserved (waiting when others hold it) for the decode,
-    which runs on the loop for tiny images and on a worker thread otherwise.
+    which runs on the loop for tiny images and on the decoder (worker processes) otherwise.
     """
     settings = server.settings
     images = []
@@ -74,9 +74,8 @@ async def to_batch(server: Server, uploads: list[Upload], spec: InputSpec) -> np
     if pixels <= INLINE_PIXELS:
         return _finish_all(images, spec)
     async with server.admission.reserve(decode_pixels=pixels):
-        return await asyncio.get_running_loop().run_in_executor(
-            server.decoder, _finish_all, images, spec
-        )
+        files = [(name, upload.data) for (name, _), upload in zip(images, uploads, strict=True)]
+        return await server.decoder.batch(files, spec, settings.max_image_pixels)
 
 
 def describe(
@@ -366,7 +365,7 @@ async def explain(server: Server, uploads: list[Upload], name: str, params: Expl
         server.gradcams,
     )
     picture = await asyncio.get_running_loop().run_in_executor(
-        server.decoder,
+        server.decoder.threads,
         featuremaps.overlay,
         preprocess.to_unit_range(image, metadata.input),
         result.heatmap,

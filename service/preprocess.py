@@ -343,3 +343,9 @@ def prepare(data: bytes, spec: InputSpec, max_pixels: int, name: str = "image") 
     """Uploaded bytes -> the model's input [H, W, C] float32 (what the service does to each
     upload, in one call)."""
     return finish(draft(open_image(data, max_pixels, name), spec), spec, name)
+
+
+def prepare_all(files: list[tuple[str, bytes]], spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """(name, bytes) of each upload -> one batch [n, H, W, C] (a decode worker's task)."""
+    arrays = [prepare(data, spec, max_pixels, name) for name, data in files]
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)

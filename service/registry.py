@@ -14,7 +14,7 @@ from service import metrics
 from service.batching import Runner
 from service.errors import ModelFailed, ModelNotFound, ModelNotReady, VersionNotFound, clip
 from service.model import ServedModel, Status
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 
 log = logging.getLogger("cnn_serve")
 
@@ -23,7 +23,7 @@ def configure_threads(threads: int) -> None:
     """TensorFlow's intra-op threads: by default one per core. Small batches stay on one
     thread (Eigen's cost model) and leave the event loop its core; a big batch uses every core,
     which half the cores would cap at half the model's speed (bench.protocols --batch 1024)."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cores()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

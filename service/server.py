@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from service.admission import Admission
+from service.decoding import Decoder
 from service.gradcam import TracedCache
 from service.memory import Trimmer
 from service.model import ServedModel
@@ -19,8 +20,8 @@ from service.settings import Settings
 class Server:
     """What every request may use, built once by the app's lifespan.
 
-    ``decoder``: one thread per core decodes uploads (on Starlette's 40 shared threads,
-    concurrent photos thrashed the cores). ``heavy``: Grad-CAM and feature maps run on one
+    ``decoder``: one worker process per core decodes uploads (:mod:`service.decoding`; on
+    Starlette's 40 shared threads, concurrent photos thrashed the cores). ``heavy``: Grad-CAM and feature maps run on one
     thread of their own, never on a model version's inference thread, so ``/predict`` keeps
     its latency while they work (docs/performance.md); the traced Grad-CAM graphs of every
     version share one bounded cache, ``gradcams``."""
@@ -28,7 +29,7 @@ class Server:
     registry: ModelRegistry
     settings: Settings
     admission: Admission
-    decoder: ThreadPoolExecutor
+    decoder: Decoder
     heavy: ThreadPoolExecutor
     gradcams: TracedCache
     trimmer: Trimmer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,6 +20,22 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use, for the "one per core" defaults: its CPU affinity,
+    within a cgroup CPU limit (``docker run --cpus``, a pod's limit), which ``os.cpu_count()``
+    does not see: a pod limited to 2 CPUs on a 64-core node must not start 64 decode
+    processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit to read
+        pass
+    return cores or 1
 
 
 class BatchPolicy(BaseModel):
@@ -222,8 +240,17 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="TensorFlow intra-op threads; 0 = one per core"
     )
+    decode_processes: int = Field(
+        -1,
+        ge=-1,
+        description="worker processes that decode and normalise uploads; -1 = one per core, "
+        "0 = threads in the server process instead",
+    )
     decode_threads: int = Field(
-        0, ge=0, description="threads that decode and normalise uploads; 0 = one per core"
+        0,
+        ge=0,
+        description="threads for pixel work (and decoding when decode_processes is 0); "
+        "0 = one per core",
     )
 
     @field_validator("model_dir")

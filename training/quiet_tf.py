@@ -9,12 +9,14 @@ and its GPUs are first listed, descriptor 2 is captured: the known notices are k
 it was. Whether a GPU that was asked for is missing is reported by the code that asked.
 
 Both packages import this module first (their ``__init__``), so a plain ``import tensorflow``
-anywhere after finds it loaded. Where TensorFlow is not installed (Keras on JAX) it does
-nothing.
+anywhere after finds it loaded. Where TensorFlow is not installed (Keras on JAX), and in a
+process started by ``multiprocessing`` (the decode workers, which must not pay TensorFlow's
+seconds and hundreds of MB), it does nothing.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import sys
@@ -53,6 +55,8 @@ def _native_stderr_captured() -> Iterator[None]:
 
 
 def _load() -> None:
+    if multiprocessing.current_process().name != "MainProcess":
+        return  # a worker process (service.decoding's): it never needs TensorFlow
     with _native_stderr_captured():
         try:
             import tensorflow

@@ -1,10 +1,11 @@
+import os
 import socket
 
 import pytest
 from pydantic import ValidationError
 
 from service.cli import main
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 
 
 def test_environment_configures_everything(monkeypatch, tmp_path):
@@ -53,3 +54,16 @@ def test_a_taken_grpc_port_fails_at_start_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in err and "--grpc-port" in err
+
+
+@pytest.mark.parametrize(
+    "cpu_max,expected",
+    [("150000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), (None, None)],
+)
+def test_one_per_core_means_the_cores_a_cgroup_limit_allows(tmp_path, cpu_max, expected):
+    """--cpus 1.5 on a bigger machine: 2 decode processes, not one per host core."""
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(path) == (affinity if expected is None else min(expected, affinity))

@@ -1,0 +1,81 @@
+"""Where uploads are decoded and normalised: worker processes by default, so photos use every
+core.
+
+Preparing a photo for a digit model is ~2.8 ms of Pillow, NumPy and SciPy, much of it Python
+that holds the GIL: on threads, two decodes and the event loop took turns on one interpreter,
+and a 1200x900 JPEG at c=8 ran no faster than a naive server that decodes the whole photo
+(bench.run --photo). A worker process gets the upload's bytes (small next to the pixels they
+become) and sends back the model's input; it imports the preprocessing only (spawned, never
+forked from a process running TensorFlow's threads; :mod:`training.quiet_tf` leaves
+TensorFlow out of it). ``CNN_SERVE_DECODE_PROCESSES=0`` decodes on threads in the server
+process instead (``CNN_SERVE_DECODE_THREADS``), as small machines or a debugger may want.
+
+A worker that dies (killed for memory, a crash in a codec) fails the requests it held with a
+503 and the pool is replaced; the next request is served by fresh workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+
+from service import preprocess
+from service.errors import Overloaded
+from training.metadata import InputSpec
+
+log = logging.getLogger("cnn_serve")
+
+
+class Decoder:
+    """Prepares uploads for a model on ``processes`` worker processes (0: on ``threads``
+    threads). ``threads`` also run the other pixel work of requests (Grad-CAM overlays)."""
+
+    def __init__(self, processes: int, threads: int) -> None:
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = self._new_pool() if processes else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def warm(self) -> None:
+        """Start every worker now (each takes ~1 s to import its libraries), not on the
+        first photo."""
+        if self._pool is not None:
+            for _ in range(self.processes):
+                self._pool.submit(os.getpid)
+
+    async def batch(
+        self, files: list[tuple[str, bytes]], spec: InputSpec, max_pixels: int
+    ) -> np.ndarray:
+        """(name, bytes) of each upload -> the model's input batch [n, H, W, C]."""
+        return await self._run(preprocess.prepare_all, files, spec, max_pixels)
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        pool: Executor = self._pool or self.threads
+        try:
+            return await loop.run_in_executor(pool, function, *args)
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise Overloaded("an image decoding process stopped; retry shortly") from None
+
+    def _replace(self, broken: Executor) -> None:
+        if self._pool is broken:  # the first request to see it replaces it
+            log.error("a decode worker process died; starting new ones")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            self.warm()
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

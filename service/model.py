@@ -1,7 +1,8 @@
 """One served model version: a TensorFlow SavedModel plus its metadata.json.
 
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
-the PNG decoding graph, and :mod:`service.gradcam`, which runs the Keras model); everything
+the PNG decoding graph, :mod:`service.gradcam`, which runs the Keras model, and
+:mod:`service.lite`, LiteRT's copy for one image at a time); everything
 else sees ``predict(batch)`` and ``predict_png(pngs)`` -> ``{output: array}`` (each a
 :class:`BatchCall` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
 """
@@ -22,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from service import graph_decode
-from service.errors import ModelNotReady
+from service import graph_decode, lite, preprocess
+from service.errors import ModelNotReady, ServiceError
 from service.gradcam import Explanation, GradCam, TracedCache
 from training import savedmodel
 from training.export import KERAS_FILE
@@ -66,8 +67,11 @@ class Status(str, Enum):
 class ServedModel:
     """Loads lazily via :meth:`load`; thread-confined calls (the runner owns the thread)."""
 
-    def __init__(self, name: str, version: int, path: Path, device: str) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, device: str, lite_runtime: bool = True
+    ) -> None:
         self.name, self.version, self.path, self.device = name, version, path, device
+        self.lite_runtime = lite_runtime  # one-image calls through LiteRT (service.lite)
         self.status = Status.loading
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -78,6 +82,7 @@ class ServedModel:
         self._call_pixels: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
         self._call_pngs: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
         self._gradcam: GradCam | None = None
+        self._lite: lite.LiteSignature | None = None
         self.pngs = BatchCall(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
 
     def load(self) -> None:
@@ -118,6 +123,7 @@ class ServedModel:
             self.predict_png([_blank_png(metadata.input)])
             if self._maps is not None:
                 self.feature_maps(warm)
+            self._lite = self._load_lite(metadata.input)
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
             # clients see the stage only; paths and exception text stay in the log
             self.status, self.error = Status.failed, f"failed while {stage}; see the server log"
@@ -148,8 +154,24 @@ class ServedModel:
             raise ModelNotReady(f"model {self.name!r} v{self.version} is not loaded")
         return self._metadata
 
+    def _load_lite(self, spec: InputSpec) -> lite.LiteSignature | None:
+        """The LiteRT copy for one-image calls: CPU float32 models only (a GPU serves one
+        image fast enough, and a uint8 model's rounding lives in TensorFlow's graph)."""
+        if not self.lite_runtime or "CPU" not in self.device or spec.dtype != "float32":
+            return None
+        low, high = spec.value_range
+        probe = np.random.default_rng(0).uniform(low, high, (1, *spec.shape)).astype(np.float32)
+        return lite.load(self.path, spec.name, probe, self.predict(probe))
+
+    @property
+    def uses_lite(self) -> bool:
+        """Whether one-image calls go through LiteRT."""
+        return self._lite is not None
+
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         assert self._call_pixels is not None, "load() first"
+        if len(batch) == 1 and self._lite is not None:
+            return self._lite(batch)
         with tf.device(self.device):
             out = self._call_pixels(
                 model_tensor(tf.convert_to_tensor(batch, tf.float32), self.metadata.input)
@@ -163,6 +185,13 @@ class ServedModel:
     def predict_png(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
         """Like :meth:`predict` for PNGs that :func:`graph_decode.decodable` accepted."""
         assert self._call_pngs is not None, "load() first"
+        if len(pngs) == 1 and self._lite is not None:  # Pillow makes the same pixels
+            spec = self.metadata.input
+            try:
+                pixels = preprocess.prepare(pngs[0], spec, spec.width * spec.height)
+            except ServiceError as exc:
+                raise GraphDecodeFailed(exc.message) from None
+            return self._lite(pixels[None])
         try:
             with tf.device(self.device):
                 out = self._call_pngs(tf.constant(pngs, tf.string))

@@ -169,7 +169,7 @@ class ModelRegistry:
                     await self._load(name, version, found[name, version])
 
     async def _load(self, name: str, version: int, path: Path) -> None:
-        model = ServedModel(name, version, path, self.device)
+        model = ServedModel(name, version, path, self.device, self.settings.lite_runtime)
         self.models.setdefault(name, {})[version] = model  # reported as loading meanwhile
         self._fingerprints[(name, version)] = await asyncio.to_thread(fingerprint, path)
         await asyncio.to_thread(model.load)

@@ -3,11 +3,13 @@
 ``models/<name>/<version>/`` holds ``saved_model.pb`` + ``variables/`` with two signatures:
 ``serving_default`` (``image`` float32 [N,H,W,C] in [0,1] -> the named outputs) and
 ``feature_maps`` (the same input -> every layer's output keyed by layer name). Beside them:
-``metadata.json`` (the contract the service reads) and ``model.keras`` (for transfer learning).
+``metadata.json`` (the contract the service reads), ``model.keras`` (for transfer learning) and
+``model.tflite`` (the serving signature for LiteRT: one-image calls, ``service/lite.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
@@ -19,6 +21,8 @@ from training.graph import expand, in_order
 from training.metadata import LayerInfo
 
 KERAS_FILE = "model.keras"
+LITE_FILE = "model.tflite"  # the serving signature for LiteRT (service/lite.py)
+SIGNATURE = "serving_default"
 
 
 def next_version(model_root: Path) -> int:
@@ -96,12 +100,26 @@ def save_model(model: keras.Model, target: Path, output_names: list[str] | None 
     maps = feature_map_model(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", named_outputs(model, output_names), [spec])
+    archive.add_endpoint(SIGNATURE, named_outputs(model, output_names), [spec])
     to_input = input_cast(model)
     archive.add_endpoint(
         "feature_maps", lambda image: maps(to_input(image), training=False), [spec]
     )
     archive.write_out(str(target), verbose=False)
+
+
+def lite_flatbuffer(saved_model: Path) -> bytes:
+    """The SavedModel's serving signature for LiteRT, which the service calls for one image
+    at a time (``service/lite.py``; needs TensorFlow)."""
+    import tensorflow as tf
+
+    from training.quiet_tf import native_stderr_captured
+
+    with native_stderr_captured():  # the converter's C++ notices
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(saved_model), signature_keys=[SIGNATURE]
+        )
+        return converter.convert()
 
 
 def _now() -> str:
@@ -135,6 +153,8 @@ def export(
 
     def write(staging: Path, version: int) -> None:
         save_model(model, staging, output_names)
+        with contextlib.suppress(Exception):  # LiteRT lacks an op: TensorFlow serves it
+            (staging / LITE_FILE).write_bytes(lite_flatbuffer(staging))
         model.save(staging / KERAS_FILE)
         build_metadata(version, layer_table(model), _now()).write(staging)
 

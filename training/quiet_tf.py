@@ -28,13 +28,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the C++ lines logged after
 
 NOTICE = re.compile(
     r"(I\d{4} |WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[EW]\d{4} .*(cuInit|cuda drivers|Unable to register cu))"
+    r"|[EW]\d{4} .*(cuInit|cuda drivers|Unable to register cu)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 NOTICES: list[str] = []
 
 
 @contextmanager
-def _native_stderr_captured() -> Iterator[None]:
+def native_stderr_captured() -> Iterator[None]:
     """Descriptor 2 into a file for the block; then notices kept, the rest written back."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -57,7 +58,7 @@ def _native_stderr_captured() -> Iterator[None]:
 def _load() -> None:
     if multiprocessing.current_process().name != "MainProcess":
         return  # a worker process (service.decoding's): it never needs TensorFlow
-    with _native_stderr_captured():
+    with native_stderr_captured():
         try:
             import tensorflow
         except ModuleNotFoundError:  # Keras on JAX: nothing to quieten

@@ -215,7 +215,12 @@ class ModelRegistry:
     def ready(self) -> bool:
         """Serving what a request that names no model gets: the default model."""
         versions = self.models.get(self.settings.default_model, {})
-        return any(m.status is Status.ready for m in versions.values())
+        return any(self._serving(m) for m in versions.values())
+
+    def _serving(self, model: ServedModel) -> bool:
+        """Ready and with its runner: a version is ready (its load thread says so) a moment
+        before the loop has made its runner, and a request must not pick it meanwhile."""
+        return model.status is Status.ready and (model.name, model.version) in self.runners
 
     def versions(self, name: str) -> dict[int, ServedModel]:
         if name not in self.models:
@@ -226,7 +231,7 @@ class ModelRegistry:
     def latest_version(self, name: str) -> int:
         """The newest version that is ready, else the newest at all."""
         versions = self.versions(name)
-        ready = [v for v, m in versions.items() if m.status is Status.ready]
+        ready = [v for v, m in versions.items() if self._serving(m)]
         return max(ready or versions)
 
     def resolve(self, name: str, version: VersionRef | None) -> int:
@@ -256,9 +261,9 @@ class ModelRegistry:
         model = self.get(name, version)
         if model.status is Status.failed:  # retrying will not help: no Retry-After
             raise ModelFailed(f"model {name!r} v{model.version} {model.error}")
-        if model.status is not Status.ready:
+        if not self._serving(model):
             raise ModelNotReady(
-                f"model {name!r} v{model.version} is {model.status.value}",
+                f"model {name!r} v{model.version} is {Status.loading.value}",
                 headers={"Retry-After": "5"},
             )
         return self.runners[(model.name, model.version)]

@@ -15,6 +15,7 @@ from typing import Self
 import numpy as np
 import pytest
 
+from service.model import ServedModel, Status
 from tests.service.conftest import make_client, oip_fp32
 from tests.service.handwriting import draw_digit, encode
 
@@ -246,3 +247,21 @@ def test_a_burst_of_reloads_costs_one_scan(tmp_path, models_dir, monkeypatch):
             answers = list(pool.map(lambda _: client.post("/models/digit_odd/reload"), range(8)))
     assert [r.status_code for r in answers] == [200] * 8
     assert len(scans) <= 2  # one shared scan (a second if some came after it finished)
+
+
+def test_a_version_loaded_before_its_runner_exists_is_not_picked(tmp_path, models_dir):
+    """Its load thread marks a version ready a moment before the loop makes its runner: a
+    request meanwhile gets the version before it (or a 503 when it names it), never a 500."""
+    repo = tmp_path / "models"
+    repo.mkdir()
+    _add(repo, models_dir, "digit_odd", 1)
+    with make_client(model_dir=repo) as client:
+        registry = client.app.state.server.registry
+        serving = registry.models["digit_odd"][1]
+        early = ServedModel("digit_odd", 2, serving.path, serving.device)
+        early.status = Status.ready  # as its load thread leaves it, no runner yet
+        registry.models["digit_odd"][2] = early
+        newest = client.post("/predict", files={"file": ("d.png", DIGIT)})
+        assert newest.status_code == 200 and newest.json()["version"] == 1, newest.text
+        named = client.post("/predict", data={"version": "2"}, files={"file": ("d.png", DIGIT)})
+        assert named.status_code == 503 and named.headers["retry-after"] == "5", named.text

@@ -36,6 +36,7 @@ from service.settings import Settings, get_settings, usable_cores
 
 SWITCH_INTERVAL_S = 0.002
 GC_THRESHOLDS = (20_000, 50, 50)  # CPython's defaults: (700, 10, 10)
+DECODER_START_S = 30.0  # the decode processes, started beside the models, at most this late
 DESCRIPTION = """Classify images with convolutional networks and see what every layer makes
 of them. Upload with `POST /predict`; ask for `POST /models/{name}/feature-maps` to get each
 layer's activations as pictures and statistics. Clients of the Open Inference Protocol
@@ -64,6 +65,7 @@ def _lifespan(settings: Settings):
             memory.Trimmer(),
         )
         await registry.load_all()
+        await decoder.started(DECODER_START_S)
         # TensorFlow leaves ~10^6 long-lived objects; without this, every full collection
         # walks them all and stalls requests for 100+ ms (the p99 tail under load)
         gc.freeze()

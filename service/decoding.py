@@ -21,17 +21,22 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 
-from service import preprocess
+from service import memory, preprocess
 from service.errors import Overloaded
 from training.metadata import InputSpec
 
 log = logging.getLogger("cnn_serve")
+
+
+def _ready() -> int:
+    """A worker's first task: unpickling it imports this module, and so the preprocessing."""
+    return os.getpid()
 
 
 class Decoder:
@@ -42,16 +47,33 @@ class Decoder:
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = self._new_pool() if processes else None
+        self._starting: list[Future] = []
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            # a decoded image's pixels go back to the OS when freed, as in the server
+            initializer=memory.tune_allocator,
+        )
 
     def warm(self) -> None:
         """Start every worker now (each takes ~1 s to import its libraries), not on the
-        first photo."""
+        first photo; :meth:`started` waits for them."""
         if self._pool is not None:
-            for _ in range(self.processes):
-                self._pool.submit(os.getpid)
+            self._starting = [self._pool.submit(_ready) for _ in range(self.processes)]
+
+    async def started(self, timeout_s: float) -> None:
+        """Wait until the workers :meth:`warm` started answer (the app's start awaits this
+        after the models load, so a ready server decodes at once); log if they do not."""
+        waiting = [asyncio.wrap_future(future) for future in self._starting]
+        if not waiting:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*waiting)
+        except Exception as exc:  # noqa: BLE001 - requests will wait for them, or get a 503
+            log.warning("decode worker processes not started: %s", exc or type(exc).__name__)
 
     async def batch(
         self, files: list[tuple[str, bytes]], spec: InputSpec, max_pixels: int

@@ -60,7 +60,8 @@ def load(image: Image.Image, name: str = "image") -> Image.Image:
     """Decode the pixels (first frame of animations) and turn the image upright (EXIF)."""
     try:
         image.load()
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy: a full-size image is big
+        return image
     except Image.DecompressionBombError:
         raise DecompressionBomb(f"{name}: too many pixels to decode") from None
     except Exception as exc:  # truncated or corrupt data surfaces as many types

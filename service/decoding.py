@@ -20,10 +20,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 import numpy as np
 
@@ -79,13 +77,11 @@ class Decoder:
         self, files: list[tuple[str, bytes]], spec: InputSpec, max_pixels: int
     ) -> np.ndarray:
         """(name, bytes) of each upload -> the model's input batch [n, H, W, C]."""
-        return await self._run(preprocess.prepare_all, files, spec, max_pixels)
-
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
         pool: Executor = self._pool or self.threads
         try:
-            return await loop.run_in_executor(pool, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, preprocess.prepare_all, files, spec, max_pixels
+            )
         except BrokenProcessPool:
             self._replace(pool)
             raise Overloaded("an image decoding process stopped; retry shortly") from None

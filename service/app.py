@@ -100,7 +100,7 @@ def _lifespan(settings: Settings):
                 await grpc_door.stop(settings.shutdown_timeout_s)
             await registry.close()
             logs.flush_access()
-            decoder.close()
+            await decoder.close(settings.shutdown_timeout_s)
             heavy.shutdown(wait=False, cancel_futures=True)
 
     return lifespan

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -30,6 +31,22 @@ from service.errors import Overloaded
 from training.metadata import InputSpec
 
 log = logging.getLogger("cnn_serve")
+
+
+def _start_worker() -> None:
+    """A decode worker's start: malloc's thresholds as in the server (a decoded image's pixels
+    go back to the OS when freed), and an end with the server's, however that ends: a worker
+    blocked on the task queue outlives a server that is killed, or that exits before its pool
+    has told the workers to stop."""
+    memory.tune_allocator()
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the server process has ended
+    os._exit(0)
 
 
 def _ready() -> int:
@@ -51,8 +68,7 @@ class Decoder:
         return ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
-            # a decoded image's pixels go back to the OS when freed, as in the server
-            initializer=memory.tune_allocator,
+            initializer=_start_worker,
         )
 
     def warm(self) -> None:
@@ -93,7 +109,16 @@ class Decoder:
             self._pool = self._new_pool()
             self.warm()
 
-    def close(self) -> None:
+    async def close(self, timeout_s: float) -> None:
+        """Stop the threads, and the workers once their decodes are done (``timeout_s`` at
+        most: past it they end with the server), so that they leave nothing behind."""
         self.threads.shutdown(wait=False, cancel_futures=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        except TimeoutError:
+            log.warning(
+                "decode worker processes still busy after %g s; they end with it", timeout_s
+            )

@@ -7,10 +7,11 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import make_client
+from tests.service.conftest import make_client, spawn_server
 from tests.service.handwriting import draw_digit, encode
 
 PHOTOS = [
@@ -58,3 +59,48 @@ def test_a_killed_worker_costs_a_503_then_fresh_workers_serve(workers):
         statuses.append(_predict(workers, PHOTOS[:1]).status_code)
     assert statuses[0] == 503 and statuses[-1] == 200, statuses
     assert set(statuses) == {503, 200}
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (the decode workers and multiprocessing's tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_the_workers_end_with_the_server(tmp_path, models_dir, stop):
+    """Stopped, the server stops its workers cleanly; killed, they end by themselves, and
+    nothing is left behind either way."""
+    server = spawn_server(
+        tmp_path / "serve.log",
+        models_dir,
+        CNN_SERVE_DECODE_PROCESSES="1",
+        CNN_SERVE_DRAIN_SECONDS="0",
+    )
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2  # a decode worker and the resource tracker
+    if stop == "SIGTERM":
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises it once done
+        assert server.count("Application shutdown complete")
+        assert not server.count("leaked")  # the tracker's warning when a pool is left open
+    else:
+        server.proc.kill()
+        server.proc.wait(30)
+    assert _gone(workers, 10), _children(1)

@@ -7,7 +7,7 @@ and a 1200x900 JPEG at c=8 ran no faster than a naive server that decodes the wh
 (bench.run --photo). A worker process gets the upload's bytes (small next to the pixels they
 become) and sends back the model's input; it imports the preprocessing only (spawned, never
 forked from a process running TensorFlow's threads; :mod:`training.quiet_tf` leaves
-TensorFlow out of it). ``CNN_SERVE_DECODE_PROCESSES=0`` decodes on threads in the server
+TensorFlow out of a process named so). ``CNN_SERVE_DECODE_PROCESSES=0`` decodes on threads in the server
 process instead (``CNN_SERVE_DECODE_THREADS``), as small machines or a debugger may want.
 
 A worker that dies (killed for memory, a crash in a codec) fails the requests it held with a
@@ -29,6 +29,7 @@ import numpy as np
 from service import memory, preprocess
 from service.errors import Overloaded
 from training.metadata import InputSpec
+from training.quiet_tf import TF_FREE_PROCESS
 
 log = logging.getLogger("cnn_serve")
 
@@ -49,6 +50,19 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     os._exit(0)
 
 
+class _TfFreeProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process named so that :mod:`training.quiet_tf` leaves TensorFlow out of it
+    (the name reaches the child before it imports anything of ours)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = TF_FREE_PROCESS + self.name
+
+
+class _TfFreeContext(multiprocessing.context.SpawnContext):
+    Process = _TfFreeProcess
+
+
 def _ready() -> int:
     """A worker's first task: unpickling it imports this module, and so the preprocessing."""
     return os.getpid()
@@ -67,7 +81,7 @@ class Decoder:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=_TfFreeContext(),
             initializer=_start_worker,
         )
 

@@ -10,7 +10,7 @@ it was. Whether a GPU that was asked for is missing is reported by the code that
 
 Both packages import this module first (their ``__init__``), so a plain ``import tensorflow``
 anywhere after finds it loaded. Where TensorFlow is not installed (Keras on JAX), and in a
-process started by ``multiprocessing`` (the decode workers, which must not pay TensorFlow's
+process named :data:`TF_FREE_PROCESS` (the decode workers, which must not pay TensorFlow's
 seconds and hundreds of MB), it does nothing.
 """
 
@@ -32,6 +32,9 @@ NOTICE = re.compile(
     r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 NOTICES: list[str] = []
+# multiprocessing processes named so never import TensorFlow here (the decode workers);
+# uvicorn's --workers processes are multiprocessing's too, and do
+TF_FREE_PROCESS = "tf-free-"
 
 
 @contextmanager
@@ -56,8 +59,8 @@ def native_stderr_captured() -> Iterator[None]:
 
 
 def _load() -> None:
-    if multiprocessing.current_process().name != "MainProcess":
-        return  # a worker process (service.decoding's): it never needs TensorFlow
+    if multiprocessing.current_process().name.startswith(TF_FREE_PROCESS):
+        return  # service.decoding's worker: it never needs TensorFlow
     with native_stderr_captured():
         try:
             import tensorflow

@@ -13,6 +13,7 @@ import pytest
 
 from tests.service.conftest import make_client, spawn_server
 from tests.service.handwriting import draw_digit, encode
+from training.quiet_tf import TF_FREE_PROCESS
 
 PHOTOS = [
     (
@@ -52,7 +53,7 @@ def test_a_photo_that_fails_to_decode_in_a_worker_is_the_clients_error(workers):
 def test_a_killed_worker_costs_a_503_then_fresh_workers_serve(workers):
     assert _predict(workers, PHOTOS[:1]).status_code == 200  # the workers are up
     for worker in multiprocessing.active_children():
-        if worker.name.startswith("SpawnProcess"):
+        if worker.name.startswith(TF_FREE_PROCESS):
             os.kill(worker.pid, signal.SIGKILL)
     statuses, deadline = [], time.monotonic() + 60
     while time.monotonic() < deadline and 200 not in statuses:

@@ -5,7 +5,11 @@ warnings, no line twice."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 
 from tests.service.conftest import spawn_server
 from tests.service.rpc.conftest import free_port
@@ -49,3 +53,30 @@ def test_debug_level_shows_what_a_normal_start_keeps_quiet(tmp_path, models_dir)
         if line.startswith("{")
     }
     assert {"tensorflow.native", "uvicorn.error", "cnn_serve"} <= loggers
+
+
+def test_several_workers_and_their_decode_processes_start_quietly(tmp_path, models_dir):
+    """uvicorn's workers are multiprocessing processes too: each still imports TensorFlow
+    with its notices captured, and the decode processes never import it."""
+    log = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "CNN_SERVE_MODEL_DIR": str(models_dir),
+        "CNN_SERVE_DECODE_PROCESSES": "1",
+        "CNN_SERVE_GRPC_PORT": "0",
+    }
+    command = [sys.executable, "-m", "service.cli", "--port", str(free_port()), "--workers", "2"]
+    last = f"model {max(p.parent.name for p in models_dir.glob('*/*') if p.name.isdigit())}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count(last) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)  # the decode processes start beside the models
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    lines = log.read_text().splitlines()
+    assert sum(last in line for line in lines) == 2, lines
+    assert all(line.startswith("{") for line in lines), lines

@@ -263,7 +263,7 @@ class ModelRegistry:
             raise ModelFailed(f"model {name!r} v{model.version} {model.error}")
         if not self._serving(model):
             raise ModelNotReady(
-                f"model {name!r} v{model.version} is {Status.loading.value}",
+                f"model {name!r} v{model.version} is still loading",
                 headers={"Retry-After": "5"},
             )
         return self.runners[(model.name, model.version)]

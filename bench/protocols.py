@@ -11,9 +11,11 @@ Serving's REST API with JSON pixels (``instances``) and with ``{"b64": ...}`` PN
 native multipart ``/predict`` with 64 PNG files; and over gRPC (driven by
 :mod:`bench.grpc_load`) the OIP with raw FP32 pixels and raw BYTES PNGs, and TF Serving's
 Predict with FP32 ``tensor_content``. Prints images/s (req/s x 64), p50/p99 and non-2xx per
-API, and each as a fraction of the model-only images/s at batch 64 (measured after the server
-stops, so they do not share the cores). ``--baseline REF`` also runs cnn-serve as of that git
-commit (from a temporary worktree), in the same run.
+API, and each as a fraction of the model alone at the same batch size: its serving signature
+called back to back in this process for 2 s just before and just after each API's load (the
+server idle meanwhile), so the host's drift over a run (often +-20 % here) falls on both sides
+of the ratio alike. ``--baseline REF`` also runs cnn-serve as of that git commit (from a
+temporary worktree), in the same run.
 
 ``--kserve PYTHON`` also runs KServe's own model server (the ``kserve`` package, installed
 for that interpreter, e.g. a virtualenv with ``kserve`` and ``tensorflow-cpu``) serving the
@@ -42,9 +44,9 @@ from bench import grpc_load
 from bench.run import (
     BOUNDARY,
     ROOT,
+    ModelAlone,
     free_port,
     latest,
-    model_only,
     sample_image,
     start,
     worktree,
@@ -175,13 +177,14 @@ def main() -> int:
         if unknown:
             parser.error(f"unknown API(s) {sorted(unknown)}; known: {list(bodies)}")
         bodies = {name: bodies[name] for name in args.apis}
+    model = ModelAlone(args.model)
+    args.alone = lambda: model.rate(args.batch)
     with worktree(args.baseline) as baseline:
         runs = {"cnn-serve": measure(ROOT, args, bodies)}
         if baseline is not None:
             runs["baseline"] = measure(baseline, args, bodies)
     if args.kserve:
         runs["kserve"] = measure_kserve(args, bodies)
-    alone = model_only(args.model, (args.batch,))[args.batch]
     print(
         f"\n## {args.model}: {args.batch} images per request, c={args.concurrency}  ({date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
@@ -190,10 +193,10 @@ def main() -> int:
         print(f"\n{server}")
         print(
             f"{'API':<24}{'body KB':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'non-2xx':>9}{'x model':>9}"
+            f"{'non-2xx':>9}{'model':>9}{'x model':>9}"
             + "".join(f"{'x ' + other[:6]:>10}" for other in others(server, runs))
         )
-        for name, (size, run) in results.items():
+        for name, (size, run, alone) in results.items():
             rate = run["rps"] * args.batch
             versus = "".join(
                 f"{run['rps'] / runs[other][name][1]['rps']:>10.2f}"
@@ -203,9 +206,9 @@ def main() -> int:
             )
             print(
                 f"{name:<24}{size / 1024:>9.0f}{rate:>10,.0f}{run['p50']:>9.1f}"
-                f"{run['p99']:>9.1f}{run['non2xx']:>9}{rate / alone:>9.2f}{versus}"
+                f"{run['p99']:>9.1f}{run['non2xx']:>9}{alone:>9,.0f}{rate / alone:>9.2f}{versus}"
             )
-    print(f"\nmodel only, batch {args.batch}: {alone:,.0f} images/s")
+    print(f"\nmodel: the model alone at batch {args.batch}, images/s, before and after each row")
     return 0
 
 
@@ -214,8 +217,9 @@ def others(server: str, runs: dict) -> list[str]:
     return [other for other in runs if other != server] if server == "cnn-serve" else []
 
 
-def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict]]:
-    """cnn-serve from the source tree ``root``, every API's body in turn: (size, run)."""
+def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
+    """cnn-serve from the source tree ``root``, every API's body in turn: (size, run, the
+    model alone's images/s around it)."""
     port, grpc_port = free_port(), free_port()
     proc, _ = start("cnn-serve", args.model, port, root, CNN_SERVE_GRPC_PORT=str(grpc_port))
     try:
@@ -225,7 +229,7 @@ def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict]]:
         proc.wait(10)
 
 
-def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict]]:
+def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
     """KServe's model server on the same SavedModel: the V2 bodies it can take."""
     port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen(
@@ -264,20 +268,28 @@ def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict]]:
 KSERVE_APIS = ("OIP JSON FP32", "gRPC OIP raw FP32")
 
 
-def drive_all(args, bodies: dict, port: int, grpc_port: int) -> dict[str, tuple[int, dict]]:
-    """Every body in turn, REST by wrk, gRPC by bench.grpc_load: (size, run)."""
+def drive_all(args, bodies: dict, port: int, grpc_port: int) -> dict[str, tuple[int, dict, float]]:
+    """Every body in turn, with the model alone measured just before and after each:
+    (size, run, the model's mean images/s)."""
     results = {}
     for name, (path, body, ctype, length) in bodies.items():
-        if ctype == GRPC:
-            target = f"127.0.0.1:{grpc_port}"
-            grpc_load.check(target, path, body)
-            run = grpc_load.drive(target, path, body, args.concurrency, args.duration)
-            results[name] = (len(body), run)
-            continue
-        check(port, path, body, ctype, length)
-        with tempfile.NamedTemporaryFile(delete=False) as f:
-            f.write(body)
-        run = wrk(
+        before = args.alone()
+        run = drive(args, port, grpc_port, path, body, ctype, length)
+        results[name] = (len(body), run, (before + args.alone()) / 2)
+    return results
+
+
+def drive(args, port: int, grpc_port: int, path: str, body: bytes, ctype, length) -> dict:
+    """One API's load: REST by wrk, gRPC by bench.grpc_load."""
+    if ctype == GRPC:
+        target = f"127.0.0.1:{grpc_port}"
+        grpc_load.check(target, path, body)
+        return grpc_load.drive(target, path, body, args.concurrency, args.duration)
+    check(port, path, body, ctype, length)
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(body)
+        f.flush()
+        return wrk(
             port,
             f.name,
             args.concurrency,
@@ -287,9 +299,6 @@ def drive_all(args, bodies: dict, port: int, grpc_port: int) -> dict[str, tuple[
             content_type=ctype,
             header_length=length,
         )
-        os.unlink(f.name)
-        results[name] = (len(body), run)
-    return results
 
 
 if __name__ == "__main__":

@@ -214,23 +214,31 @@ def wrk(
     }
 
 
-def model_only(model: str, batches: tuple[int, ...] = (1, 8, 32, 128)) -> dict[int, float]:
-    from service.model import ServedModel
+class ModelAlone:
+    """A model's serving signature called back to back in this process: the images/s a
+    server's answers are measured against."""
 
-    path = latest(model)
-    served = ServedModel(model, int(path.name), path, "/device:CPU:0")
-    served.load()
-    shape = served.metadata.input.shape
-    rates = {}
-    for batch in batches:
+    def __init__(self, model: str) -> None:
+        from service.model import ServedModel
+
+        path = latest(model)
+        self.served = ServedModel(model, int(path.name), path, "/device:CPU:0")
+        self.served.load()
+
+    def rate(self, batch: int, seconds: float = 2.0) -> float:
+        shape = self.served.metadata.input.shape
         x = np.random.default_rng(0).random((batch, *shape), np.float32)
-        served.predict(x)
+        self.served.predict(x)
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 2.0:
-            served.predict(x)
+        while time.perf_counter() - t0 < seconds:
+            self.served.predict(x)
             n += batch
-        rates[batch] = n / (time.perf_counter() - t0)
-    return rates
+        return n / (time.perf_counter() - t0)
+
+
+def model_only(model: str, batches: tuple[int, ...] = (1, 8, 32, 128)) -> dict[int, float]:
+    alone = ModelAlone(model)
+    return {batch: alone.rate(batch) for batch in batches}
 
 
 @contextmanager

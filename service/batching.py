@@ -3,13 +3,17 @@
 Concurrent requests for one model version are queued and coalesced into a single model call
 on the runner's dedicated inference thread; each request's images come back on its own future.
 Batches form naturally while the thread is busy (no waiting when idle, so a lone client pays
-no delay); ``max_delay_ms`` optionally waits a little longer to fill a batch. A bounded queue
+no delay); ``max_delay_ms`` optionally waits a little longer to fill a batch. A full batch
+already waiting when a call starts is handed to the thread at once, to start the moment the
+call ends: waking the event loop and then the thread between two calls costs ~2 ms on a busy
+2-core host (8 % of a 1,024-image call). A bounded queue
 answers 503 + Retry-After at once when full, and requests whose client has gone are skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +47,14 @@ class _Item:
         self.size = len(self.images)
 
 
+class _Queue(asyncio.Queue):
+    """The batch queue, whose head can be read without taking it (as LifoQueue and
+    PriorityQueue reach their storage)."""
+
+    def head(self, n: int) -> list[_Item]:
+        return list(itertools.islice(self._queue, n))  # type: ignore[attr-defined]
+
+
 class Runner:
     def __init__(
         self, model: ServedModel, policy: BatchPolicy, timeout_s: float, heavy_limit: int
@@ -51,9 +63,12 @@ class Runner:
         # explain and feature-map requests of this version, computing or waiting; never more
         self.heavy = Budget("heavy_per_version", heavy_limit, 0)
         self.pixels = pixel_call(model)
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=policy.max_queue)
+        self._queue = _Queue(maxsize=policy.max_queue)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{model.name}")
         self._carry: _Item | None = None
+        # batches handed to the inference thread, oldest first: computing, and at most one
+        # more waiting behind it
+        self._ahead: list[tuple[list[_Item], asyncio.Future[Outputs]]] = []
         self._task: asyncio.Task | None = None
         self._busy = self._closed = False
         labels = (model.name, str(model.version))
@@ -92,6 +107,7 @@ class Runner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         pending = [self._carry] if self._carry else []
+        pending += [item for items, _ in self._ahead for item in items]
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for item in pending:
@@ -179,28 +195,49 @@ class Runner:
     async def _loop(self) -> None:
         while True:
             try:
-                items = await self._live(await self._next_batch())
-                self._depth.set(self._queue.qsize())
-                by_call: dict[BatchCall, list[_Item]] = {}
-                for item in items:
-                    by_call.setdefault(item.call, []).append(item)
-                for call, same in by_call.items():
-                    await self._run(call, same)
+                if not self._ahead or (len(self._ahead) == 1 and self._full_batch_waiting()):
+                    self._hand_over(await self._live(await self._next_batch()))
+                    continue
+                await self._finish(*self._ahead[0])
+                self._ahead.pop(0)
             finally:
-                self._busy = False
+                self._busy = bool(self._ahead)
 
-    async def _run(self, call: BatchCall, items: list[_Item]) -> None:
-        """One model call for ``items``; each gets its slice of the outputs."""
-        batch = items[0].images if len(items) == 1 else call.join([i.images for i in items])
-        total = sum(item.size for item in items)
-        self._batch_size.observe(total)
+    def _full_batch_waiting(self) -> bool:
+        """Whether the next batch is already as large as waiting could make it."""
+        waiting = [self._carry] if self._carry else []
+        waiting += self._queue.head(self.policy.max_batch_size)
+        return sum(item.size for item in waiting) >= self.policy.max_batch_size
+
+    def _hand_over(self, items: list[_Item]) -> None:
+        """Queue the model calls of a batch (one per kind of input) on the inference thread."""
+        self._depth.set(self._queue.qsize())
+        by_call: dict[BatchCall, list[_Item]] = {}
         for item in items:
-            item.batch = total
+            by_call.setdefault(item.call, []).append(item)
+        loop = asyncio.get_running_loop()
+        for call, same in by_call.items():
+            batch = same[0].images if len(same) == 1 else call.join([i.images for i in same])
+            total = sum(item.size for item in same)
+            self._batch_size.observe(total)
+            for item in same:
+                item.batch = total
+            self._ahead.append(
+                (same, loop.run_in_executor(self._executor, self._call, call, batch))
+            )
+
+    def _call(self, call: BatchCall, batch: Any) -> Outputs:
+        """On the inference thread: the model call, timed from its start."""
+        started = time.perf_counter()
         try:
-            with self._inference.time():
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, call.call, batch
-                )
+            return call.call(batch)
+        finally:
+            self._inference.observe(time.perf_counter() - started)
+
+    async def _finish(self, items: list[_Item], computing: asyncio.Future[Outputs]) -> None:
+        """Each of ``items`` gets its slice of the call's outputs, or its error."""
+        try:
+            outputs = await computing
         except Exception as exc:  # a failed call fails its requests, not the runner
             if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
                 log.exception("inference failed for %s v%s", self.model.name, self.model.version)

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -81,6 +82,49 @@ def test_max_batch_size_is_respected_without_splitting_requests():
         return model.batches
 
     assert run(scenario()) == [1, 3, 4, 1]  # 3 | 2+2 | 1: a request is never split
+
+
+class Gated:
+    """A stand-in model whose n-th call waits until ``gates[n]`` opens."""
+
+    name, version = "gated", 1
+
+    def __init__(self, calls: int) -> None:
+        self.gates = [threading.Event() for _ in range(calls)]
+        self.entered = [threading.Event() for _ in range(calls)]
+        self.done = 0
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        n = sum(e.is_set() for e in self.entered)
+        self.entered[n].set()
+        self.gates[n].wait(5)
+        self.done += 1
+        return {"sum": batch.reshape(len(batch), -1).sum(axis=1)}
+
+
+def test_a_full_batch_waiting_starts_without_the_event_loop():
+    """A full batch queued behind a running call is already on the inference thread's queue:
+    it starts when that call ends even while the event loop is busy elsewhere."""
+
+    async def scenario():
+        model = Gated(3)
+        runner = Runner(model, BatchPolicy(max_batch_size=4), timeout_s=5, heavy_limit=1)
+        runner.start()
+        first = asyncio.create_task(runner.predict(np.ones((1, 1))))
+        await asyncio.to_thread(model.entered[0].wait, 5)
+        full = [asyncio.create_task(runner.predict(np.ones((4, 1)))) for _ in range(2)]
+        await asyncio.sleep(0)  # both queue
+        model.gates[0].set()
+        assert await asyncio.to_thread(model.entered[1].wait, 5)  # the first full batch runs
+        model.gates[1].set()
+        model.gates[2].set()
+        time.sleep(0.5)  # noqa: ASYNC251 - the event loop is busy: nothing is handed over
+        done_while_busy = model.done
+        await asyncio.gather(first, *full)
+        await runner.close()
+        return done_while_busy
+
+    assert run(scenario()) == 3
 
 
 def test_full_queue_answers_overloaded_at_once():

@@ -2,6 +2,7 @@
 
     python -m bench.run [--models digit_odd cifar10] [--duration 10] [--concurrency 1 8 32 64]
                         [--format PNG|JPEG|BMP] [--photo] [--baseline GIT_REF] [--access-off]
+                        [--rounds N]
 
 For each model: starts each server in turn (one worker; cnn-serve as ``cnn-serve`` runs it),
 measures cold start (process start to ready) and peak RSS, drives it with wrk at each
@@ -11,7 +12,9 @@ cnn-serve/naive; then model-only images/s at batch 1, 8, 32, 128.
 The image is the model's input size (a pen digit 7, or colour noise for cifar10), or with
 ``--photo`` a 1200x900 JPEG photo of a pen digit on a page. ``--baseline REF`` also runs
 cnn-serve as of that git commit (from a temporary worktree), ``--access-off`` cnn-serve
-without its access line, in the same run.
+without its access line, in the same run. ``--rounds N`` runs them all N times, each round
+in the reverse order of the one before (the host's speed drifts within minutes), and gives
+each ratio as the median of the rounds' with every round's beside it.
 """
 
 from __future__ import annotations
@@ -259,6 +262,55 @@ def worktree(ref: str | None):
         )
 
 
+def measure_servers(
+    servers: list, model: str, body: str, concurrency: list[int], duration: int
+) -> dict[str, dict]:
+    """Each server in turn: its cold start, peak RSS and a wrk run at every concurrency."""
+    results = {}
+    for kind, server, root, env in servers:
+        port = free_port()
+        proc, cold = start(server, model, port, root, **env)
+        try:
+            runs = {c: wrk(port, body, c, duration) for c in concurrency}
+            results[kind] = {"cold": cold, "rss": rss_mb(proc.pid, "VmHWM:"), "runs": runs}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0])))
+
+
+ORDER = ["floor", "naive", "cnn-serve", "no-access", "baseline"]
+
+
+def _over(top: str, bottom: str, field: str = "rps"):
+    """One round's ratio of ``top``'s figure to ``bottom``'s at a concurrency (None if a
+    server did not run)."""
+
+    def ratio(results: dict, c: int) -> float | None:
+        if top not in results or bottom not in results:
+            return None
+        return results[top]["runs"][c][field] / results[bottom]["runs"][c][field]
+
+    return ratio
+
+
+RATIOS = [
+    ("cnn-serve/floor", _over("cnn-serve", "floor")),
+    ("cnn-serve/naive", _over("cnn-serve", "naive")),
+    ("p99/p50", lambda r, c: r["cnn-serve"]["runs"][c]["p99"] / r["cnn-serve"]["runs"][c]["p50"]),
+    ("p50 cnn-serve/naive", _over("cnn-serve", "naive", "p50")),
+    ("cnn-serve/no-access", _over("cnn-serve", "no-access")),
+    ("cnn-serve/baseline", _over("cnn-serve", "baseline")),
+]
+
+
+def _ratios(values: list[float]) -> str:
+    """One round's ratio, or the median of several and each round's."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{float(np.median(values)):.2f} ({' · '.join(f'{v:.2f}' for v in values)})"
+
+
 def bench_model(
     model: str,
     concurrency: list[int],
@@ -267,12 +319,12 @@ def bench_model(
     photo: bool,
     baseline: Path | None,
     access_off: bool = False,
+    rounds: int = 1,
 ) -> None:
     if photo:
         fmt = "JPEG"
     with tempfile.NamedTemporaryFile(suffix=".multipart", delete=False) as body:
         body.write(multipart(sample_image(model, fmt, photo), model, fmt))
-    results: dict[str, dict] = {}
     # (label, server, source tree, environment)
     servers = [("floor", "floor", ROOT, {}), ("naive", "naive", ROOT, {})]
     servers.append(("cnn-serve", "cnn-serve", ROOT, {}))
@@ -280,44 +332,43 @@ def bench_model(
         servers.append(("no-access", "cnn-serve", ROOT, {"CNN_SERVE_ACCESS_LOG": "false"}))
     if baseline is not None:
         servers.append(("baseline", "cnn-serve", baseline, {}))
-    for kind, server, root, env in servers:
-        port = free_port()
-        proc, cold = start(server, model, port, root, **env)
-        try:
-            runs = {c: wrk(port, body.name, c, duration) for c in concurrency}
-            results[kind] = {"cold": cold, "rss": rss_mb(proc.pid, "VmHWM:"), "runs": runs}
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    # the host's speed drifts; later rounds run the servers in the reverse order of the one
+    # before, so no server always runs first
+    results: list[dict[str, dict]] = [
+        measure_servers(
+            servers[:: 1 if r % 2 == 0 else -1], model, body.name, concurrency, duration
+        )
+        for r in range(rounds)
+    ]
     os.unlink(body.name)
     print(
         f"\n## {model}, {'1200x900 photo, ' if photo else ''}{fmt}  ({date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores, wrk {duration}s per run, one uvicorn "
-        f"worker)"
+        f"worker{f', {rounds} rounds' if rounds > 1 else ''})"
     )
     print(f"{'server':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    for kind, r in results.items():
-        for c, run in r["runs"].items():
-            print(
-                f"{kind:<10}{c:>5}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
-                f"{run['non2xx']:>9}  {run['socket_errors']}"
-            )
+    for number, round_results in enumerate(results, 1):
+        if rounds > 1:
+            print(f"round {number}")
+        for kind, r in round_results.items():
+            for c, run in r["runs"].items():
+                print(
+                    f"{kind:<10}{c:>5}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
+                    f"{run['non2xx']:>9}  {run['socket_errors']}"
+                )
     for c in concurrency:
-        ours = results["cnn-serve"]["runs"][c]
         print(
-            f"c={c:<3} cnn-serve/floor = {ours['rps'] / results['floor']['runs'][c]['rps']:.2f}"
-            f"   cnn-serve/naive = {ours['rps'] / results['naive']['runs'][c]['rps']:.2f}"
-            f"   p99/p50 = {ours['p99'] / ours['p50']:.2f}"
-            f"   p50 cnn-serve/naive = "
-            f"{ours['p50'] / results['naive']['runs'][c]['p50']:.2f}"
-            + "".join(
-                f"   cnn-serve/{other} = {ours['rps'] / results[other]['runs'][c]['rps']:.2f}"
-                for other in ("no-access", "baseline")
-                if other in results
+            f"c={c:<3} "
+            + "   ".join(
+                f"{name} = {_ratios([fn(r, c) for r in results])}"
+                for name, fn in RATIOS
+                if all(fn(r, c) is not None for r in results)
             )
         )
-    for kind, r in results.items():
-        print(f"{kind:<10} cold start {r['cold']:.2f} s   peak RSS {r['rss']:.0f} MB")
+    for kind in results[0]:
+        cold = " · ".join(f"{r[kind]['cold']:.2f}" for r in results)
+        rss = " · ".join(f"{r[kind]['rss']:.0f}" for r in results)
+        print(f"{kind:<10} cold start {cold} s   peak RSS {rss} MB")
     rates = model_only(model)
     print("model only (images/s): " + "   ".join(f"batch {b}: {v:,.0f}" for b, v in rates.items()))
 
@@ -349,6 +400,12 @@ def main() -> int:
         action="store_true",
         help="also run cnn-serve without its access line (no-access), in the same run",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every server this many times, in alternating order; ratios are the median",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
@@ -363,6 +420,7 @@ def main() -> int:
                 args.photo,
                 baseline,
                 args.access_off,
+                args.rounds,
             )
     return 0
 

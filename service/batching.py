@@ -6,8 +6,8 @@ Batches form naturally while the thread is busy (no waiting when idle, so a lone
 no delay); ``max_delay_ms`` optionally waits a little longer to fill a batch. A full batch
 already waiting when a call starts is handed to the thread at once, to start the moment the
 call ends: waking the event loop and then the thread between two calls costs ~2 ms on a busy
-2-core host (8 % of a 1,024-image call). A bounded queue
-answers 503 + Retry-After at once when full, and requests whose client has gone are skipped.
+2-core host (8 % of a 1,024-image call). A bounded queue answers 503 + Retry-After at once
+when full, and requests whose client has gone are skipped.
 """
 
 from __future__ import annotations

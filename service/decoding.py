@@ -7,8 +7,9 @@ and a 1200x900 JPEG at c=8 ran no faster than a naive server that decodes the wh
 (bench.run --photo). A worker process gets the upload's bytes (small next to the pixels they
 become) and sends back the model's input; it imports the preprocessing only (spawned, never
 forked from a process running TensorFlow's threads; :mod:`training.quiet_tf` leaves
-TensorFlow out of a process named so). ``CNN_SERVE_DECODE_PROCESSES=0`` decodes on threads in the server
-process instead (``CNN_SERVE_DECODE_THREADS``), as small machines or a debugger may want.
+TensorFlow out of a process named so). ``CNN_SERVE_DECODE_PROCESSES=0`` decodes on threads
+in the server process instead (``CNN_SERVE_DECODE_THREADS``), as small machines or a
+debugger may want.
 
 A worker that dies (killed for memory, a crash in a codec) fails the requests it held with a
 503 and the pool is replaced; the next request is served by fresh workers.

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from service import __version__, http_guard, logs, memory, metrics
 from service.admission import Admission
 from service.apis import OPENAPI_TAGS
-from service.auth import ApiKeys
+from service.auth import Access
 from service.decoding import Decoder
 from service.docs import install_docs
 from service.drain import Drain
@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_limit=settings.max_upload_bytes,
         idle_s=settings.body_idle_timeout_s,
         total_s=settings.body_timeout_s,
-        keys=ApiKeys.from_settings(settings),
+        access=Access.from_settings(settings),
         model_uploads=(UPLOAD_PATH, settings.max_model_bytes) if settings.model_uploads else None,
         # past CORS, which would not see them
         direct=None if settings.cors_origins else _direct_routes(),

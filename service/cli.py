@@ -27,14 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()  # fail fast, naming the variables, before forking workers
     except ValidationError as exc:  # without the values given: they may be secrets
-        problems = "\n".join(
-            f"  {'.'.join(map(str, e['loc']))}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-        print(
-            f"cnn-serve: invalid configuration (CNN_SERVE_* variables):\n{problems}",
-            file=sys.stderr,
-        )
+        for e in exc.errors(include_url=False, include_input=False):  # one line each
+            where = ".".join(map(str, e["loc"])) or "settings"
+            message = e["msg"].removeprefix("Value error, ")
+            print(f"cnn-serve: invalid configuration: {where}: {message}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(
         prog="cnn-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -64,10 +64,6 @@ class InvalidModel(BadRequest):
     code = "invalid_model"
 
 
-class ModelUploadsDisabled(ServiceError):
-    status, code = 403, "model_uploads_disabled"
-
-
 class NotFound(ServiceError):
     status, code = 404, "not_found"
 

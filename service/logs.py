@@ -38,6 +38,7 @@ class RequestRecord:
     model: str | None = None
     version: int | None = None
     batch_size: int | None = None
+    key: str | None = None  # the kind of key that was offered and valid: admin or inference
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("cnn_serve_request", default=None)
@@ -201,7 +202,7 @@ def _startup_chatter(record: logging.LogRecord) -> bool:
 def access(record: RequestRecord, **fields: object) -> None:
     """The request's own line: its ID, what it asked and what it got."""
     if ACCESS.isEnabledFor(logging.INFO):
-        for name in ("model", "version", "batch_size"):
+        for name in ("model", "version", "batch_size", "key"):
             value = getattr(record, name)
             if value is not None:
                 fields[name] = value

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
 from service.apis import api_of
-from service.auth import CHALLENGE, ApiKeys
+from service.auth import CHALLENGE, Access
 from service.drain import Drain
 from service.errors import send_error
 from service.tensors import header_length
@@ -116,7 +116,8 @@ class RequestGate:
 
     - an ID: the client's ``X-Request-ID`` when sane, else a new one, echoed in the answer
       and carried by every log line written while serving it;
-    - the API keys (when set): 401 in the path's API's error shape;
+    - who may pass (:class:`service.auth.Access`): API keys, admin keys for the doors that
+      change what is served; 401 or 403 in the path's API's error shape;
     - the body's limits: its size (413 at once from ``Content-Length``, else as soon as a
       chunked body passes the limit) and its pace (408 after a pause of ``idle_s`` or when the
       whole body takes longer than ``total_s``, from the app's first read, so time spent
@@ -139,12 +140,12 @@ class RequestGate:
         body_limit: int,
         idle_s: float,
         total_s: float,
-        keys: ApiKeys | None = None,
+        access: Access | None = None,
         model_uploads: tuple[re.Pattern, int] | None = None,
         direct: Mapping[tuple[str, str], Route] | None = None,
         handlers: Mapping[Any, Callable] | None = None,
     ) -> None:
-        self.app, self.drain, self.keys = app, drain, keys
+        self.app, self.drain, self.access = app, drain, access
         self.limit, self.idle_s, self.total_s = body_limit, idle_s, total_s
         self.model_uploads = model_uploads  # (POST path, its larger limit): a model file
         self.direct, self.handlers = direct or {}, handlers or {}
@@ -174,7 +175,7 @@ class RequestGate:
             scope, send, (logs.REQUEST_ID_HEADER_BYTES, record.request_id.encode()), self.drain
         )
         try:
-            refusal = self._refusal(scope, length)
+            refusal = self._refusal(scope, length, record)
             if refusal is not None:
                 await exchange.error(*refusal)
             else:
@@ -183,12 +184,12 @@ class RequestGate:
             self._record(scope, record, exchange.status, time.perf_counter() - start)
             logs.CURRENT.reset(token)
 
-    def _refusal(self, scope: Scope, length: bytes) -> tuple | None:
+    def _refusal(self, scope: Scope, length: bytes, record: logs.RequestRecord) -> tuple | None:
         """(status, code, message, headers) of an answer the app never sees, or None."""
-        if self.keys is not None:
-            refused = self.keys.refusal(scope)
+        if self.access is not None:
+            refused, record.key = self.access.refusal(scope)
             if refused is not None:
-                return (*refused, (CHALLENGE,))
+                return (*refused, (CHALLENGE,) if refused[0] == 401 else ())
         if length:
             size, limit = header_length(length), self._limit(scope)
             if size is None:

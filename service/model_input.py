@@ -37,17 +37,23 @@ class ModelInput:
 
 def of_pixels(pixels: np.ndarray, spec: InputSpec, limit: int, what: str) -> ModelInput:
     """``pixels`` as the model's input, or a 400 that says what is wrong with them."""
-    _count(len(pixels) if pixels.ndim else 0, limit)
-    if pixels.shape[1:] != tuple(spec.shape):
-        raise BadRequest(
-            f"{what} has shape {clip(list(pixels.shape))}; input {spec.name!r} "
-            f"takes [n, {', '.join(map(str, spec.shape))}]"
-        )
+    check_shape(list(pixels.shape), spec, limit, what)
     if pixels.dtype != np.float32:
         raise BadRequest(f"{what} is {pixels.dtype}; input {spec.name!r} takes float32")
     if not np.isfinite(pixels).all():
         raise BadRequest(f"{what} holds NaN or infinite values, or numbers out of float32's range")
     return ModelInput(pixels=pixels)
+
+
+def check_shape(shape: list[int], spec: InputSpec, limit: int, what: str) -> None:
+    """A pixel tensor's declared shape against the model's input, before anything of that
+    size is allocated (a few bytes on the wire may declare gigabytes)."""
+    _count(shape[0] if shape else 0, limit)
+    if tuple(shape[1:]) != tuple(spec.shape):
+        raise BadRequest(
+            f"{what} has shape {clip(shape)}; input {spec.name!r} "
+            f"takes [n, {', '.join(map(str, spec.shape))}]"
+        )
 
 
 def of_files(files: list[Upload], limit: int) -> ModelInput:

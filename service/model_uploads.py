@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.errors import InvalidModel, InvalidParameter, ModelUploadsDisabled, clip
+from service.errors import InvalidModel, InvalidParameter, clip
 from service.inference import on_heavy_thread
 from service.model import ServedModel, Status
 from service.schemas import ModelUploadParams
@@ -34,10 +34,6 @@ MAX_FIELDS = 8
 async def upload(server: Server, request: Request, name: str) -> ServedModel:
     """Import the request's model file as the next (or the asked) version of ``name`` and
     wait (at most ``LOAD_WAIT_S``) until it serves; the version as it is then."""
-    if not server.settings.model_uploads:
-        raise ModelUploadsDisabled(
-            "model uploads are off; the operator turns them on with CNN_SERVE_MODEL_UPLOADS=true"
-        )
     async with server.admission.reserve(model_uploads=1):
         form = await request.form(max_files=2, max_fields=MAX_FIELDS)
         try:

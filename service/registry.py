@@ -81,6 +81,15 @@ def fingerprint(path: Path) -> tuple[int, int, float]:
 
 
 VersionRef = int | str  # a version number, or a label the settings give one
+REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING", Status.failed: "UNAVAILABLE"}
+CHANGE_WAIT_S = 30.0  # a load or unload answers once done, or after this while it carries on
+
+
+async def _settled(change) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(change), CHANGE_WAIT_S)
+    except TimeoutError:
+        pass
 
 
 class ModelRegistry:
@@ -115,6 +124,34 @@ class ModelRegistry:
         """Serve ``name`` from the repository again (or for the first time), now."""
         self.unloaded.discard(name)
         await self.sync_soon()
+
+    async def load_now(self, name: str) -> None:
+        """:meth:`load`, waited for at most ``CHANGE_WAIT_S`` (it carries on after that);
+        404 when the repository has no such model (Triton's repository ``load``)."""
+        await _settled(self.load(name))
+        self.versions(name)
+
+    async def unload_now(self, name: str) -> None:
+        await _settled(self.unload(name))
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every version and its state as Triton's repository index lists them: READY,
+        LOADING or UNAVAILABLE (failed, or a model an operator unloaded)."""
+        entries = [
+            {
+                "name": name,
+                "version": str(version),
+                "state": REPOSITORY_STATES[model.status],
+                "reason": model.error or "",
+            }
+            for name in sorted(self.models)
+            for version, model in sorted(self.models[name].items())
+        ]
+        entries += [
+            {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
+            for name in sorted(self.unloaded)
+        ]
+        return [e for e in entries if not ready_only or e["state"] == "READY"]
 
     async def load_all(self) -> None:
         await self.sync()

@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(
         32,
         ge=1,
-        description="gRPC calls in progress (more: RESOURCE_EXHAUSTED); times the message "
-        "size, the memory gRPC may hold before admission sees a request",
+        description="gRPC calls whose message has arrived, in progress at once (more: "
+        "RESOURCE_EXHAUSTED; health checks are not counted); times the message size, the "
+        "memory received messages may hold before admission sees them",
     )
     workers: int = Field(1, ge=1, description="processes; each loads every model")
     model_dir: Path = Field(BUNDLED_MODELS, description="TF Serving layout: <name>/<version>/")
@@ -232,10 +233,41 @@ class Settings(BaseSettings):
     )
     model_uploads: bool = Field(
         False,
-        description="POST /models/{name}/versions takes a "
-        "model file (.keras/.h5) and serves it; behind the API keys "
-        "when they are set",
+        description="POST /models/{name}/versions takes a model file (.keras/.h5) and "
+        "serves it; needs an admin key (CNN_SERVE_ADMIN_KEYS)",
     )
+    model_control: Literal["none", "explicit"] = Field(
+        "none",
+        description="explicit: admins may load, unload and reload models (Triton's "
+        "repository API, POST /models/{name}/reload); none: refused (403), the "
+        "repository is still polled",
+    )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="comma-separated, or @/path/to/file: the keys that may upload, load, "
+        "unload and reload models (inference keys never may); needed when uploads or model "
+        "control are on",
+    )
+    max_versions_per_model: int = Field(
+        10, ge=1, description="versions one model may hold in the repository (uploads: 409)"
+    )
+    max_repository_bytes: int = Field(
+        4 * 2**30, gt=0, description="the model repository's size that uploads may not pass"
+    )
+    max_model_memory_bytes: int = Field(
+        512 * 2**20,
+        gt=0,
+        description="a model's estimated memory (weights + the largest activations for one "
+        "image): larger ones are refused at import and not loaded",
+    )
+    import_memory_bytes: int = Field(
+        3 * 2**30,
+        ge=256 * 2**20,
+        description="the address space of the process that reads an uploaded or imported "
+        "model file (a sandbox: a hostile file costs it, not the server)",
+    )
+    import_cpu_seconds: int = Field(120, ge=1, description="that process's CPU time")
+    import_timeout_s: float = Field(180.0, gt=0, description="that process's wall-clock time")
     max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request body")
     lite_runtime: bool = Field(
         True,
@@ -273,7 +305,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _read_keys(cls, value: object) -> object:
         """``k1,k2`` or ``@file`` (one key per line, ``#`` comments). Errors never quote a
@@ -300,6 +332,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _admins_for_model_management(self) -> Settings:
+        """Doors that change what is served open only for an admin key."""
+        if (self.model_uploads or self.model_control == "explicit") and not self.admin_keys:
+            raise ValueError(
+                "CNN_SERVE_MODEL_UPLOADS=true or CNN_SERVE_MODEL_CONTROL=explicit needs "
+                "CNN_SERVE_ADMIN_KEYS (at least one key of 16 or more characters)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_request_fits(self) -> Settings:

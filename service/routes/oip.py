@@ -3,7 +3,6 @@ Triton-speaking tools call. Thin: :mod:`service.oip` translates, the server comp
 are ``{"error": "..."}``.
 """
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -217,10 +216,6 @@ class RepositoryEntry(BaseModel):
     reason: str = ""
 
 
-REPOSITORY_STATES = {Status.ready: "READY", Status.loading: "LOADING", Status.failed: "UNAVAILABLE"}
-LOAD_WAIT_S = 30.0
-
-
 @router.post(
     "/repository/index",
     response_model=list[RepositoryEntry],
@@ -231,47 +226,26 @@ LOAD_WAIT_S = 30.0
 async def repository_index(
     registry: RegistryDep, body: RepositoryIndexRequest | None = None
 ) -> list[dict]:
-    entries = [
-        {
-            "name": name,
-            "version": str(version),
-            "state": REPOSITORY_STATES[model.status],
-            "reason": model.error or "",
-        }
-        for name in sorted(registry.models)
-        for version, model in sorted(registry.models[name].items())
-    ]
-    entries += [
-        {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
-        for name in sorted(registry.unloaded)
-    ]
-    return [e for e in entries if not (body and body.ready) or e["state"] == "READY"]
+    return registry.index(ready_only=bool(body and body.ready))
 
 
 @router.post(
     "/repository/models/{name}/load",
     responses=ERRORS,
-    summary="Read the repository and serve the model (again, after an unload)",
+    summary="Read the repository and serve the model (again, after an unload); with "
+    "CNN_SERVE_MODEL_CONTROL=explicit and an admin key",
 )
 async def repository_load(name: ModelName, registry: RegistryDep) -> dict:
-    await _settled(registry.load(name))
-    registry.versions(name)  # 404 when the repository has no such model
+    await registry.load_now(name)
     return {}
 
 
 @router.post(
     "/repository/models/{name}/unload",
     responses=ERRORS,
-    summary="Stop serving every version of the model (its files stay)",
+    summary="Stop serving every version of the model (its files stay); with "
+    "CNN_SERVE_MODEL_CONTROL=explicit and an admin key",
 )
 async def repository_unload(name: ModelName, registry: RegistryDep) -> dict:
-    await _settled(registry.unload(name))
+    await registry.unload_now(name)
     return {}
-
-
-async def _settled(change) -> None:
-    """Wait for a repository change at most LOAD_WAIT_S; it carries on after that."""
-    try:
-        await asyncio.wait_for(asyncio.shield(change), LOAD_WAIT_S)
-    except TimeoutError:
-        pass

@@ -113,3 +113,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=output.name, datatype=datatype, shape=values.shape)
             response.raw_output_contents.append(oip.raw_contents(datatype, values))
         return response
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        index = self.server.registry.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index]
+        )
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Reached only with model control on and an admin key (:class:`service.auth.Access`)."""
+        await self.server.registry.load_now(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self.server.registry.unload_now(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """Streaming calls pass the gate as they are: say UNIMPLEMENTED here, not through the
+        generated servicer's exception (a logged traceback per call)."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ModelStreamInfer is not served")

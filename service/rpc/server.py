@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from tensorflow_serving.apis import prediction_service_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from service.auth import ApiKeys
+from service.auth import Access
 from service.drain import Drain
 from service.rpc.gate import RpcGate
 from service.rpc.oip import InferenceService
@@ -33,15 +33,18 @@ SERVICES = (
 )
 HEALTH_EVERY_S = 0.25  # how soon a probe sees a change of readiness or the start of a drain
 MAX_WATCHES = 4  # health Watch streams at once (probes use Check)
+# calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): a client's
+# further calls wait on its own connection, so calls that never send their message tie up
+# that client alone
+STREAMS_PER_CONNECTION = 16
 # every connection is closed after this long (clients reconnect, as after any GOAWAY), and a
 # call still open then gets the grace: a call cannot hold one of the few call slots forever
 MAX_CONNECTION_AGE_MS, MAX_CONNECTION_AGE_GRACE_MS = 10 * 60_000, 30_000
 
 
 class BoundedHealth(health.aio.HealthServicer):
-    """The health service with at most :data:`MAX_WATCHES` Watch streams: each holds one of
-    the server's ``grpc_max_concurrent_rpcs`` slots for as long as it lasts, so watchers
-    must not be able to take the slots inference needs."""
+    """The health service with at most :data:`MAX_WATCHES` Watch streams: each is a task
+    and a stream for as long as it lasts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,7 +86,13 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
         return None
     size = settings.grpc_max_message_bytes
     rpc = grpc.aio.server(
-        interceptors=[RpcGate(ApiKeys.from_settings(settings))],
+        interceptors=[
+            RpcGate(
+                Access.from_settings(settings),
+                settings.grpc_max_concurrent_rpcs,
+                server.trimmer.soon,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
@@ -93,8 +102,8 @@ async def start(server: Server, drain: Drain) -> GrpcFrontDoor | None:
             ("grpc.so_reuseport", int(settings.workers > 1)),
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
         ],
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceService(server, drain), rpc

@@ -26,19 +26,19 @@ from tensorflow_serving.apis import (
 from service import inference, tfserving
 from service.batching import Runner
 from service.errors import BadRequest, clip
-from service.model_input import ModelInput, of_files, of_pixels
+from service.model_input import ModelInput, check_shape, of_files, of_pixels
 from service.oip import BYTES_INPUT
 from service.server import Server
 from service.uploads import Upload
 from training.metadata import ModelMetadata
 
-PIXEL_TYPES = {
-    types_pb2.DT_FLOAT,
-    types_pb2.DT_DOUBLE,
-    types_pb2.DT_HALF,
-    types_pb2.DT_UINT8,
-    types_pb2.DT_INT32,
-    types_pb2.DT_INT64,
+VALUES = {  # a pixel type -> the TensorProto field holding its values when not packed
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_INT64: "int64_val",
 }
 SIGNATURE_DEF = "signature_def"
 DTYPE_NAMES = set(types_pb2.DataType.values())  # a client may send any number
@@ -81,22 +81,27 @@ def tensor_input(
             )
         files = [Upload(f"image {i}", data) for i, data in enumerate(proto.string_val)]
         return of_files(files, limit)
-    if proto.dtype not in PIXEL_TYPES:
+    if proto.dtype not in VALUES:
         kind = types_pb2.DataType.Name(proto.dtype) if proto.dtype in DTYPE_NAMES else proto.dtype
         raise BadRequest(
             f"input {clip(name)} is {kind}; send pixels as DT_FLOAT or image files as DT_STRING"
         )
     if name != meta.input.name:
         raise BadRequest(f"input {BYTES_INPUT!r} holds image files (DT_STRING)")
+    check_shape(shape, meta.input, limit, f"input {name!r}")  # before any allocation
     itemsize = np.dtype(tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).itemsize
     if proto.tensor_content and len(proto.tensor_content) != count * itemsize:
         raise BadRequest(
             f"input {clip(name)} of shape {shape} is {count * itemsize} bytes; "
             f"tensor_content holds {len(proto.tensor_content)}"
         )
+    # TensorFlow would repeat the last value to fill the shape: a client sends them all
+    if not proto.tensor_content and len(getattr(proto, VALUES[proto.dtype])) != count:
+        raise BadRequest(
+            f"input {clip(name)} of shape {shape} needs {count} values; got "
+            f"{len(getattr(proto, VALUES[proto.dtype]))}"
+        )
     pixels = tf.make_ndarray(proto) if count else np.zeros(shape, np.float32)
-    if not proto.tensor_content and pixels.size != count:
-        raise BadRequest(f"input {clip(name)} holds fewer values than shape {shape} needs")
     return of_pixels(pixels.astype(np.float32), meta.input, limit, f"input {name!r}")
 
 

@@ -66,6 +66,17 @@ def make_client(**overrides) -> TestClient:
     )
 
 
+ADMIN_KEY = "admin-test-key-0123456789"
+
+
+def admin_client(**overrides) -> TestClient:
+    """:func:`make_client` with model control on, speaking with an admin key."""
+    settings = Settings(device="cpu", model_control="explicit", admin_keys=ADMIN_KEY, **overrides)
+    return TestClient(
+        create_app(settings), raise_server_exceptions=False, headers={"X-API-Key": ADMIN_KEY}
+    )
+
+
 @contextmanager
 def serving(app):
     """``app`` served by uvicorn on a free local port in a thread; yields "host:port"."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import CHROMIUM
+from tests.service.conftest import ADMIN_KEY, CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -266,7 +266,13 @@ def own_models_url(tmp_path_factory):
     )
     shutil.copy(labels, models / "dropped" / "1" / "labels.txt")
     app = create_app(
-        Settings(model_dir=models, device="cpu", default_model="photos", model_uploads=True)
+        Settings(
+            model_dir=models,
+            device="cpu",
+            default_model="photos",
+            model_uploads=True,
+            admin_keys=ADMIN_KEY,
+        )
     )
     with serving(app) as url:
         yield f"http://{url}"
@@ -319,6 +325,11 @@ def test_open_your_model_uploads_it_and_shows_it(own_page, own_models_url, tmp_p
     mine = tmp_path / "my cifar.keras"
     shutil.copy(ROOT / "models" / "cifar10" / "1" / "model.keras", mine)
     assert page.locator("#open-model-box").is_visible()
+    page.set_input_files("#open-model", str(mine))  # uploads take an admin key: asked for
+    page.wait_for_selector("#key-box", state="visible")
+    assert "admin key" in page.text_content("#error")
+    page.fill("#api-key", ADMIN_KEY)
+    page.press("#api-key", "Enter")
     page.set_input_files("#open-model", str(mine))
     page.wait_for_function(
         "() => document.querySelector('#model').value === 'my_cifar'", timeout=60_000

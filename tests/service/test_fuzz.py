@@ -239,9 +239,9 @@ def test_raw_request_heads(client, content_length, content_type, body):
 
 @pytest.fixture(scope="module")
 def uploads_client(tmp_path_factory):
-    from tests.service.conftest import make_client
+    from tests.service.conftest import admin_client
 
-    with make_client(
+    with admin_client(
         model_dir=tmp_path_factory.mktemp("fuzz-models"), default_model="none", model_uploads=True
     ) as c:
         yield c

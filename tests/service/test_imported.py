@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import make_client, oip_fp32
+from tests.service.conftest import admin_client, make_client, oip_fp32
 from tests.training.test_importer import cifar_like, two_heads
 from training.importer import main as import_main
 
@@ -64,7 +64,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(repo):
-    with make_client(model_dir=repo / "models", default_model="mine") as c:
+    with admin_client(model_dir=repo / "models", default_model="mine") as c:
         yield c
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import MODELS
-from tests.service.conftest import make_client
+from tests.service.conftest import admin_client, make_client
 from tests.training.test_importer import cifar_like
 
 KEY = "upload-test-key-0123456789"
@@ -50,7 +50,7 @@ def _upload(client, name: str, data: bytes, filename: str = "mine.keras", **fiel
 
 def test_an_uploaded_model_serves_at_once(repo, model_file):
     labels = "\n".join(f"thing {i}" for i in range(10)).encode()
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+    with make_client(model_dir=repo, model_uploads=True, admin_keys=KEY) as client:
         r = _upload(client, "mine", model_file, labels=labels, value_range="0,255")
         assert r.status_code == 201, r.text
         body = r.json()
@@ -72,14 +72,21 @@ def test_uploads_are_off_by_default_and_need_a_key(repo, model_file):
     with make_client(model_dir=repo) as client:
         r = _upload(client, "mine", model_file)
         assert r.status_code == 403 and r.json()["error"]["code"] == "model_uploads_disabled"
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+    user = "inference-test-key-0123456789"
+    with make_client(model_dir=repo, model_uploads=True, admin_keys=KEY, api_keys=user) as client:
         r = client.post("/models/mine/versions", files={"file": ("m.keras", model_file)})
         assert r.status_code == 401
+        r = client.post(
+            "/models/mine/versions",
+            files={"file": ("m.keras", model_file)},
+            headers={"Authorization": f"Bearer {user}"},
+        )
+        assert r.status_code == 403 and "admin key" in r.json()["error"]["message"]
     assert not (repo / "mine").exists()
 
 
 def test_a_bad_model_is_a_400_that_says_why_and_leaves_nothing(repo, model_file):
-    with make_client(model_dir=repo, model_uploads=True, api_keys=KEY) as client:
+    with make_client(model_dir=repo, model_uploads=True, admin_keys=KEY) as client:
         for data, filename, fields, words in [
             (b"PK\x03\x04 junk", "m.keras", {}, "cannot be read as a Keras model"),
             (model_file, "m.exe", {}, "send a Keras model file"),
@@ -106,19 +113,19 @@ def test_a_bad_model_is_a_400_that_says_why_and_leaves_nothing(repo, model_file)
 
 def test_uploads_have_their_own_size_limit(repo, model_file):
     with make_client(
-        model_dir=repo, model_uploads=True, api_keys=KEY, max_model_bytes=len(model_file) // 2
+        model_dir=repo, model_uploads=True, admin_keys=KEY, max_model_bytes=len(model_file) // 2
     ) as client:
         r = _upload(client, "mine", model_file)
         assert r.status_code == 413
     with make_client(
-        model_dir=repo, model_uploads=True, api_keys=KEY, max_upload_bytes=1024
+        model_dir=repo, model_uploads=True, admin_keys=KEY, max_upload_bytes=1024
     ) as client:  # larger than an image upload may be
         assert _upload(client, "mine", model_file).status_code == 201
 
 
 def test_the_triton_repository_extension(repo):
     shutil.copytree(MODELS / "cifar10" / "1", repo / "cifar10" / "1")
-    with make_client(model_dir=repo) as client:
+    with admin_client(model_dir=repo) as client:
         index = client.post("/v2/repository/index").json()
         assert {(e["name"], e["version"], e["state"]) for e in index} == {
             ("digit_odd", "1", "READY"),
@@ -138,7 +145,7 @@ def test_an_import_waits_its_turn_on_the_heavy_thread(repo, model_file):
     """Importing is heavy work like Grad-CAM: with the heavy-work thread's one slot taken and
     nobody allowed to wait, an upload gets 503 + Retry-After and writes nothing."""
     with make_client(
-        model_dir=repo, model_uploads=True, api_keys=KEY, max_heavy_waiting=0
+        model_dir=repo, model_uploads=True, admin_keys=KEY, max_heavy_waiting=0
     ) as client:
         budget = client.app.state.server.admission.heavy
         assert budget.try_acquire(1)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.model import ServedModel, Status
-from tests.service.conftest import make_client, oip_fp32
+from tests.service.conftest import admin_client, make_client, oip_fp32
 from tests.service.handwriting import draw_digit, encode
 
 POLL_S = 0.5
@@ -119,7 +119,7 @@ def test_reload_endpoint_without_polling(tmp_path, models_dir):
     repo = tmp_path / "models"
     repo.mkdir()
     _add(repo, models_dir, "digit_odd", 1)
-    with make_client(model_dir=repo, model_poll_seconds=0) as client:
+    with admin_client(model_dir=repo, model_poll_seconds=0) as client:
         _add(repo, models_dir, "digit_odd", 2)
         time.sleep(0.3)  # time passes, in which a poll would have found it
         assert _versions(client, "digit_odd") == {1: "ready"}  # polling is off
@@ -135,7 +135,7 @@ def test_a_slow_reload_answers_202_and_carries_on(tmp_path, models_dir, monkeypa
     repo = tmp_path / "models"
     repo.mkdir()
     _add(repo, models_dir, "digit_odd", 1)
-    with make_client(model_dir=repo, model_poll_seconds=0) as client:
+    with admin_client(model_dir=repo, model_poll_seconds=0) as client:
         _add(repo, models_dir, "digit_odd", 2)
         r = client.post("/models/digit_odd/reload")
         assert r.status_code == 202
@@ -242,7 +242,7 @@ def test_a_burst_of_reloads_costs_one_scan(tmp_path, models_dir, monkeypatch):
         return real_discover(path)
 
     real_discover = registry.discover
-    with make_client(model_dir=repo, model_poll_seconds=0) as client:
+    with admin_client(model_dir=repo, model_poll_seconds=0) as client:
         monkeypatch.setattr(registry, "discover", slow_discover)
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda _: client.post("/models/digit_odd/reload"), range(8)))

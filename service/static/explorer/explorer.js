@@ -44,7 +44,7 @@ async function api(path, options = {}, attempt = 0) {
     return api(path, options, attempt + 1);
   }
   const body = await response.json().catch(() => ({}));
-  if (response.status === 401) $("key-box").hidden = false;
+  if (response.status === 401 || response.status === 403) $("key-box").hidden = false;
   if (!response.ok) {
     const message = body.error && (body.error.message || body.error) || response.statusText;
     throw new Error(`${response.status}: ${message}`);

@@ -117,7 +117,10 @@ class Admission:
         # the heavy-work thread (Grad-CAM, feature maps): one job at a time, a few waiting
         self.heavy = Budget("heavy", 1, heavy_waiting)
         self.feature_map_bytes = Budget("feature_map_bytes", feature_map_bytes, max_waiting)
-        self.model_uploads = Budget("model_uploads", 1, 0)  # one at a time, no queue
+        # model uploads: bodies arriving (each up to CNN_SERVE_MAX_MODEL_BYTES on disk), and
+        # the import process, one at a time with a few received uploads waiting their turn
+        self.model_upload_bodies = Budget("model_upload_bodies", 2, 0)
+        self.model_imports = Budget("model_imports", 1, 4)
         self.timeout_s = timeout_s
 
     @classmethod

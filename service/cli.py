@@ -18,12 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     from service.settings import Settings
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["import"]:  # cnn-serve import SOURCE --name NAME ...
-        from service.settings import model_dir_setting
-        from training import importer
-
-        return importer.main(argv[1:], model_dir_setting())
-
     try:
         settings = Settings()  # fail fast, naming the variables, before forking workers
     except ValidationError as exc:  # without the values given: they may be secrets
@@ -32,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
             message = e["msg"].removeprefix("Value error, ")
             print(f"cnn-serve: invalid configuration: {where}: {message}", file=sys.stderr)
         return 2
+    if argv[:1] == ["import"]:  # cnn-serve import SOURCE --name NAME ...
+        return _import(argv[1:], settings)
     parser = argparse.ArgumentParser(
         prog="cnn-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -83,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
     )
     return 0
+
+
+def _import(argv: list[str], settings) -> int:
+    """The model file is read in a confined process, within the server's bounds on models
+    (the same settings): an operator's import is held to what an upload is."""
+    from training import importer
+
+    return importer.main(
+        argv, settings.model_dir, settings.model_bounds(), settings.import_limits()
+    )
 
 
 def _taken(host: str, port: int) -> str | None:

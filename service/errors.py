@@ -88,6 +88,17 @@ class FeatureMapsUnavailable(NotFound):
     code = "feature_maps_unavailable"
 
 
+class VersionExists(ServiceError):
+    """The repository cannot take the version now (it exists, the model is at its cap, or
+    another import is writing the model)."""
+
+    status, code = 409, "conflict"
+
+
+class InsufficientStorage(ServiceError):
+    status, code = 507, "insufficient_storage"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

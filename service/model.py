@@ -58,6 +58,10 @@ def pixel_call(model: Any) -> BatchCall:
     return BatchCall(model.predict, np.concatenate)
 
 
+class TooLarge(Exception):
+    """A version whose estimated memory is beyond the settings' bound: never loaded."""
+
+
 class Status(str, Enum):
     loading = "loading"
     ready = "ready"
@@ -68,9 +72,16 @@ class ServedModel:
     """Loads lazily via :meth:`load`; thread-confined calls (the runner owns the thread)."""
 
     def __init__(
-        self, name: str, version: int, path: Path, device: str, lite_runtime: bool = True
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        device: str,
+        lite_runtime: bool = True,
+        max_memory_bytes: int | None = None,
     ) -> None:
         self.name, self.version, self.path, self.device = name, version, path, device
+        self.max_memory_bytes = max_memory_bytes  # larger (estimated): failed, never loaded
         self.lite_runtime = lite_runtime  # one-image calls through LiteRT (service.lite)
         self.status = Status.loading
         self.error: str | None = None
@@ -88,19 +99,24 @@ class ServedModel:
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""
         start = time.perf_counter()
-        stage = "loading the SavedModel"
+        stage = "reading metadata.json"
         try:
+            # what it will cost, before any of it is loaded (a drop-in's: after, from its
+            # signature alone)
+            known = (self.path / METADATA_FILE).is_file()
+            metadata = ModelMetadata.read(self.path) if known else None
+            if metadata is not None:
+                self._check_memory(metadata)
+            stage = "loading the SavedModel"
             with tf.device(self.device):
                 loaded = tf.saved_model.load(str(self.path))
             self._serve = loaded.signatures["serving_default"]
             self._maps = loaded.signatures.get("feature_maps")
             self._loaded = loaded  # keeps the variables alive
-            stage = "reading metadata.json"
-            if (self.path / METADATA_FILE).is_file():
-                metadata = ModelMetadata.read(self.path)
-            else:  # a drop-in SavedModel: what the service needs, from its signature
+            if metadata is None:  # a drop-in SavedModel: what the service needs, from its signature
                 stage = "reading the serving_default signature"
                 metadata = savedmodel.metadata(self.name, self.version, self.path, self._serve)
+                self._check_memory(metadata)
             self._metadata = metadata
             if "feature_maps" not in metadata.signatures:
                 self._maps = None  # its layers are unknown without the Keras model
@@ -124,6 +140,10 @@ class ServedModel:
             if self._maps is not None:
                 self.feature_maps(warm)
             self._lite = self._load_lite(metadata.input)
+        except TooLarge as exc:
+            self.status, self.error = Status.failed, str(exc)
+            log.error("model %s v%s not loaded: %s", self.name, self.version, exc)
+            return
         except Exception as exc:  # noqa: BLE001 - a broken model must not take the others down
             # clients see the stage only; paths and exception text stay in the log
             self.status, self.error = Status.failed, f"failed while {stage}; see the server log"
@@ -146,6 +166,14 @@ class ServedModel:
             self.device,
             self.load_seconds,
         )
+
+    def _check_memory(self, metadata: ModelMetadata) -> None:
+        needed = metadata.estimated_memory_bytes()
+        if self.max_memory_bytes is not None and needed > self.max_memory_bytes:
+            raise TooLarge(
+                f"needs an estimated {needed / 2**20:,.0f} MB to serve one image, more than "
+                f"CNN_SERVE_MAX_MODEL_MEMORY_BYTES ({self.max_memory_bytes / 2**20:,.0f} MB)"
+            )
 
     @property
     def metadata(self) -> ModelMetadata:

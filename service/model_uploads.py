@@ -1,30 +1,45 @@
-"""Models over HTTP (``CNN_SERVE_MODEL_UPLOADS=true``): an uploaded ``.keras``/``.h5`` file
-becomes a served version exactly as ``cnn-serve import`` makes one.
+"""Models over HTTP (``CNN_SERVE_MODEL_UPLOADS=true``, with an admin key): an uploaded
+``.keras``/``.h5`` file becomes a served version exactly as ``cnn-serve import`` makes one.
 
-One upload at a time per process (a second gets 503 at once); the body has its own size limit
-(``CNN_SERVE_MAX_MODEL_BYTES``) and is spooled to disk, not held in memory; the model loads in
-Keras's safe mode (no code from the file) on the heavy-work thread; the version is written
-atomically, so a model that fails leaves nothing behind and the served ones serve on.
+An upload is untrusted input that builds a program, so:
+
+- the body has its own size limit (``CNN_SERVE_MAX_MODEL_BYTES``) and pace rules (like every
+  body), at most two arrive at once (more: 503), and it is spooled to disk
+  inside the repository (``.imports/``), where a crash leaves nothing a restart does not
+  remove;
+- the repository's size (``CNN_SERVE_MAX_REPOSITORY_BYTES``, 507) and the model's versions
+  (``CNN_SERVE_MAX_VERSIONS_PER_MODEL``, 409) are bounded;
+- the file is read, checked and exported by a child process with memory, CPU and time
+  limits (:mod:`training.sandbox`), one at a time, the others waiting in a bounded queue;
+  the server only loads the result, a version written atomically under the model's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.errors import InvalidModel, InvalidParameter, clip
-from service.inference import on_heavy_thread
+from service.errors import (
+    InsufficientStorage,
+    InvalidModel,
+    InvalidParameter,
+    VersionExists,
+    clip,
+)
 from service.model import ServedModel, Status
 from service.schemas import ModelUploadParams
 from service.server import Server
-from training.importer import KERAS_SUFFIXES, Options, Refused, import_model
+from service.settings import Settings
+from training import repository
+from training.importer import KERAS_SUFFIXES, Conflict, Options, Refused
+from training.sandbox import import_isolated
 
 UPLOAD_PATH = re.compile(r"/models/[^/]+/versions")  # the route, for the body's size limit
 LOAD_WAIT_S = 30.0
@@ -34,21 +49,54 @@ MAX_FIELDS = 8
 async def upload(server: Server, request: Request, name: str) -> ServedModel:
     """Import the request's model file as the next (or the asked) version of ``name`` and
     wait (at most ``LOAD_WAIT_S``) until it serves; the version as it is then."""
-    async with server.admission.reserve(model_uploads=1):
-        form = await request.form(max_files=2, max_fields=MAX_FIELDS)
+    settings, admission = server.settings, server.admission
+    with repository.scratch(settings.model_dir) as scratch:
+        async with admission.reserve(model_upload_bodies=1):
+            form = await request.form(max_files=2, max_fields=MAX_FIELDS)
+            try:
+                options = await _options(form, name, scratch, settings)
+            finally:
+                await form.close()
+        await asyncio.to_thread(_check_room, settings, options.source.stat().st_size)
+        loop = asyncio.get_running_loop()
+        await admission.model_imports.acquire(1, loop.time() + settings.import_timeout_s)
         try:
-            with tempfile.TemporaryDirectory(prefix="cnn-serve-upload-") as scratch:
-                options = await _options(form, name, Path(scratch), server.settings.model_dir)
-                try:  # the heavy-work thread's job like Grad-CAM's: its bounds apply
-                    path = await on_heavy_thread(server, [], import_model, options)
-                except Refused as exc:  # said without the server's scratch paths
-                    raise InvalidModel(str(exc).replace(f"{scratch}/", "")) from None
+            path = await asyncio.to_thread(
+                import_isolated, options, settings.import_limits(), scratch
+            )
+        except Conflict as exc:
+            raise VersionExists(_without_paths(str(exc), scratch, settings)) from None
+        except Refused as exc:
+            raise InvalidModel(_without_paths(str(exc), scratch, settings)) from None
         finally:
-            await form.close()
+            admission.model_imports.release(1)
     return await _served(server, name, int(path.name), path)
 
 
-async def _options(form, name: str, scratch: Path, model_dir: Path) -> Options:
+def _without_paths(message: str, scratch: Path, settings: Settings) -> str:
+    """A refusal as the uploader may read it: no directory of the server's."""
+    for directory in (scratch, settings.model_dir):
+        message = message.replace(f"{directory}/", "").replace(str(directory), "the repository")
+    return message
+
+
+def _check_room(settings: Settings, incoming: int) -> None:
+    """The repository with this upload (counted as its file; a version is about that size)
+    within ``CNN_SERVE_MAX_REPOSITORY_BYTES``."""
+    used = sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(settings.model_dir)
+        for f in files
+        if not root.startswith(str(settings.model_dir / repository.SCRATCH))
+    )
+    if used + incoming > settings.max_repository_bytes:
+        raise InsufficientStorage(
+            f"the model repository holds {used:,} bytes; this upload would take it past "
+            f"{settings.max_repository_bytes:,} (CNN_SERVE_MAX_REPOSITORY_BYTES)"
+        )
+
+
+async def _options(form, name: str, scratch: Path, settings: Settings) -> Options:
     model = form.get("file")
     if not isinstance(model, UploadFile):
         raise InvalidParameter("file: the model, a .keras or .h5 file, is required")
@@ -74,12 +122,14 @@ async def _options(form, name: str, scratch: Path, model_dir: Path) -> Options:
     return Options(
         source,
         name,
-        model_dir,
+        settings.model_dir,
         params.version,
         {None: labels_path} if labels_path else None,
         params.value_range_pair,
         params.preprocessing,
         params.input_size_pair,
+        max_versions=settings.max_versions_per_model,
+        **settings.model_bounds(),
     )
 
 

@@ -15,6 +15,7 @@ from service.batching import Runner
 from service.errors import ModelFailed, ModelNotFound, ModelNotReady, VersionNotFound, clip
 from service.model import ServedModel, Status
 from service.settings import Settings, usable_cores
+from training.repository import clean_repository
 
 log = logging.getLogger("cnn_serve")
 
@@ -53,7 +54,9 @@ def discover(model_dir: Path) -> list[tuple[str, int, Path]]:
     """Every ``name/<integer>`` directory, oldest first. What is inside is checked when it
     loads, so an incomplete or unreadable version is reported as failed, not skipped."""
     found = []
-    for model_root in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+    for model_root in sorted(
+        p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
         try:
             entries = list(model_root.iterdir())
         except OSError as exc:
@@ -154,6 +157,9 @@ class ModelRegistry:
         return [e for e in entries if not ready_only or e["state"] == "READY"]
 
     async def load_all(self) -> None:
+        removed = await asyncio.to_thread(clean_repository, self.settings.model_dir)
+        if removed:
+            log.info("removed what interrupted imports left: %s", ", ".join(removed))
         await self.sync()
         if not self.models:
             log.warning("no models found under %s", self.settings.model_dir)
@@ -206,7 +212,14 @@ class ModelRegistry:
                     await self._load(name, version, found[name, version])
 
     async def _load(self, name: str, version: int, path: Path) -> None:
-        model = ServedModel(name, version, path, self.device, self.settings.lite_runtime)
+        model = ServedModel(
+            name,
+            version,
+            path,
+            self.device,
+            self.settings.lite_runtime,
+            self.settings.max_model_memory_bytes,
+        )
         self.models.setdefault(name, {})[version] = model  # reported as loading meanwhile
         self._fingerprints[(name, version)] = await asyncio.to_thread(fingerprint, path)
         await asyncio.to_thread(model.load)

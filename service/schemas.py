@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
+from training.metadata import InputSpec, LayerInfo, ModelMetadata
 
 VERSION_OR_LABEL = r"^([1-9][0-9]{0,9}|[a-z][a-z0-9_-]{0,63})$"
 VersionRef = Annotated[str, StringConstraints(pattern=VERSION_OR_LABEL)]
@@ -289,6 +289,14 @@ class VersionStatus(BaseModel):
     load_seconds: float | None = None
 
 
+class HeadSummary(BaseModel):
+    """A head as listings show it: its class names are in the version's metadata."""
+
+    name: str
+    kind: str
+    classes: int = Field(description="how many labels it has (its metadata lists them)")
+
+
 class ModelSummary(BaseModel):
     name: str
     default_version: int
@@ -296,7 +304,7 @@ class ModelSummary(BaseModel):
     ready: bool
     versions: list[VersionStatus]
     input: InputSpec | None = None
-    outputs: list[OutputSpec] = []
+    outputs: list[HeadSummary] = []
 
 
 class ModelList(BaseModel):

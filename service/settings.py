@@ -6,7 +6,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from training.sandbox import Limits
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
@@ -261,10 +264,11 @@ class Settings(BaseSettings):
         "image): larger ones are refused at import and not loaded",
     )
     import_memory_bytes: int = Field(
-        3 * 2**30,
+        2 * 2**30,
         ge=256 * 2**20,
-        description="the address space of the process that reads an uploaded or imported "
-        "model file (a sandbox: a hostile file costs it, not the server)",
+        description="memory (address space, beyond its libraries') of the process that "
+        "reads an uploaded or imported model file: a sandbox, so that a hostile file costs "
+        "it, not the server",
     )
     import_cpu_seconds: int = Field(120, ge=1, description="that process's CPU time")
     import_timeout_s: float = Field(180.0, gt=0, description="that process's wall-clock time")
@@ -362,6 +366,19 @@ class Settings(BaseSettings):
     def batch_policy(self, model: str) -> BatchPolicy:
         return self.batching_overrides.get(model, self.batching)
 
+    def import_limits(self) -> Limits:
+        """The confined process that reads a model file (uploads, ``cnn-serve import``)."""
+        from training.sandbox import Limits
+
+        return Limits(self.import_memory_bytes, self.import_cpu_seconds, self.import_timeout_s)
+
+    def model_bounds(self) -> dict[str, int]:
+        """What a model file may declare (:class:`training.importer.Options`' ``max_*``)."""
+        return {
+            "max_unpacked_bytes": self.max_model_bytes,
+            "max_memory_bytes": self.max_model_memory_bytes,
+        }
+
     def versions_to_serve(self, model: str, versions: list[int]) -> set[int]:
         return self.version_policy.get(model, VersionPolicy()).select(versions)
 
@@ -369,14 +386,3 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
-
-
-def model_dir_setting() -> Path:
-    """``CNN_SERVE_MODEL_DIR`` alone (else the bundled models), for tools that write into the
-    repository and need no other setting (``cnn-serve import``)."""
-
-    class _ModelDir(BaseSettings):
-        model_config = SettingsConfigDict(env_prefix="CNN_SERVE_", extra="ignore")
-        model_dir: Path = BUNDLED_MODELS
-
-    return _ModelDir().model_dir

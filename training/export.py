@@ -19,6 +19,7 @@ import keras
 
 from training.graph import expand, in_order
 from training.metadata import LayerInfo
+from training.repository import LOCK_FILE, VersionConflict, clean_staging, model_lock
 
 KERAS_FILE = "model.keras"
 LITE_FILE = "model.tflite"  # the serving signature for LiteRT (service/lite.py)
@@ -144,6 +145,7 @@ def export(
     name: str | None = None,
     version: int | None = None,
     output_names: list[str] | None = None,
+    max_versions: int | None = None,
 ) -> Path:
     """Write ``out_dir/<name>/<version>/`` (default: the model's name, the next version)
     atomically and return it.
@@ -158,15 +160,37 @@ def export(
         model.save(staging / KERAS_FILE)
         build_metadata(version, layer_table(model), _now()).write(staging)
 
-    return write_version(Path(out_dir) / (name or model.name), version, write)
+    return write_version(Path(out_dir) / (name or model.name), version, write, max_versions)
 
 
-def write_version(root: Path, version: int | None, write) -> Path:
+def write_version(root: Path, version: int | None, write, max_versions: int | None = None) -> Path:
     """``root/<version>/`` (default: the next one), filled by ``write(directory, version)``
-    in a hidden staging directory and renamed into place: a server polling the repository
-    never sees half a version, and a failure leaves nothing behind."""
+    in a hidden staging directory and renamed into place, all under the model's lock: a
+    server polling the repository never sees half a version, a failure leaves nothing
+    behind, and a second writer (:class:`VersionConflict`) never touches the first's files."""
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    with model_lock(root):
+        try:
+            return _write_locked(root, version, write, max_versions)
+        except BaseException:
+            if created and not any(p.name != LOCK_FILE for p in root.iterdir()):
+                shutil.rmtree(root, ignore_errors=True)  # a new model that did not come to be
+            raise
+
+
+def _write_locked(root: Path, version: int | None, write, max_versions: int | None) -> Path:
+    clean_staging(root)
+    if version is not None and (root / str(version)).exists():
+        raise VersionConflict(
+            f"model {root.name!r} has a version {version}; choose another version"
+        )
+    held = [p for p in root.iterdir() if p.name.isdigit()]
+    if max_versions is not None and len(held) >= max_versions:
+        raise VersionConflict(
+            f"model {root.name!r} holds {len(held)} versions, as many as it may "
+            "(CNN_SERVE_MAX_VERSIONS_PER_MODEL); remove one first"
+        )
     version = version or next_version(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
@@ -177,6 +201,4 @@ def write_version(root: Path, version: int | None, write) -> Path:
         return final
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
         raise

@@ -21,14 +21,21 @@ import argparse
 import re
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from training import savedmodel
-from training.export import export, output_names, write_version
-from training.metadata import InputSpec, ModelMetadata, OutputSpec
+from training import repository, sandbox, savedmodel
+from training.export import VersionConflict, export, layer_table, output_names, write_version
+from training.metadata import (
+    InputSpec,
+    ModelMetadata,
+    OutputSpec,
+    estimated_memory_bytes,
+    read_labels,
+)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory name in the repository
@@ -36,6 +43,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory name in the
 
 class Refused(Exception):
     """What makes a model impossible to serve, in one line for its owner."""
+
+
+class Conflict(Refused):
+    """Refused for the repository's state, not the model: the version exists, the model
+    holds as many versions as it may, or another import is writing it."""
 
 
 @dataclass
@@ -48,15 +60,23 @@ class Options:
     value_range: tuple[float, float] | None = None  # None: [0, 1] (uint8 SavedModels: 0..255)
     preprocessing: str = "resize"
     input_size: tuple[int, int] | None = None
+    # bounds on what an untrusted file may cost (None: unbounded, for a trusted file)
+    max_unpacked_bytes: int | None = None  # a .keras archive's members, unpacked
+    max_memory_bytes: int | None = None  # the model's estimate (weights + activations)
+    max_versions: int | None = None  # versions the model may hold
 
 
-def load(source: Path, size: tuple[int, int] | None = None) -> keras.Model:
+def load(
+    source: Path, size: tuple[int, int] | None = None, max_unpacked_bytes: int | None = None
+) -> keras.Model:
     """The Keras model in ``source``, as a functional graph (a Sequential one of any input
     size rebuilt at ``size``)."""
     if not source.exists():
         raise Refused(f"{source}: no such file")
     if source.suffix.lower() not in KERAS_SUFFIXES or not source.is_file():
         raise Refused(f"{source}: not a Keras model file (.keras, .h5 or .hdf5)")
+    if max_unpacked_bytes is not None and zipfile.is_zipfile(source):
+        _check_unpacked(source, max_unpacked_bytes)
     try:
         model = keras.saving.load_model(source, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any reason a file does not load is the answer
@@ -68,6 +88,36 @@ def load(source: Path, size: tuple[int, int] | None = None) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise Refused(f"{source}: holds no Keras model")
     return _functional(model, size)
+
+
+def _check_unpacked(source: Path, limit: int) -> None:
+    """A ``.keras`` file is a zip: its members as declared, unpacked, within ``limit`` (a
+    1 MB file can hold a 1 GiB ``config.json`` of whitespace) - read before Keras opens it."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise Refused(f"{source}: not a readable .keras archive ({type(exc).__name__})") from None
+    if unpacked > limit:
+        raise Refused(
+            f"{source}: unpacks to {unpacked:,} bytes, more than a model may "
+            f"({limit:,}, CNN_SERVE_MAX_MODEL_BYTES)"
+        )
+
+
+def _check_memory(model: keras.Model, limit: int | None) -> None:
+    """The model's estimated memory for one image within ``limit``, from its shapes."""
+    if limit is None:
+        return
+    needed = estimated_memory_bytes(
+        layer_table(model), model.count_params(), model.inputs[0].shape[1:]
+    )
+    if needed > limit:
+        raise Refused(
+            f"the model needs an estimated {needed / 2**20:,.0f} MB to serve one image "
+            f"(weights and its largest activations), more than a model may "
+            f"({limit / 2**20:,.0f} MB, CNN_SERVE_MAX_MODEL_MEMORY_BYTES)"
+        )
 
 
 def _functional(model: keras.Model, size: tuple[int, int] | None) -> keras.Model:
@@ -169,12 +219,9 @@ def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None) 
 
 def _read_labels(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Refused(f"{path}: cannot read the labels ({type(exc).__name__})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [line.strip() for line in lines]
+        return read_labels(path)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
 
 
 def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpec]):
@@ -227,20 +274,26 @@ def import_model(options: Options) -> Path:
         raise Refused("--value-range LOW,HIGH: LOW must be below HIGH")
     root = options.model_dir / options.name
     if options.version is not None and (root / str(options.version)).exists():
-        raise Refused(f"{root / str(options.version)} exists; choose another --version")
-    if options.source.is_dir():
-        return _import_savedmodel(options, root)
-    model = _fixed_size(load(options.source, options.input_size), options.input_size)
-    heads = _heads(_keras_heads(model), options.labels)
-    build = metadata_builder(model, options, heads)
-    return export(
-        model,
-        options.model_dir,
-        build,
-        name=options.name,
-        version=options.version,
-        output_names=[h.name for h in heads],
-    )
+        raise Conflict(f"model {options.name!r} has a version {options.version}; choose another")
+    try:
+        if options.source.is_dir():
+            return _import_savedmodel(options, root)
+        model = load(options.source, options.input_size, options.max_unpacked_bytes)
+        model = _fixed_size(model, options.input_size)
+        _check_memory(model, options.max_memory_bytes)
+        heads = _heads(_keras_heads(model), options.labels)
+        build = metadata_builder(model, options, heads)
+        return export(
+            model,
+            options.model_dir,
+            build,
+            name=options.name,
+            version=options.version,
+            output_names=[h.name for h in heads],
+            max_versions=options.max_versions,
+        )
+    except VersionConflict as exc:
+        raise Conflict(str(exc)) from None
 
 
 def _import_savedmodel(options: Options, root: Path) -> Path:
@@ -287,7 +340,7 @@ def _import_savedmodel(options: Options, root: Path) -> Path:
             }
         ).write(staging)
 
-    return write_version(root, options.version, write)
+    return write_version(root, options.version, write, options.max_versions)
 
 
 def _preprocessing(options: Options, shape: list[int]) -> str:
@@ -364,24 +417,37 @@ def parser(default_model_dir: Path) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str], default_model_dir: Path) -> int:
+def main(
+    argv: list[str],
+    default_model_dir: Path,
+    bounds: dict | None = None,
+    limits: sandbox.Limits | None = None,
+) -> int:
+    """``cnn-serve import``: with ``limits``, the file is read in a confined child process
+    (:mod:`training.sandbox`); ``bounds`` are :class:`Options`' ``max_*`` fields."""
     args = parser(default_model_dir).parse_args(argv)
     labels: dict[str | None, Path] = {}
     for item in args.labels:
         head, _, file = item.rpartition("=")
         labels[head or None] = Path(file)
     options = Options(
-        args.source,
+        args.source.resolve(),
         args.name,
-        args.model_dir,
+        args.model_dir.resolve(),
         args.version,
-        labels,
+        {head: path.resolve() for head, path in labels.items()},
         args.value_range,
         args.preprocessing,
         args.input_size,
+        **(bounds or {}),
     )
     try:
-        path = import_model(options)
+        if limits is None:
+            path = import_model(options)
+        else:
+            options.model_dir.mkdir(parents=True, exist_ok=True)
+            with repository.scratch(options.model_dir) as scratch:
+                path = sandbox.import_isolated(options, limits, scratch)
     except Refused as exc:
         raise SystemExit(f"cnn-serve import: {exc}") from None
     print(summary(path))

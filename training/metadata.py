@@ -6,13 +6,17 @@ Both sides import these models; nobody re-declares the fields.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 METADATA_FILE = "metadata.json"
+MAX_LABEL_CHARS = 256  # a class name, not a document: every answer and listing repeats it
+MAX_LABELS_BYTES = 2**20  # a labels file
+Label = Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS)]
 
 Preprocessing = Literal["mnist", "resize"]
 """How a server turns an uploaded picture into the model input.
@@ -47,7 +51,7 @@ class InputSpec(BaseModel):
 class OutputSpec(BaseModel):
     name: str
     kind: Literal["multiclass", "binary"]
-    labels: list[str] = Field(
+    labels: list[Label] = Field(
         description="multiclass: class names in index order; binary: [negative, positive]"
     )
 
@@ -160,6 +164,9 @@ class ModelMetadata(BaseModel):
     def output(self, name: str) -> OutputSpec:
         return next(o for o in self.outputs if o.name == name)
 
+    def estimated_memory_bytes(self) -> int:
+        return estimated_memory_bytes(self.layers, self.total_params, self.input.shape)
+
     def write(self, directory: Path) -> Path:
         path = Path(directory) / METADATA_FILE
         path.write_text(self.model_dump_json(indent=2) + "\n")
@@ -168,3 +175,33 @@ class ModelMetadata(BaseModel):
     @classmethod
     def read(cls, directory: Path) -> ModelMetadata:
         return cls.model_validate(json.loads((Path(directory) / METADATA_FILE).read_text()))
+
+
+def estimated_memory_bytes(
+    layers: list[LayerInfo], params: int, input_shape: list[int] | tuple[int, ...]
+) -> int:
+    """The least memory serving one image takes: the float32 weights, and the input and
+    output of the largest layer at once (from the shapes alone, before anything is loaded:
+    a 21 KB file may declare a 20000x20000 input or a layer of 10^9 weights)."""
+    sizes = [math.prod(d or 1 for d in layer.output_shape) for layer in layers]
+    largest = max([*sizes, math.prod(d or 1 for d in input_shape)])
+    return 4 * (params + 2 * largest)
+
+
+def read_labels(path: Path) -> list[str]:
+    """A labels file, one label per line (trailing blank lines dropped), within its bounds:
+    :class:`ValueError` saying what is wrong, naming the file but not where it is."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_LABELS_BYTES + 1)
+        lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path.name}: cannot read the labels ({type(exc).__name__})") from None
+    if len(data) > MAX_LABELS_BYTES:
+        raise ValueError(f"{path.name}: a labels file is at most {MAX_LABELS_BYTES:,} bytes")
+    labels = [line.strip() for line in lines]
+    while labels and not labels[-1]:
+        labels.pop()
+    if any(len(label) > MAX_LABEL_CHARS for label in labels):
+        raise ValueError(f"{path.name}: a label is at most {MAX_LABEL_CHARS} characters")
+    return labels

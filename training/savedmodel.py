@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from training.metadata import InputSpec, ModelMetadata, OutputSpec
+from training.metadata import InputSpec, ModelMetadata, OutputSpec, read_labels
 
 INPUT_TYPES = {"float32": (0.0, 1.0), "uint8": (0.0, 255.0)}
 
@@ -31,11 +31,10 @@ def _labels(directory: Path, head: str, units: int, only_head: bool) -> list[str
     for name in [f"labels-{head}.txt"] + (["labels.txt"] if only_head else []):
         path = directory / name
         if path.is_file():
-            labels = [
-                line.strip()
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()
-            ]
+            try:
+                labels = [label for label in read_labels(path) if label]
+            except ValueError as exc:
+                raise NotAnImageModel(str(exc)) from None
             if len(labels) != wanted:
                 raise NotAnImageModel(
                     f"{name} has {len(labels)} labels; head {head!r} has {wanted} classes"

@@ -18,6 +18,7 @@ from service.schemas import (
     ExplainResponse,
     FeatureMapsParams,
     FeatureMapsResponse,
+    HeadSummary,
     ModelDetail,
     ModelList,
     ModelSummary,
@@ -53,7 +54,10 @@ def _summary(registry: ModelRegistry, name: str, schema: type[S], **extra) -> S:
         ready=any(m.status.value == "ready" for m in versions.values()),
         versions=[_status(versions[v]) for v in sorted(versions)],
         input=default.public_metadata.input if default.public_metadata else None,
-        outputs=default.public_metadata.outputs if default.public_metadata else [],
+        outputs=[
+            HeadSummary(name=o.name, kind=o.kind, classes=len(o.labels))
+            for o in (default.public_metadata.outputs if default.public_metadata else [])
+        ],
         **extra,
     )
 
@@ -213,12 +217,19 @@ UPLOAD_BODY = {
     responses={
         202: {"model": VersionDetail, "description": "still loading"},
         400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
         403: {"model": ErrorResponse},
+        409: {
+            "model": ErrorResponse,
+            "description": "the version exists, or the model holds "
+            "as many as it may, or another import is writing it",
+        },
         413: {"model": ErrorResponse},
         503: {"model": ErrorResponse},
+        507: {"model": ErrorResponse, "description": "the repository is full"},
     },
     openapi_extra=UPLOAD_BODY,
-    summary="Upload a Keras model (.keras/.h5) as a new version (when uploads are on)",
+    summary="Upload a Keras model (.keras/.h5) as a new version (uploads on; an admin key)",
 )
 async def upload_version(name: ModelName, request: Request, server: ServerDep):
     """What ``cnn-serve import`` does, over HTTP: 201 once the version serves, 202 while it
@@ -238,9 +249,12 @@ RELOAD_WAIT_S = 30.0
     response_model=ModelDetail,
     responses={
         202: {"model": ModelDetail, "description": "still loading"},
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
         404: {"model": ErrorResponse},
     },
-    summary="Read the model directory now: load new versions, retire removed ones",
+    summary="Read the model directory now: load new versions, retire removed ones "
+    "(CNN_SERVE_MODEL_CONTROL=explicit; an admin key)",
 )
 async def reload(name: ModelName, registry: RegistryDep):
     """Waits for the loads up to RELOAD_WAIT_S; after that answers 202 with the versions as

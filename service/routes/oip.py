@@ -24,6 +24,11 @@ VersionOrLabel = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a nu
 ERRORS: Responses = {
     code: {"description": '{"error": "..."}'} for code in (400, 404, 413, 415, 503)
 }
+ADMIN_ERRORS: Responses = {
+    **ERRORS,
+    401: {"description": "no admin key"},
+    403: {"description": "model control is off, or the key is an inference key"},
+}
 
 
 class Live(BaseModel):
@@ -231,7 +236,7 @@ async def repository_index(
 
 @router.post(
     "/repository/models/{name}/load",
-    responses=ERRORS,
+    responses=ADMIN_ERRORS,
     summary="Read the repository and serve the model (again, after an unload); with "
     "CNN_SERVE_MODEL_CONTROL=explicit and an admin key",
 )
@@ -242,7 +247,7 @@ async def repository_load(name: ModelName, registry: RegistryDep) -> dict:
 
 @router.post(
     "/repository/models/{name}/unload",
-    responses=ERRORS,
+    responses=ADMIN_ERRORS,
     summary="Stop serving every version of the model (its files stay); with "
     "CNN_SERVE_MODEL_CONTROL=explicit and an admin key",
 )

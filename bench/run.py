@@ -93,10 +93,16 @@ def start(
 ) -> tuple[subprocess.Popen, float]:
     """Start a server (``floor``, ``naive``, or ``cnn-serve`` from the source tree ``root``)
     and wait until it is ready: (process, cold start in seconds)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(root), **env_extra}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": str(root),
+        "CNN_SERVE_MODEL_DIR": str(ROOT / "models"),
+        **env_extra,
+    }
     if kind == "cnn-serve":  # as the `cnn-serve` command runs it
         cmd = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
-        env.update(CNN_SERVE_DEFAULT_MODEL=model, CNN_SERVE_MODEL_DIR=str(ROOT / "models"))
+        env.update(CNN_SERVE_DEFAULT_MODEL=model)
     else:
         app = {"floor": "bench.floor_app:app", "naive": "bench.naive_app:app"}[kind]
         cmd = [

@@ -41,6 +41,7 @@ MANAGEMENT = (
     (re.compile(r"/v2/repository/models/[^/]+/(load|unload)"), CONTROL),
     (re.compile(r"/inference\.GRPCInferenceService/RepositoryModel(Load|Unload)"), CONTROL),
 )
+MANAGEMENT_PREFIXES = ("/models/", "/v2/repository/", "/inference.")
 CLOSED = {  # door -> the 403's (code, message) while the settings keep it closed
     UPLOADS: (
         "model_uploads_disabled",
@@ -59,7 +60,7 @@ CLOSED = {  # door -> the 403's (code, message) while the settings keep it close
 
 def management_door(method: str, path: str) -> str | None:
     """The management door a request knocks on (uploads or control), or None."""
-    if method != "POST":
+    if method != "POST" or not path.startswith(MANAGEMENT_PREFIXES):  # the hot path: cheap
         return None
     return next((door for pattern, door in MANAGEMENT if pattern.fullmatch(path)), None)
 

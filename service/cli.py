@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()  # fail fast, naming the variables, before forking workers
     except ValidationError as exc:  # without the values given: they may be secrets
         for e in exc.errors(include_url=False, include_input=False):  # one line each
-            where = ".".join(map(str, e["loc"])) or "settings"
+            where = "CNN_SERVE_" + "__".join(map(str, e["loc"])).upper() if e["loc"] else "settings"
             message = e["msg"].removeprefix("Value error, ")
             print(f"cnn-serve: invalid configuration: {where}: {message}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.metadata import InputSpec, LayerInfo, ModelMetadata
+from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
 VERSION_OR_LABEL = r"^([1-9][0-9]{0,9}|[a-z][a-z0-9_-]{0,63})$"
 VersionRef = Annotated[str, StringConstraints(pattern=VERSION_OR_LABEL)]
@@ -297,13 +297,16 @@ class HeadSummary(BaseModel):
     classes: int = Field(description="how many labels it has (its metadata lists them)")
 
 
-class ModelSummary(BaseModel):
+class ModelState(BaseModel):
     name: str
     default_version: int
     labels: dict[str, int] = Field(default_factory=dict, description="version labels")
     ready: bool
     versions: list[VersionStatus]
     input: InputSpec | None = None
+
+
+class ModelSummary(ModelState):
     outputs: list[HeadSummary] = []
 
 
@@ -321,7 +324,8 @@ class VersionDetail(VersionStatus):
     total_params: int | None = None
 
 
-class ModelDetail(ModelSummary):
+class ModelDetail(ModelState):
+    outputs: list[OutputSpec] = Field([], description="the default version's heads and labels")
     metadata: ModelMetadata | None = Field(None, description="of the default version")
 
 

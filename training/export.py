@@ -19,7 +19,7 @@ import keras
 
 from training.graph import expand, in_order
 from training.metadata import LayerInfo
-from training.repository import LOCK_FILE, VersionConflict, clean_staging, model_lock
+from training.repository import VersionConflict, clean_staging, model_lock
 
 KERAS_FILE = "model.keras"
 LITE_FILE = "model.tflite"  # the serving signature for LiteRT (service/lite.py)
@@ -174,17 +174,15 @@ def write_version(root: Path, version: int | None, write, max_versions: int | No
         try:
             return _write_locked(root, version, write, max_versions)
         except BaseException:
-            if created and not any(p.name != LOCK_FILE for p in root.iterdir()):
-                shutil.rmtree(root, ignore_errors=True)  # a new model that did not come to be
+            if created and not any(root.iterdir()):
+                root.rmdir()  # a new model that did not come to be
             raise
 
 
 def _write_locked(root: Path, version: int | None, write, max_versions: int | None) -> Path:
     clean_staging(root)
     if version is not None and (root / str(version)).exists():
-        raise VersionConflict(
-            f"model {root.name!r} has a version {version}; choose another version"
-        )
+        raise VersionConflict(f"version {version} of model {root.name!r} exists; choose another")
     held = [p for p in root.iterdir() if p.name.isdigit()]
     if max_versions is not None and len(held) >= max_versions:
         raise VersionConflict(

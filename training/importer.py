@@ -274,7 +274,9 @@ def import_model(options: Options) -> Path:
         raise Refused("--value-range LOW,HIGH: LOW must be below HIGH")
     root = options.model_dir / options.name
     if options.version is not None and (root / str(options.version)).exists():
-        raise Conflict(f"model {options.name!r} has a version {options.version}; choose another")
+        raise Conflict(
+            f"version {options.version} of model {options.name!r} exists; choose another"
+        )
     try:
         if options.source.is_dir():
             return _import_savedmodel(options, root)

@@ -1,10 +1,11 @@
 """The model repository as several writers share it: the CLI, a server's uploads, a crashed
 import's leftovers.
 
-Each model directory has one writer at a time (an exclusive ``flock`` on ``<name>/.lock``,
-released by the kernel however its holder ends); a version is written into a hidden staging
-directory (``<name>/.<version>-*``) and renamed into place; an import's scratch files live in
-``<model_dir>/.imports/<random>/``, locked by their owner. What a writer that died left behind
+Each model directory has one writer at a time (an exclusive ``flock`` on
+``<model_dir>/.locks/<name>``, released by the kernel however its holder ends; kept outside
+``<name>/`` so that it holds versions only, TF Serving's layout); a version is written into a
+hidden staging directory (``<name>/.<version>-*``) and renamed into place; an import's
+scratch files live in ``<model_dir>/.imports/<random>/``, locked by their owner. What a writer that died left behind
 is what nobody holds a lock on, and :func:`clean_repository` removes it at a server's start.
 Directories whose names start with a dot are never models.
 """
@@ -19,7 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-LOCK_FILE = ".lock"
+LOCK_FILE = ".lock"  # in a scratch directory
+LOCKS = ".locks"  # one file per model
 SCRATCH = ".imports"
 STAGING = re.compile(r"\.\d+-[^/]*")  # a version being written: ``.<version>-<random>``
 
@@ -30,9 +32,9 @@ class VersionConflict(Exception):
 
 
 @contextlib.contextmanager
-def locked(directory: Path, busy: str) -> Iterator[None]:
-    """Hold ``directory/.lock`` exclusively, or :class:`VersionConflict` (``busy``) at once."""
-    with (directory / LOCK_FILE).open("a") as handle:
+def locked(lock: Path, busy: str) -> Iterator[None]:
+    """Hold the file ``lock`` exclusively, or :class:`VersionConflict` (``busy``) at once."""
+    with lock.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -41,10 +43,13 @@ def locked(directory: Path, busy: str) -> Iterator[None]:
 
 
 def model_lock(root: Path) -> contextlib.AbstractContextManager[None]:
-    """One writer per model directory, across processes: a second writer is refused at once
-    rather than queued behind an import that may take minutes."""
+    """One writer per model directory ``root``, across processes: a second writer is refused
+    at once rather than queued behind an import that may take minutes."""
+    locks = root.parent / LOCKS
+    locks.mkdir(exist_ok=True)
     return locked(
-        root, f"model {root.name!r} is being written by another import; try again when it is done"
+        locks / root.name,
+        f"model {root.name!r} is being written by another import; try again when it is done",
     )
 
 
@@ -65,10 +70,12 @@ def scratch(model_dir: Path) -> Iterator[Path]:
     base.mkdir(exist_ok=True)
     directory = Path(tempfile.mkdtemp(dir=base))
     try:
-        with locked(directory, "scratch directory in use"):
+        with locked(directory / LOCK_FILE, "scratch directory in use"):
             yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last one out leaves no trace
+            base.rmdir()
 
 
 def clean_repository(model_dir: Path) -> list[str]:
@@ -83,7 +90,7 @@ def clean_repository(model_dir: Path) -> list[str]:
     imports = model_dir / SCRATCH
     for directory in imports.iterdir() if imports.is_dir() else ():
         try:
-            with locked(directory, "in use"):
+            with locked(directory / LOCK_FILE, "in use"):
                 shutil.rmtree(directory, ignore_errors=True)
             removed.append(f"{SCRATCH}/{directory.name}")
         except (VersionConflict, OSError):

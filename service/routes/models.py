@@ -21,14 +21,16 @@ from service.schemas import (
     HeadSummary,
     ModelDetail,
     ModelList,
+    ModelState,
     ModelSummary,
     ModelUploadParams,
     VersionDetail,
     VersionStatus,
     upload_body,
 )
+from training.metadata import OutputSpec
 
-S = TypeVar("S", bound=ModelSummary)
+S = TypeVar("S", bound=ModelState)
 router = APIRouter(prefix="/models", tags=["models"])
 ModelName = Annotated[str, Path(description="e.g. digit_odd or cifar10")]
 VersionPath = Annotated[str, Path(pattern=VERSION_OR_LABEL, description="a number or a label")]
@@ -54,12 +56,13 @@ def _summary(registry: ModelRegistry, name: str, schema: type[S], **extra) -> S:
         ready=any(m.status.value == "ready" for m in versions.values()),
         versions=[_status(versions[v]) for v in sorted(versions)],
         input=default.public_metadata.input if default.public_metadata else None,
-        outputs=[
-            HeadSummary(name=o.name, kind=o.kind, classes=len(o.labels))
-            for o in (default.public_metadata.outputs if default.public_metadata else [])
-        ],
         **extra,
     )
+
+
+def _heads(outputs: list[OutputSpec]) -> list[HeadSummary]:
+    """Heads as a listing shows them: a model's labels may be thousands of names."""
+    return [HeadSummary(name=o.name, kind=o.kind, classes=len(o.labels)) for o in outputs]
 
 
 @router.get("", response_model=ModelList, summary="Every model, its versions and readiness")
@@ -68,7 +71,10 @@ async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList
         device=registry.device,
         default_model=settings.default_model,
         model_uploads=settings.model_uploads,
-        models=[_summary(registry, n, ModelSummary) for n in sorted(registry.models)],
+        models=[
+            _summary(registry, n, ModelSummary, outputs=_heads(_outputs(registry, n)))
+            for n in sorted(registry.models)
+        ],
     )
 
 
@@ -79,7 +85,18 @@ async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList
     summary="A model: versions and the default version's metadata and layer table",
 )
 async def get_model(name: ModelName, registry: RegistryDep) -> ModelDetail:
-    return _summary(registry, name, ModelDetail, metadata=registry.get(name).public_metadata)
+    return _summary(
+        registry,
+        name,
+        ModelDetail,
+        outputs=_outputs(registry, name),
+        metadata=registry.get(name).public_metadata,
+    )
+
+
+def _outputs(registry: ModelRegistry, name: str) -> list[OutputSpec]:
+    meta = registry.get(name).public_metadata
+    return meta.outputs if meta else []
 
 
 @router.get(

@@ -1,18 +1,24 @@
 """Models over HTTP: POST /models/{name}/versions (off unless CNN_SERVE_MODEL_UPLOADS=true,
-behind the API keys) imports a Keras file as cnn-serve import does; Triton's repository
+behind an admin key) imports a Keras file as cnn-serve import does; Triton's repository
 extension lists, loads and unloads models."""
 
 from __future__ import annotations
 
 import io
 import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.app import create_app
+from service.settings import Settings
 from tests.conftest import MODELS
-from tests.service.conftest import admin_client, make_client
+from tests.service.conftest import admin_client, make_client, serving
 from tests.training.test_importer import cifar_like
 
 KEY = "upload-test-key-0123456789"
@@ -155,3 +161,58 @@ def test_uploads_wait_their_turn_for_the_import_process(repo, model_file):
         finally:
             timer.join()
         assert r.status_code == 201, r.text
+
+
+def test_a_slow_uploader_is_cut_and_delays_no_other_upload(repo, model_file):
+    """1 KB a second (each pause within the idle rule): cut with a 408 when the whole body
+    has taken longer than CNN_SERVE_BODY_TIMEOUT_S; meanwhile other uploads are served.
+    (Before: one slow uploader made every other upload 503 until it finished.)"""
+    settings = Settings(
+        model_dir=repo,
+        device="cpu",
+        model_uploads=True,
+        admin_keys=KEY,
+        body_timeout_s=6,
+        body_idle_timeout_s=3,
+    )
+    with serving(create_app(settings)) as address:
+        host, port = address.split(":")
+        slow = socket.create_connection((host, int(port)), timeout=30)
+        slow.sendall(
+            (
+                "POST /models/slow/versions HTTP/1.1\r\nHost: x\r\n"
+                f"X-API-Key: {KEY}\r\nContent-Length: 200000\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+                '--b\r\nContent-Disposition: form-data; name="file"; filename="m.keras"\r\n\r\n'
+            ).encode()
+        )
+        started = time.monotonic()
+
+        def trickle() -> bytes:
+            slow.settimeout(1)
+            while time.monotonic() - started < 20:
+                try:
+                    slow.sendall(b"x" * 1024)
+                    answer = slow.recv(4096)
+                    if answer:
+                        return answer
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            return b""
+
+        with ThreadPoolExecutor(1) as pool:
+            cut = pool.submit(trickle)
+            time.sleep(1)
+            r = httpx.post(
+                f"http://{address}/models/mine/versions",
+                files={"file": ("mine.keras", model_file)},
+                headers={"X-API-Key": KEY},
+                timeout=120,
+            )
+            assert r.status_code == 201, r.text
+            answer = cut.result()
+        slow.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert not (repo / "slow").exists()

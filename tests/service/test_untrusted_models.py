@@ -143,7 +143,7 @@ def test_a_hostile_model_file_costs_the_server_nothing(repo, tmp_path, make, say
         assert grown[0] < 400 * 2**20, f"server grew {grown[0] / 2**20:.0f} MB"
         assert client.get("/health/ready").status_code == 200
     assert sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")) == ["digit_odd"]
-    assert not any((repo / repository.SCRATCH).iterdir())
+    assert not (repo / repository.SCRATCH).exists()
     with admin_client(model_dir=repo) as restarted:  # and a restart serves as before
         assert restarted.get("/health/ready").status_code == 200
         assert [m["name"] for m in restarted.get("/models").json()["models"]] == ["digit_odd"]
@@ -220,7 +220,7 @@ def test_one_writer_per_model_the_second_gets_a_clean_conflict(repo, model_file)
             r = _upload(client, "mine", model_file, version="8")
         assert r.status_code == 409 and "another import" in r.json()["error"]["message"]
         r = _upload(client, "mine", model_file, version="7")
-        assert r.status_code == 409 and "has a version 7" in r.json()["error"]["message"]
+        assert r.status_code == 409 and "version 7 of model" in r.json()["error"]["message"]
         assert (root / "7" / "saved_model.pb").read_bytes() == b"first"
         assert _upload(client, "mine", model_file, version="8").status_code == 201
     done = subprocess.run(
@@ -242,7 +242,7 @@ def test_one_writer_per_model_the_second_gets_a_clean_conflict(repo, model_file)
         timeout=300,
         check=False,
     )
-    assert done.returncode == 1 and "has a version 8" in done.stderr
+    assert done.returncode == 1 and "version 8 of model 'mine' exists" in done.stderr
     assert (root / "8" / "saved_model.pb").is_file()
 
 
@@ -255,7 +255,10 @@ def test_what_a_crashed_import_left_is_removed_at_the_next_start(repo):
     (scratch / "model.keras").write_bytes(b"\0" * 1000)
     busy = repo / repository.SCRATCH / "upload-busy"  # an import still running elsewhere
     busy.mkdir()
-    with repository.locked(busy, "busy"), admin_client(model_dir=repo) as client:
+    with (
+        repository.locked(busy / repository.LOCK_FILE, "busy"),
+        admin_client(model_dir=repo) as client,
+    ):
         assert client.get("/health/ready").status_code == 200
         assert not staging.exists() and not scratch.exists()
         assert busy.exists()

@@ -1,0 +1,236 @@
+"""Model management as an abusive client uses it: what each case costs one cnn-serve worker
+(its own RSS, and its process tree's, which includes the process that reads model files),
+and whether it still serves.
+
+    python -m bench.abuse [--cycles 30] [--baseline GIT_REF]
+
+The server runs with uploads on, model control ``explicit`` and an admin key (a build that
+knows no admin keys ignores the setting), over a copy of the bundled models. Cases, in order:
+
+- ``unload``: an anonymous ``POST /v2/repository/models/digit_odd/unload``, then readiness;
+- ``hostile uploads``: the three hostile ``.keras`` files of tests/service/test_untrusted_models
+  (a 20000x20000 input, Dense(100000) over small weights, a 300 MB whitespace config.json),
+  each uploaded with the admin key: status, seconds, the server's RSS before, peak and after;
+- ``tensorproto``: four 45-byte TF Serving ``Predict`` calls at once declaring a
+  41,000,000-value DT_DOUBLE tensor;
+- ``idle grpc``: 40 ``ModelInfer`` calls that never send their message, then a health Check
+  and an inference from another connection;
+- ``cycles``: N unload+load cycles of cifar10_resnet, idle RSS before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Self
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from bench.run import ROOT, free_port, rss_mb, start, worktree
+from tests.service.handwriting import draw_digit, encode
+from tests.service.test_untrusted_models import huge_input, whitespace_config, wide_dense
+
+ADMIN = "bench-admin-key-0123456789"
+
+
+def own_rss_mb(pid: int) -> float:
+    """The server process alone (not the processes it started)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Sampler:
+    """The server's own RSS and its tree's, sampled every 50 ms while in use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.own, self.tree = pid, 0.0, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.own = max(self.own, own_rss_mb(self.pid))
+            self.tree = max(self.tree, rss_mb(self.pid))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def hostile_uploads(label: str, url: str, pid: int, scratch: Path) -> None:
+    for make in (huge_input, wide_dense, whitespace_config):
+        path = make(scratch / f"{make.__name__}.keras")
+        before = own_rss_mb(pid)
+        t0 = time.perf_counter()
+        with Sampler(pid) as sampled:
+            r = httpx.post(
+                f"{url}/models/evil/versions",
+                files={"file": (path.name, path.read_bytes())},
+                headers={"X-API-Key": ADMIN},
+                timeout=600,
+            )
+        seconds = time.perf_counter() - t0
+        time.sleep(1.5)  # the allocator's trim after a quiet second
+        print(
+            f"{label}: upload {make.__name__} ({path.stat().st_size / 1024:,.0f} KB): "
+            f"{r.status_code} in {seconds:.1f} s; server RSS {before:.0f} -> peak "
+            f"{sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB (tree peak {sampled.tree:.0f})"
+        )
+        if r.status_code < 300:  # a build that took it: remove it again for the next case
+            httpx.post(f"{url}/v2/repository/models/evil/unload", headers={"X-API-Key": ADMIN})
+
+
+def tensorproto(label: str, grpc_address: str, pid: int) -> None:
+    proto = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_DOUBLE,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=41_000_000)]
+        ),
+        double_val=[0.5],
+    )
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digit_odd"
+    request.inputs["image"].CopyFrom(proto)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(grpc_address))
+
+    def call(_) -> str:
+        try:
+            stub.Predict(request, timeout=60)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    before = own_rss_mb(pid)
+    with Sampler(pid) as sampled, ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(call, range(4)))
+    time.sleep(1.5)
+    print(
+        f"{label}: 4 x {request.ByteSize()}-byte Predict declaring 41,000,000 doubles: "
+        f"{codes}; server RSS {before:.0f} -> peak {sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB"
+    )
+
+
+def idle_grpc(label: str, grpc_address: str) -> None:
+    never = threading.Event()
+
+    def silence():
+        never.wait(60)
+        yield from ()
+
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(grpc_address, options=own) as idle:
+        opened = idle.stream_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        calls = [opened.future(silence(), timeout=60) for _ in range(40)]
+        time.sleep(1)
+        with grpc.insecure_channel(grpc_address) as other:
+            results = []
+            try:
+                health = health_pb2_grpc.HealthStub(other).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                results.append(
+                    f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}"
+                )
+            except grpc.RpcError as exc:
+                results.append(f"health {exc.code().name}")
+            request = pb.ModelInferRequest(model_name="digit_odd")
+            request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+            request.inputs[0].contents.bytes_contents.append(encode(draw_digit(7)))
+            try:
+                pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(request, timeout=5)
+                results.append("infer OK")
+            except grpc.RpcError as exc:
+                results.append(f"infer {exc.code().name}")
+        never.set()
+        for call in calls:
+            call.cancel()
+    print(f"{label}: 40 calls that never send their message, then {', '.join(results)}")
+
+
+def cycles(label: str, url: str, pid: int, count: int) -> None:
+    admin = {"X-API-Key": ADMIN}
+    path = "/v2/repository/models/cifar10_resnet"
+    time.sleep(2)
+    before = own_rss_mb(pid)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        httpx.post(f"{url}{path}/unload", headers=admin, timeout=60).raise_for_status()
+        httpx.post(f"{url}{path}/load", headers=admin, timeout=120).raise_for_status()
+    time.sleep(2)
+    print(
+        f"{label}: {count} unload+load cycles of cifar10_resnet (3 versions) in "
+        f"{time.perf_counter() - t0:.0f} s: idle RSS {before:.0f} -> {own_rss_mb(pid):.0f} MB"
+    )
+
+
+def run(label: str, root: Path, count: int) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-abuse-"))
+    models = scratch / "models"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns(".*"))
+    port, grpc_port = free_port(), free_port()
+    proc, _ = start(
+        "cnn-serve",
+        "digit_odd",
+        port,
+        root,
+        CNN_SERVE_MODEL_DIR=str(models),
+        CNN_SERVE_GRPC_PORT=str(grpc_port),
+        CNN_SERVE_MODEL_UPLOADS="true",
+        CNN_SERVE_MODEL_CONTROL="explicit",
+        CNN_SERVE_ADMIN_KEYS=ADMIN,
+        CNN_SERVE_MODEL_POLL_SECONDS="0",
+    )
+    url, address = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    try:
+        r = httpx.post(f"{url}/v2/repository/models/digit_odd/unload", timeout=60)
+        ready = httpx.get(f"{url}/health/ready").status_code
+        print(f"{label}: anonymous unload {r.status_code}; readiness then {ready}")
+        if ready != 200:
+            httpx.post(f"{url}/v2/repository/models/digit_odd/load", timeout=60)
+        hostile_uploads(label, url, proc.pid, scratch)
+        tensorproto(label, address, proc.pid)
+        idle_grpc(label, address)
+        cycles(label, url, proc.pid, count)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--baseline", metavar="GIT_REF")
+    args = parser.parse_args()
+    with worktree(args.baseline) as baseline:
+        run("cnn-serve", ROOT, args.cycles)
+        if baseline is not None:
+            run("baseline", baseline, args.cycles)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

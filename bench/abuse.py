@@ -15,6 +15,8 @@ knows no admin keys ignores the setting), over a copy of the bundled models. Cas
   41,000,000-value DT_DOUBLE tensor;
 - ``idle grpc``: 40 ``ModelInfer`` calls that never send their message, then a health Check
   and an inference from another connection;
+- ``rejected``: 16 ``ModelInfer`` calls at once, each a 39 MB message the model refuses
+  (the wrong shape), then the server's RSS a few seconds later;
 - ``cycles``: N unload+load cycles of cifar10_resnet, idle RSS before and after.
 """
 
@@ -82,21 +84,26 @@ def hostile_uploads(label: str, url: str, pid: int, scratch: Path) -> None:
         before = own_rss_mb(pid)
         t0 = time.perf_counter()
         with Sampler(pid) as sampled:
-            r = httpx.post(
-                f"{url}/models/evil/versions",
-                files={"file": (path.name, path.read_bytes())},
-                headers={"X-API-Key": ADMIN},
-                timeout=600,
-            )
+            try:
+                status = httpx.post(
+                    f"{url}/models/evil/versions",
+                    files={"file": (path.name, path.read_bytes())},
+                    headers={"X-API-Key": ADMIN},
+                    timeout=120,
+                ).status_code
+            except httpx.TimeoutException:
+                status = "no answer in 120 s"
         seconds = time.perf_counter() - t0
         time.sleep(1.5)  # the allocator's trim after a quiet second
         print(
             f"{label}: upload {make.__name__} ({path.stat().st_size / 1024:,.0f} KB): "
-            f"{r.status_code} in {seconds:.1f} s; server RSS {before:.0f} -> peak "
+            f"{status} in {seconds:.1f} s; server RSS {before:.0f} -> peak "
             f"{sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB (tree peak {sampled.tree:.0f})"
         )
-        if r.status_code < 300:  # a build that took it: remove it again for the next case
-            httpx.post(f"{url}/v2/repository/models/evil/unload", headers={"X-API-Key": ADMIN})
+        if status in (201, 202):  # a build that took it: unload it again for the next file
+            httpx.post(
+                f"{url}/v2/repository/models/evil/unload", headers={"X-API-Key": ADMIN}, timeout=120
+            )
 
 
 def tensorproto(label: str, grpc_address: str, pid: int) -> None:
@@ -170,6 +177,31 @@ def idle_grpc(label: str, grpc_address: str) -> None:
     print(f"{label}: 40 calls that never send their message, then {', '.join(results)}")
 
 
+def rejected(label: str, grpc_address: str, pid: int) -> None:
+    request = pb.ModelInferRequest(model_name="digit_odd")
+    values = 39 * 2**20 // 4
+    request.inputs.add(name="image", datatype="FP32", shape=[values // 784 + 1, 28, 28, 1])
+    request.raw_input_contents.append(bytes(4 * values))
+    options = [("grpc.max_send_message_length", 64 * 2**20)]
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_address, options))
+
+    def call(_) -> str:
+        try:
+            stub.ModelInfer(request, timeout=60)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+    before = own_rss_mb(pid)
+    with Sampler(pid) as sampled, ThreadPoolExecutor(16) as pool:
+        codes = sorted(set(pool.map(call, range(16))))
+    time.sleep(3)
+    print(
+        f"{label}: 16 x 39 MB ModelInfer refused ({', '.join(codes)}): server RSS "
+        f"{before:.0f} -> peak {sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB 3 s later"
+    )
+
+
 def cycles(label: str, url: str, pid: int, count: int) -> None:
     admin = {"X-API-Key": ADMIN}
     path = "/v2/repository/models/cifar10_resnet"
@@ -186,38 +218,48 @@ def cycles(label: str, url: str, pid: int, count: int) -> None:
     )
 
 
+def anonymous_unload(label: str, url: str) -> None:
+    r = httpx.post(f"{url}/v2/repository/models/digit_odd/unload", timeout=60)
+    ready = httpx.get(f"{url}/health/ready").status_code
+    print(f"{label}: anonymous unload {r.status_code}; readiness then {ready}")
+
+
 def run(label: str, root: Path, count: int) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="bench-abuse-"))
-    models = scratch / "models"
-    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns(".*"))
-    port, grpc_port = free_port(), free_port()
-    proc, _ = start(
-        "cnn-serve",
-        "digit_odd",
-        port,
-        root,
-        CNN_SERVE_MODEL_DIR=str(models),
-        CNN_SERVE_GRPC_PORT=str(grpc_port),
-        CNN_SERVE_MODEL_UPLOADS="true",
-        CNN_SERVE_MODEL_CONTROL="explicit",
-        CNN_SERVE_ADMIN_KEYS=ADMIN,
-        CNN_SERVE_MODEL_POLL_SECONDS="0",
-    )
-    url, address = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
-    try:
-        r = httpx.post(f"{url}/v2/repository/models/digit_odd/unload", timeout=60)
-        ready = httpx.get(f"{url}/health/ready").status_code
-        print(f"{label}: anonymous unload {r.status_code}; readiness then {ready}")
-        if ready != 200:
-            httpx.post(f"{url}/v2/repository/models/digit_odd/load", timeout=60)
-        hostile_uploads(label, url, proc.pid, scratch)
-        tensorproto(label, address, proc.pid)
-        idle_grpc(label, address)
-        cycles(label, url, proc.pid, count)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Each case against a server of its own, over a copy of its own: a case that breaks a
+    build (the baseline's hostile uploads) does not decide the next one's figures."""
+    cases = [
+        lambda url, address, pid, scratch: anonymous_unload(label, url),
+        lambda url, address, pid, scratch: hostile_uploads(label, url, pid, scratch),
+        lambda url, address, pid, scratch: tensorproto(label, address, pid),
+        lambda url, address, pid, scratch: idle_grpc(label, address),
+        lambda url, address, pid, scratch: rejected(label, address, pid),
+        lambda url, address, pid, scratch: cycles(label, url, pid, count),
+    ]
+    for case in cases:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-abuse-"))
+        models = scratch / "models"
+        shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns(".*"))
+        port, grpc_port = free_port(), free_port()
+        proc, _ = start(
+            "cnn-serve",
+            "digit_odd",
+            port,
+            root,
+            CNN_SERVE_MODEL_DIR=str(models),
+            CNN_SERVE_GRPC_PORT=str(grpc_port),
+            CNN_SERVE_MODEL_UPLOADS="true",
+            CNN_SERVE_MODEL_CONTROL="explicit",
+            CNN_SERVE_ADMIN_KEYS=ADMIN,
+            CNN_SERVE_MODEL_POLL_SECONDS="0",
+        )
+        try:
+            case(f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", proc.pid, scratch)
+        except (httpx.HTTPError, grpc.RpcError) as exc:
+            print(f"{label}: the case ended with {type(exc).__name__}: {str(exc)[:120]}")
+        finally:
+            proc.kill()
+            proc.wait(30)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> int:

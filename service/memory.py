@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections.abc import Callable
 
@@ -46,7 +47,11 @@ def tune_allocator() -> bool:
 
 
 def trim() -> None:
-    """Return the heaps' free memory to the operating system (glibc: every arena)."""
+    """Free what only reference cycles keep (a request whose error's traceback holds its
+    frames, a model's graph), then return the heaps' free memory to the operating system
+    (glibc: every arena). The collector's raised thresholds (``app.GC_THRESHOLDS``) and a
+    quiet server may otherwise leave those cycles, and their buffers, for a long time."""
+    gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
 

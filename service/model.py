@@ -113,7 +113,7 @@ class ServedModel:
             self._serve = loaded.signatures["serving_default"]
             self._maps = loaded.signatures.get("feature_maps")
             self._loaded = loaded  # keeps the variables alive
-            if metadata is None:  # a drop-in SavedModel: what the service needs, from its signature
+            if metadata is None:  # a drop-in: what the service needs, from its signature
                 stage = "reading the serving_default signature"
                 metadata = savedmodel.metadata(self.name, self.version, self.path, self._serve)
                 self._check_memory(metadata)

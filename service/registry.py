@@ -4,7 +4,6 @@ loads each version onto the device and owns their runners."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from pathlib import Path
@@ -82,11 +81,6 @@ def fingerprint(path: Path) -> tuple[int, int, float]:
                 continue
             files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime)
     return files, size, newest
-
-
-def _release_memory() -> None:
-    gc.collect()
-    memory.trim()
 
 
 VersionRef = int | str  # a version number, or a label the settings give one
@@ -268,7 +262,7 @@ class ModelRegistry:
         unloading and loading cifar10_resnet 35 times grew a server from 947 to 1,816 MB."""
         await runner.drain_and_close(self.settings.queue_timeout_s)
         del runner
-        await asyncio.to_thread(_release_memory)
+        await asyncio.to_thread(memory.trim)
 
     async def close(self) -> None:
         await asyncio.gather(*(runner.close() for runner in self.runners.values()), *self._retiring)

@@ -272,7 +272,11 @@ class Settings(BaseSettings):
     )
     import_cpu_seconds: int = Field(120, ge=1, description="that process's CPU time")
     import_timeout_s: float = Field(180.0, gt=0, description="that process's wall-clock time")
-    max_model_bytes: int = Field(256 * 2**20, gt=0, description="an uploaded model's request body")
+    max_model_bytes: int = Field(
+        256 * 2**20,
+        gt=0,
+        description="an uploaded model's request body, and what a .keras archive may unpack to",
+    )
     lite_runtime: bool = Field(
         True,
         description="one-image calls through a LiteRT copy of the serving signature "

@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 def _import(argv: list[str], settings) -> int:
     """The model file is read in a confined process, within the server's bounds on models
     (the same settings): an operator's import is held to what an upload is."""
-    from training import importer
+    from training import import_command
 
-    return importer.main(
+    return import_command.main(
         argv, settings.model_dir, settings.model_bounds(), settings.import_limits()
     )
 

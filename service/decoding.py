@@ -21,6 +21,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,6 +41,8 @@ def _start_worker() -> None:
     go back to the OS when freed), and an end with the server's, however that ends: a worker
     blocked on the task queue outlives a server that is killed, or that exits before its pool
     has told the workers to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group:
+    # the server drains and ends the workers; a worker's own KeyboardInterrupt is a traceback
     memory.tune_allocator()
     parent = multiprocessing.parent_process()
     if parent is not None:

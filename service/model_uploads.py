@@ -38,7 +38,7 @@ from service.schemas import ModelUploadParams
 from service.server import Server
 from service.settings import Settings
 from training import repository
-from training.importer import KERAS_SUFFIXES, Conflict, Options, Refused
+from training.import_command import KERAS_SUFFIXES, Conflict, Options, Refused
 from training.sandbox import import_isolated
 
 UPLOAD_PATH = re.compile(r"/models/[^/]+/versions")  # the route, for the body's size limit

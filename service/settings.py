@@ -377,7 +377,7 @@ class Settings(BaseSettings):
         return Limits(self.import_memory_bytes, self.import_cpu_seconds, self.import_timeout_s)
 
     def model_bounds(self) -> dict[str, int]:
-        """What a model file may declare (:class:`training.importer.Options`' ``max_*``)."""
+        """What a model file may declare (:class:`training.import_command.Options`' ``max_*``)."""
         return {
             "max_unpacked_bytes": self.max_model_bytes,
             "max_memory_bytes": self.max_model_memory_bytes,

@@ -1,9 +1,4 @@
-"""``cnn-serve import``: a user's Keras image classifier as a served version.
-
-    cnn-serve import SOURCE --name NAME [--model-dir DIR] [--version N]
-                            [--labels FILE | --labels OUTPUT=FILE ...]
-                            [--value-range LOW,HIGH] [--preprocessing resize|mnist]
-                            [--input-size H,W]
+"""``cnn-serve import``'s work: a user's Keras image classifier as a served version.
 
 SOURCE is a Keras 3 ``.keras`` file or a legacy ``.h5``/``.hdf5`` file (Keras's safe mode:
 no code runs from the file). The version is written as training writes one
@@ -12,23 +7,22 @@ no code runs from the file). The version is written as training writes one
 a running server picks it up with hot reload and serves it through every API. SOURCE may also
 be a SavedModel directory (``model.export()``, ``tf.saved_model.save``): it is copied as it is
 and serves without feature maps or Grad-CAM. A model the service cannot serve is refused with
-one line and nothing written.
+one line and nothing written. The command itself (arguments, options) is
+:mod:`training.import_command`, which imports neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
 import shutil
-import sys
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 
-from training import repository, sandbox, savedmodel
+from training import savedmodel
 from training.export import VersionConflict, export, layer_table, output_names, write_version
+from training.import_command import KERAS_SUFFIXES, NAME, Conflict, Options, Refused
 from training.metadata import (
     InputSpec,
     ModelMetadata,
@@ -36,34 +30,6 @@ from training.metadata import (
     estimated_memory_bytes,
     read_labels,
 )
-
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory name in the repository
-
-
-class Refused(Exception):
-    """What makes a model impossible to serve, in one line for its owner."""
-
-
-class Conflict(Refused):
-    """Refused for the repository's state, not the model: the version exists, the model
-    holds as many versions as it may, or another import is writing it."""
-
-
-@dataclass
-class Options:
-    source: Path
-    name: str
-    model_dir: Path
-    version: int | None = None
-    labels: dict[str | None, Path] | None = None  # None: the only head
-    value_range: tuple[float, float] | None = None  # None: [0, 1] (uint8 SavedModels: 0..255)
-    preprocessing: str = "resize"
-    input_size: tuple[int, int] | None = None
-    # bounds on what an untrusted file may cost (None: unbounded, for a trusted file)
-    max_unpacked_bytes: int | None = None  # a .keras archive's members, unpacked
-    max_memory_bytes: int | None = None  # the model's estimate (weights + activations)
-    max_versions: int | None = None  # versions the model may hold
 
 
 def load(
@@ -105,19 +71,18 @@ def _check_unpacked(source: Path, limit: int) -> None:
         )
 
 
-def _check_memory(model: keras.Model, limit: int | None) -> None:
-    """The model's estimated memory for one image within ``limit``, from its shapes."""
-    if limit is None:
-        return
+def _check_memory(model: keras.Model, limit: int | None) -> int:
+    """The model's estimated memory for one image, from its shapes, within ``limit``."""
     needed = estimated_memory_bytes(
         layer_table(model), model.count_params(), model.inputs[0].shape[1:]
     )
-    if needed > limit:
+    if limit is not None and needed > limit:
         raise Refused(
             f"the model needs an estimated {needed / 2**20:,.0f} MB to serve one image "
             f"(weights and its largest activations), more than a model may "
             f"({limit / 2**20:,.0f} MB, CNN_SERVE_MAX_MODEL_MEMORY_BYTES)"
         )
+    return needed
 
 
 def _functional(model: keras.Model, size: tuple[int, int] | None) -> keras.Model:
@@ -260,9 +225,9 @@ def metadata_builder(model: keras.Model, options: Options, heads: list[OutputSpe
     return build
 
 
-def import_model(options: Options) -> Path:
+def import_model(options: Options, say: Callable[[str], None] = lambda step: None) -> Path:
     """Write ``options.source`` as ``<model_dir>/<name>/<version>/``; :class:`Refused` when it
-    cannot be served (nothing is written then)."""
+    cannot be served (nothing is written then). ``say`` hears each step as it starts."""
     if not NAME.fullmatch(options.name):
         raise Refused(
             f"--name {options.name[:64]!r}: letters, digits, '_', '-' and '.', "
@@ -279,13 +244,21 @@ def import_model(options: Options) -> Path:
         )
     try:
         if options.source.is_dir():
+            say("reading the SavedModel's serving signature")
             return _import_savedmodel(options, root)
+        say(f"reading {options.source.name}")
         model = load(options.source, options.input_size, options.max_unpacked_bytes)
         model = _fixed_size(model, options.input_size)
-        _check_memory(model, options.max_memory_bytes)
+        needed = _check_memory(model, options.max_memory_bytes)
         heads = _heads(_keras_heads(model), options.labels)
+        say(
+            f"checked: {len(model.layers)} layers, {model.count_params():,} parameters, "
+            f"{', '.join(f'{h.name} ({h.kind})' for h in heads)}; about "
+            f"{needed / 2**20:,.0f} MB to serve one image"
+        )
+        say("exporting: the SavedModel's signatures, a LiteRT copy, the Keras model")
         build = metadata_builder(model, options, heads)
-        return export(
+        path = export(
             model,
             options.model_dir,
             build,
@@ -296,6 +269,8 @@ def import_model(options: Options) -> Path:
         )
     except VersionConflict as exc:
         raise Conflict(str(exc)) from None
+    say(f"written as version {path.name}")
+    return path
 
 
 def _import_savedmodel(options: Options, root: Path) -> Path:
@@ -352,109 +327,3 @@ def _preprocessing(options: Options, shape: list[int]) -> str:
             f"{'x'.join(map(str, shape))}"
         )
     return options.preprocessing
-
-
-def summary(path: Path) -> str:
-    meta = ModelMetadata.read(path)
-    spec = meta.input
-    heads = "; ".join(
-        f"{o.name} ({o.kind}, {len(o.labels)} labels: "
-        f"{', '.join(o.labels[:4])}{', ...' if len(o.labels) > 4 else ''})"
-        for o in meta.outputs
-    )
-    return (
-        f"imported {meta.name} v{meta.version} -> {path}\n"
-        f"  input: {spec.height}x{spec.width}x{spec.channels} {spec.color_mode}, values "
-        f"{spec.value_range[0]:g}..{spec.value_range[1]:g}, preprocessing "
-        f"{spec.preprocessing}\n  heads: {heads}\n"
-        f"  layers: {len(meta.layers)}, parameters: {meta.total_params:,}"
-    )
-
-
-def _pair(kind: type, text: str, what: str) -> tuple:
-    try:
-        low, high = (kind(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} is two numbers: A,B") from None
-    return low, high
-
-
-def parser(default_model_dir: Path) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnn-serve import", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "source", type=Path, help="a .keras or .h5 model file, or a SavedModel directory"
-    )
-    p.add_argument("--name", required=True, help="the model's name in the service")
-    p.add_argument(
-        "--model-dir",
-        type=Path,
-        default=default_model_dir,
-        help=f"model repository (default: {default_model_dir})",
-    )
-    p.add_argument("--version", type=int, default=None, help="default: the next free one")
-    p.add_argument(
-        "--labels",
-        action="append",
-        default=[],
-        metavar="[OUTPUT=]FILE",
-        help="one label per line, line N = class N; OUTPUT= for one of several heads (repeatable)",
-    )
-    p.add_argument(
-        "--value-range",
-        type=lambda t: _pair(float, t, "--value-range"),
-        default=None,
-        metavar="LOW,HIGH",
-        help="the values the model expects for black and white (default 0,1, or "
-        "0,255 for a SavedModel with uint8 input; e.g. 0,255 for a model with "
-        "Rescaling(1/255) inside)",
-    )
-    p.add_argument("--preprocessing", choices=["resize", "mnist"], default="resize")
-    p.add_argument(
-        "--input-size",
-        type=lambda t: _pair(int, t, "--input-size"),
-        default=None,
-        metavar="H,W",
-        help="only for a model whose input size is not fixed",
-    )
-    return p
-
-
-def main(
-    argv: list[str],
-    default_model_dir: Path,
-    bounds: dict | None = None,
-    limits: sandbox.Limits | None = None,
-) -> int:
-    """``cnn-serve import``: with ``limits``, the file is read in a confined child process
-    (:mod:`training.sandbox`); ``bounds`` are :class:`Options`' ``max_*`` fields."""
-    args = parser(default_model_dir).parse_args(argv)
-    labels: dict[str | None, Path] = {}
-    for item in args.labels:
-        head, _, file = item.rpartition("=")
-        labels[head or None] = Path(file)
-    options = Options(
-        args.source.resolve(),
-        args.name,
-        args.model_dir.resolve(),
-        args.version,
-        {head: path.resolve() for head, path in labels.items()},
-        args.value_range,
-        args.preprocessing,
-        args.input_size,
-        **(bounds or {}),
-    )
-    try:
-        if limits is None:
-            path = import_model(options)
-        else:
-            options.model_dir.mkdir(parents=True, exist_ok=True)
-            with repository.scratch(options.model_dir) as scratch:
-                path = sandbox.import_isolated(options, limits, scratch)
-    except Refused as exc:
-        raise SystemExit(f"cnn-serve import: {exc}") from None
-    print(summary(path))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], Path("models")))

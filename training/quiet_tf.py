@@ -8,15 +8,17 @@ and its GPUs are first listed, descriptor 2 is captured: the known notices are k
 :data:`NOTICES` (``cnn-serve`` logs them at debug level), every other line is written back as
 it was. Whether a GPU that was asked for is missing is reported by the code that asked.
 
-Both packages import this module first (their ``__init__``), so a plain ``import tensorflow``
-anywhere after finds it loaded. Where TensorFlow is not installed (Keras on JAX), and in a
-process named :data:`TF_FREE_PROCESS` (the decode workers, which must not pay TensorFlow's
-seconds and hundreds of MB), it does nothing.
+Both packages import this module first (their ``__init__``); it imports nothing heavy, but
+installs an import hook so that whichever module first imports TensorFlow (or Keras, which
+imports it) gets it quietly. A process that never needs it - ``cnn-serve --help``, the decode
+workers (named :data:`TF_FREE_PROCESS`), the parent of a model import - never pays its
+seconds and hundreds of MB. Where TensorFlow is not installed (Keras on JAX), nothing happens.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -32,8 +34,7 @@ NOTICE = re.compile(
     r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 NOTICES: list[str] = []
-# multiprocessing processes named so never import TensorFlow here (the decode workers);
-# uvicorn's --workers processes are multiprocessing's too, and do
+# the decode workers' process names: nothing they import needs TensorFlow (tested)
 TF_FREE_PROCESS = "tf-free-"
 
 
@@ -58,15 +59,37 @@ def native_stderr_captured() -> Iterator[None]:
                     print(line, file=sys.stderr)
 
 
-def _load() -> None:
-    if multiprocessing.current_process().name.startswith(TF_FREE_PROCESS):
-        return  # service.decoding's worker: it never needs TensorFlow
-    with native_stderr_captured():
-        try:
-            import tensorflow
-        except ModuleNotFoundError:  # Keras on JAX: nothing to quieten
-            return
-        tensorflow.config.list_physical_devices("GPU")  # where cuInit reports
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` for its first importer, whoever that is, and has it imported with
+    descriptor 2 captured (its GPUs listed too, where cuInit reports). Installed when either
+    package is imported, it imports nothing itself: a process that never uses TensorFlow
+    (``cnn-serve --help``, a decode worker, the parent of an import) does not pay its seconds
+    and hundreds of MB."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the real finders find it
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
 
 
-_load()
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with native_stderr_captured():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices("GPU")  # where cuInit reports
+
+
+if "tensorflow" not in sys.modules and not any(
+    isinstance(finder, _QuietImport) for finder in sys.meta_path
+):
+    sys.meta_path.insert(0, _QuietImport())

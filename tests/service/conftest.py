@@ -194,9 +194,11 @@ class Spawned:
             return seen()
 
 
-def spawn_server(log: Path, models_dir: Path, **env: str) -> Spawned:
+def spawn_server(log: Path, models_dir: Path, own_group: bool = False, **env: str) -> Spawned:
     """The real ``cnn-serve`` process on a free port with ``CNN_SERVE_*`` overrides ``env``,
-    its output in ``log``; returns once it says it is listening."""
+    its output in ``log``; returns once it says it is listening. ``own_group``: in a process
+    group of its own, as a terminal runs a command (a signal to the group reaches every
+    process it started)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -211,6 +213,7 @@ def spawn_server(log: Path, models_dir: Path, **env: str) -> Spawned:
         env=variables,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        process_group=0 if own_group else None,
     )
     server = Spawned(proc, port, log)
     if server.wait_for("running on http://") and proc.poll() is None:

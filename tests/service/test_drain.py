@@ -6,6 +6,7 @@ served during the drain, exit within the drain + 10 s."""
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import threading
 import time
@@ -115,3 +116,30 @@ def test_sigterm_drains_without_failing_a_request(tmp_path, models_dir):
     assert DRAIN_S <= exited_after <= DRAIN_S + 10
     log = (tmp_path / "server.log").read_text()
     assert "draining for 2 s" in log
+
+
+def test_ctrl_c_stops_every_process_without_a_traceback(tmp_path, models_dir):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: the server, its decode
+    workers. The server drains and exits; no process prints a traceback (before: two
+    KeyboardInterrupt tracebacks, one from each decode worker)."""
+    server = spawn_server(
+        tmp_path / "server.log",
+        models_dir,
+        own_group=True,
+        CNN_SERVE_DRAIN_SECONDS="0.5",
+        CNN_SERVE_DECODE_PROCESSES="2",
+    )
+    assert _predict_on_a_new_connection(server.port) == 200
+    signalled = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGINT)
+    try:
+        server.proc.wait(30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    exited_after = time.monotonic() - signalled
+    server.wait_for("never printed", timeout=10)  # until every process has closed the output
+    log = (tmp_path / "server.log").read_text()
+    assert "draining for 0.5 s" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+    assert server.proc.returncode == 0 and exited_after <= 0.5 + 10

@@ -236,7 +236,7 @@ def own_models_url(tmp_path_factory):
     from service.app import create_app
     from service.settings import Settings
     from tests.service.conftest import serving
-    from training.importer import main as import_main
+    from training.import_command import main as import_main
     from training.metadata import ModelMetadata
 
     repo = tmp_path_factory.mktemp("own")

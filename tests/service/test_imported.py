@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.service.conftest import admin_client, make_client, oip_fp32
 from tests.training.test_importer import cifar_like, two_heads
-from training.importer import main as import_main
+from training.import_command import main as import_main
 
 ATOL = 1e-4
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.importer import main
+from training.import_command import main
 from training.metadata import ModelMetadata
 
 

@@ -230,12 +230,15 @@ def test_a_busy_answer_is_retried_after_its_retry_after(explorer):
 @pytest.fixture(scope="module")
 def own_models_url(tmp_path_factory):
     """A service over a user's models: the committed cifar10's model.keras imported as
-    ``photos``, and its SavedModel dropped in without metadata as ``dropped``."""
+    ``photos`` (values 0..1), ``signed`` (-1..1) and ``bytes`` (0..255), a grayscale
+    functional model whose input is not named ``image`` as ``shapes``, and cifar10's SavedModel
+    dropped in without metadata as ``dropped``."""
     import shutil
 
     from service.app import create_app
     from service.settings import Settings
     from tests.service.conftest import serving
+    from tests.training.test_importer import two_heads
     from training.import_command import main as import_main
     from training.metadata import ModelMetadata
 
@@ -259,6 +262,11 @@ def own_models_url(tmp_path_factory):
         )
         == 0
     )
+    for name, values in (("signed", "-1,1"), ("bytes", "0,255")):  # other value ranges
+        argv = [str(cifar / "model.keras"), "--name", name, "--value-range", values]
+        assert import_main([*argv, "--model-dir", str(models)], models) == 0
+    two_heads().save(repo / "shapes.keras")  # functional, its input named "pixels"
+    assert import_main([str(repo / "shapes.keras"), "--name", "shapes"], models) == 0
     shutil.copytree(
         cifar,
         models / "dropped" / "1",
@@ -315,6 +323,35 @@ def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_page, own
     )
     _wait_for_label(page, "ship")
     assert page.get_by_test_id("layer").count() == 0
+
+
+@pytest.mark.parametrize(("model", "mode"), [("signed", "RGB"), ("bytes", "RGB"), ("shapes", "L")])
+def test_the_input_preview_shows_the_picture_whatever_the_value_range(own_page, model, mode):
+    """The model's input mapped back to display pixels by the version's value range: the
+    preview is the uploaded picture at the input size (before: white for 0..255, dark and
+    clamped for -1..1, and none for an input layer not named ``image``)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    page = own_page
+    before = page.get_attribute("#seen", "src")
+    page.select_option("#model", model)
+    page.set_input_files("#upload", str(SAMPLES / "ship.png"))
+    page.wait_for_function(
+        "(before) => { const s = document.querySelector('#seen');"
+        " return !s.hidden && s.src.startsWith('data:') && s.src !== before; }",
+        arg=before or "",
+        timeout=30_000,
+    )
+    shown = page.get_attribute("#seen", "src").split(",", 1)[1]
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown))).convert("RGB"), float)
+    sent = Image.open(SAMPLES / "ship.png").convert(mode).convert("RGB")
+    sent = sent.resize(seen.shape[1::-1])
+    difference = np.abs(seen - np.asarray(sent, float)).mean()
+    assert difference <= 40, f"mean absolute difference {difference:.1f} of 255"
 
 
 def test_open_your_model_uploads_it_and_shows_it(own_page, own_models_url, tmp_path):

@@ -406,7 +406,7 @@ function renderMaps(layers) {
     }
     maps.replaceChildren(img, range);
     pictures.push(img);
-    if (layer.name === "image") showSeen(layer.image);
+    if (layer.type === "InputLayer") showSeen(layer.image);
   });
   if (state.channel) showChannel(state.channel.index, state.channel.channel);
   return pictures;
@@ -448,8 +448,10 @@ $("channel-next").addEventListener("click", () => state.channel && showChannel(s
 $("channel-close").addEventListener("click", () => { state.channel = null; $("channel").hidden = true; });
 
 function showSeen(image) {
-  // the input as the model sees it: one gray tile, or three tiles put back together as colour
+  // the input as the model sees it: one gray tile, or three tiles put back together as colour,
+  // its values mapped back to display pixels by the version's value range (black .. white)
   const g = image.grid, scale = image.color_scale;
+  const [black, white] = state.detail.metadata.input.value_range;
   const c = document.createElement("canvas");
   c.width = g.tile_width; c.height = g.tile_height;
   const out = c.getContext("2d");
@@ -466,7 +468,8 @@ function showSeen(image) {
       const data = s.getImageData(x0, y0, g.tile_width, g.tile_height).data;
       const [low, high] = scale.scaling === "per_channel" ? scale.channel_ranges[ch] : scale.range;
       for (let i = 0; i < g.tile_width * g.tile_height; i++) {
-        const v = Math.round((low + data[i * 4] / 255 * (high - low)) * 255);
+        const value = low + data[i * 4] / 255 * (high - low);
+        const v = Math.round((value - black) / (white - black) * 255);
         for (const k of channels === 1 ? [0, 1, 2] : [ch]) pixels.data[i * 4 + k] = v;
         pixels.data[i * 4 + 3] = 255;
       }

@@ -136,6 +136,34 @@ def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explo
     _all_layers_drawn(page, _layer_count(page, server_url, "digit_odd"))
 
 
+def test_switching_model_keeps_an_input_it_takes_and_clears_one_it_does_not(explorer):
+    """A drawn 7 stays for digit_odd_plus (the same 28x28 digits) and is read again; a colour
+    photo model gets a clean canvas, not the 7 (before: "circle 52.8 %" for a 7)."""
+    page = explorer
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
+    _draw(page, SEVEN)
+    _wait_for_label(page, "7")
+    page.select_option("#model", "digit_odd_plus")
+    page.wait_for_function(
+        "() => performance.getEntriesByType('resource')"
+        ".some((e) => e.name.includes('/models/digit_odd_plus/feature-maps'))",
+        timeout=15_000,
+    )
+    _wait_for_label(page, "7")
+    posted.clear()
+    page.select_option("#model", "cifar10")
+    _wait_for_label(page, "–")
+    page.wait_for_timeout(500)  # anything that would have been sent has been by now
+    assert not posted, posted
+    blank = page.evaluate(
+        "() => { const c = document.querySelector('#draw');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return d.every((v) => v === 255); }"
+    )
+    assert blank
+
+
 def test_channels_grad_cam_choices_and_scaling(explorer):
     page = explorer
     page.locator("#samples button").first.click()  # the digit 2 sample

@@ -26,6 +26,7 @@ const state = {
   file: null,        // the uploaded bytes, sent as they are while nothing is drawn over them
   busy: false, again: false, timer: 0,
   lastInput: 0,      // when the pen last moved (performance.now()), for the latency shown
+  shown: null,       // the model the page shows (the input was chosen for it)
   layers: [],        // the last feature-maps answer's layers
   channel: null,     // {layer index, channel} shown enlarged
 };
@@ -90,6 +91,7 @@ $("open-model").addEventListener("change", async () => {
 
 async function selectModel() {
   const model = state.models.find((m) => m.name === $("model").value);
+  state.shown = model.name;
   const ready = model.versions.filter((v) => v.status === "ready").map((v) => v.version);
   $("version").replaceChildren(...ready.map((v) => new Option(`v${v}`, v)));
   $("version").value = model.default_version;
@@ -316,7 +318,24 @@ for (const id of ["cam-head", "cam-class", "cam-layer"]) {
     if ($("prediction").textContent !== "–") explain().catch(camError);
   });
 }
-$("model").addEventListener("change", () => selectModel().catch(showError));
+/** Whether an input chosen for one model suits another: the same image size, colours and
+ * preprocessing (digit_odd and digit_odd_plus; cifar10 and its ResNet). A drawn 7 sent to a
+ * shape classifier is an answer to a question nobody asked. */
+function takesTheSameInput(a, b) {
+  return Boolean(a && b && a.input && b.input)
+    && a.input.shape.join() === b.input.shape.join()
+    && a.input.color_mode === b.input.color_mode
+    && a.input.preprocessing === b.input.preprocessing;
+}
+
+$("model").addEventListener("change", () => {
+  const find = (name) => state.models.find((m) => m.name === name);
+  if (!takesTheSameInput(find(state.shown), find($("model").value))) {
+    state.strokes = []; state.background = null; state.file = null;  // pick one for this model
+    paint();
+  }
+  selectModel().catch(showError);
+});
 $("version").addEventListener("change", () => selectVersion().catch(showError));
 document.querySelectorAll("input[name=scaling]").forEach((r) => r.addEventListener("change", update));
 

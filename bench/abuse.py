@@ -35,13 +35,12 @@ from typing import Self
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from bench.run import ROOT, free_port, rss_mb, start, worktree
-from tests.service.handwriting import draw_digit, encode
+from tests.service.rpc.test_abuse import huge_predict, idle_calls, infer_request
 from tests.service.test_untrusted_models import huge_input, whitespace_config, wide_dense
 
 ADMIN = "bench-admin-key-0123456789"
@@ -106,74 +105,51 @@ def hostile_uploads(label: str, url: str, pid: int, scratch: Path) -> None:
             )
 
 
-def tensorproto(label: str, grpc_address: str, pid: int) -> None:
-    proto = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_DOUBLE,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=41_000_000)]
-        ),
-        double_val=[0.5],
-    )
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "digit_odd"
-    request.inputs["image"].CopyFrom(proto)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(grpc_address))
+def codes(call, request, times: int) -> list[str]:
+    """``call(request)`` ``times`` times at once: each answer's status code."""
 
-    def call(_) -> str:
+    def one(_) -> str:
         try:
-            stub.Predict(request, timeout=60)
+            call(request, timeout=60)
             return "OK"
         except grpc.RpcError as exc:
             return exc.code().name
 
+    with ThreadPoolExecutor(times) as pool:
+        return list(pool.map(one, range(times)))
+
+
+def tensorproto(label: str, grpc_address: str, pid: int) -> None:
+    request = huge_predict()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(grpc_address))
     before = own_rss_mb(pid)
-    with Sampler(pid) as sampled, ThreadPoolExecutor(4) as pool:
-        codes = list(pool.map(call, range(4)))
+    with Sampler(pid) as sampled:
+        answers = codes(stub.Predict, request, 4)
     time.sleep(1.5)
     print(
         f"{label}: 4 x {request.ByteSize()}-byte Predict declaring 41,000,000 doubles: "
-        f"{codes}; server RSS {before:.0f} -> peak {sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB"
+        f"{answers}; server RSS {before:.0f} -> peak {sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB"
     )
 
 
 def idle_grpc(label: str, grpc_address: str) -> None:
-    never = threading.Event()
-
-    def silence():
-        never.wait(60)
-        yield from ()
-
-    own = [("grpc.use_local_subchannel_pool", 1)]
-    with grpc.insecure_channel(grpc_address, options=own) as idle:
-        opened = idle.stream_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
-        calls = [opened.future(silence(), timeout=60) for _ in range(40)]
+    results = []
+    with idle_calls(grpc_address, 40, 60), grpc.insecure_channel(grpc_address) as other:
         time.sleep(1)
-        with grpc.insecure_channel(grpc_address) as other:
-            results = []
-            try:
-                health = health_pb2_grpc.HealthStub(other).Check(
-                    health_pb2.HealthCheckRequest(), timeout=5
-                )
-                results.append(
-                    f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}"
-                )
-            except grpc.RpcError as exc:
-                results.append(f"health {exc.code().name}")
-            request = pb.ModelInferRequest(model_name="digit_odd")
-            request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
-            request.inputs[0].contents.bytes_contents.append(encode(draw_digit(7)))
-            try:
-                pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(request, timeout=5)
-                results.append("infer OK")
-            except grpc.RpcError as exc:
-                results.append(f"infer {exc.code().name}")
-        never.set()
-        for call in calls:
-            call.cancel()
+        try:
+            health = health_pb2_grpc.HealthStub(other).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            results.append(
+                f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}"
+            )
+        except grpc.RpcError as exc:
+            results.append(f"health {exc.code().name}")
+        try:
+            pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(infer_request(), timeout=5)
+            results.append("infer OK")
+        except grpc.RpcError as exc:
+            results.append(f"infer {exc.code().name}")
     print(f"{label}: 40 calls that never send their message, then {', '.join(results)}")
 
 
@@ -184,20 +160,12 @@ def rejected(label: str, grpc_address: str, pid: int) -> None:
     request.raw_input_contents.append(bytes(4 * values))
     options = [("grpc.max_send_message_length", 64 * 2**20)]
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_address, options))
-
-    def call(_) -> str:
-        try:
-            stub.ModelInfer(request, timeout=60)
-            return "OK"
-        except grpc.RpcError as exc:
-            return exc.code().name
-
     before = own_rss_mb(pid)
-    with Sampler(pid) as sampled, ThreadPoolExecutor(16) as pool:
-        codes = sorted(set(pool.map(call, range(16))))
+    with Sampler(pid) as sampled:
+        answers = sorted(set(codes(stub.ModelInfer, request, 16)))
     time.sleep(3)
     print(
-        f"{label}: 16 x 39 MB ModelInfer refused ({', '.join(codes)}): server RSS "
+        f"{label}: 16 x 39 MB ModelInfer refused ({', '.join(answers)}): server RSS "
         f"{before:.0f} -> peak {sampled.own:.0f} -> {own_rss_mb(pid):.0f} MB 3 s later"
     )
 

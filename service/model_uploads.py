@@ -42,13 +42,12 @@ from training.import_command import KERAS_SUFFIXES, Conflict, Options, Refused
 from training.sandbox import import_isolated
 
 UPLOAD_PATH = re.compile(r"/models/[^/]+/versions")  # the route, for the body's size limit
-LOAD_WAIT_S = 30.0
 MAX_FIELDS = 8
 
 
 async def upload(server: Server, request: Request, name: str) -> ServedModel:
     """Import the request's model file as the next (or the asked) version of ``name`` and
-    wait (at most ``LOAD_WAIT_S``) until it serves; the version as it is then."""
+    wait (at most ``registry.CHANGE_WAIT_S``) until it serves; the version as it is then."""
     settings, admission = server.settings, server.admission
     with repository.scratch(settings.model_dir) as scratch:
         async with admission.reserve(model_upload_bodies=1):
@@ -143,10 +142,7 @@ async def _served(server: Server, name: str, version: int, path: Path) -> Served
     """Read the repository now and wait for the new version; one that was written but does
     not load is removed again (400) rather than left failing."""
     registry = server.registry
-    try:
-        await asyncio.wait_for(asyncio.shield(registry.load(name)), LOAD_WAIT_S)
-    except TimeoutError:
-        pass  # still loading: the caller answers 202
+    await registry.load_now(name)  # past its wait, still loading: the caller answers 202
     model = registry.get(name, version)
     if model.status is Status.failed:
         await asyncio.to_thread(shutil.rmtree, path, True)

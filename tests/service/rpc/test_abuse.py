@@ -8,6 +8,8 @@ import logging
 import socket
 import threading
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import h2.connection
@@ -39,45 +41,36 @@ def infer_request() -> pb.ModelInferRequest:
     return request
 
 
-def test_calls_that_never_send_their_message_lock_nobody_out(served):
-    """40 ModelInfer calls that open and then send nothing (more than the 32 calls in
-    progress the server allows) hold no slot: health Check and another client's inference
-    still succeed at once. Before: RESOURCE_EXHAUSTED for everyone while they stayed open."""
+@contextmanager
+def idle_calls(address: str, count: int, seconds: float = 30) -> Iterator[None]:
+    """``count`` ModelInfer calls opened on a connection of their own that send nothing for
+    ``seconds`` (or until the block ends)."""
     never = threading.Event()
 
     def silence():
-        never.wait(30)
+        never.wait(seconds)
         yield from ()
 
     # a connection of its own, as another client's would be (channels of one process to one
     # address otherwise share one)
     own = [("grpc.use_local_subchannel_pool", 1)]
-    with grpc.insecure_channel(served.grpc, options=own) as idle:
+    with grpc.insecure_channel(address, options=own) as idle:
         opened = idle.stream_unary(
             SERVICE + "ModelInfer",
             request_serializer=pb.ModelInferRequest.SerializeToString,
             response_deserializer=pb.ModelInferResponse.FromString,
         )
-        calls = [opened.future(silence(), timeout=30) for _ in range(40)]
+        calls = [opened.future(silence(), timeout=seconds) for _ in range(count)]
         try:
-            with grpc.insecure_channel(served.grpc) as other:
-                health = health_pb2_grpc.HealthStub(other)
-                for _ in range(5):
-                    check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                    assert check.status == health_pb2.HealthCheckResponse.SERVING
-                answer = pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(
-                    infer_request(), timeout=10
-                )
-                assert answer.model_name == "digit_odd" and len(answer.outputs) == 2
+            yield
         finally:
             never.set()
             for call in calls:
                 call.cancel()
 
 
-def test_a_few_bytes_declaring_a_huge_tensor_allocate_nothing(served):
-    """A 45-byte Predict (DT_DOUBLE, shape [41000000], one value): TensorFlow would fill the
-    shape with that value (328 MB, then a float32 copy). Refused from its shape first."""
+def huge_predict() -> predict_pb2.PredictRequest:
+    """45 bytes: TF Serving's Predict with one DT_DOUBLE value and shape [41000000]."""
     proto = tensor_pb2.TensorProto(
         dtype=types_pb2.DT_DOUBLE,
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
@@ -88,6 +81,26 @@ def test_a_few_bytes_declaring_a_huge_tensor_allocate_nothing(served):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "digit_odd"
     request.inputs["image"].CopyFrom(proto)
+    return request
+
+
+def test_calls_that_never_send_their_message_lock_nobody_out(served):
+    """40 ModelInfer calls that open and then send nothing (more than the 32 calls in
+    progress the server allows) hold no slot: health Check and another client's inference
+    still succeed at once. Before: RESOURCE_EXHAUSTED for everyone while they stayed open."""
+    with idle_calls(served.grpc, 40), grpc.insecure_channel(served.grpc) as other:
+        health = health_pb2_grpc.HealthStub(other)
+        for _ in range(5):
+            check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        answer = pb_grpc.GRPCInferenceServiceStub(other).ModelInfer(infer_request(), timeout=10)
+        assert answer.model_name == "digit_odd" and len(answer.outputs) == 2
+
+
+def test_a_few_bytes_declaring_a_huge_tensor_allocate_nothing(served):
+    """A 45-byte Predict (DT_DOUBLE, shape [41000000], one value): TensorFlow would fill the
+    shape with that value (328 MB, then a float32 copy). Refused from its shape first."""
+    request = huge_predict()
     assert request.ByteSize() < 64
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(served.grpc))
     tracemalloc.start()

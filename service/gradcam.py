@@ -5,7 +5,9 @@ For the chosen layer's output A (``[h, w, k]``) and the chosen class score y: th
 dy/dA, one weight per channel by global average over the positions, the weighted sum of A's
 channels, ReLU, divided by its maximum (all zeros, not NaN, when nothing is positive), then
 resized to the model's input size (bilinear, ``tf.image.resize``'s half-pixel centres). The
-score of a 1-unit sigmoid head is p for class 1 and 1 - p for class 0.
+score is the head's output for the chosen class: a probability (a 1-unit sigmoid head: p for
+class 1 and 1 - p for class 0; a multilabel head: the chosen label's), a logits head's class
+logit, or a regression head's chosen value.
 
 The SavedModel's signatures carry no gradients, so this runs the Keras model that training
 saved beside them; the model's other calls never touch it.
@@ -139,6 +141,7 @@ class GradCam:
             self.model.inputs, [self.graph.outputs[layer], self.graph.heads[output.name]]
         )
         binary, threshold = output.binary, output.THRESHOLD
+        ranked = output.classifies  # else values: value 0 unless one is asked for
         shape = [1, *self.metadata.input.shape]
 
         @tf.function(
@@ -149,11 +152,12 @@ class GradCam:
                 tape.watch(x)  # the input layer's "output" is the input itself
                 activation, scores = graph(x, training=False)
                 scores = scores[0]
-                predicted = (
-                    tf.cast(scores[0] >= threshold, tf.int32)
-                    if binary
-                    else tf.argmax(scores, output_type=tf.int32)
-                )
+                if binary:
+                    predicted = tf.cast(scores[0] >= threshold, tf.int32)
+                elif ranked:  # a class (logits: the class logit), a multilabel head's likeliest
+                    predicted = tf.argmax(scores, output_type=tf.int32)
+                else:  # a regression or raw value
+                    predicted = tf.constant(0, tf.int32)
                 chosen = tf.where(class_index < 0, predicted, class_index)
                 score = (
                     tf.where(chosen == 1, scores[0], 1 - scores[0])

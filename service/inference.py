@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from service import featuremaps, graph_decode, logs, preprocess
+from service import featuremaps, graph_decode, heads, logs, preprocess
 from service.admission import Reservation
 from service.batching import IsGone, Runner
 from service.errors import (
@@ -78,42 +78,6 @@ async def to_batch(server: Server, uploads: list[Upload], spec: InputSpec) -> np
         return await server.decoder.batch(files, spec, settings.max_image_pixels)
 
 
-def describe(
-    metadata: ModelMetadata, outputs: dict[str, np.ndarray], index: int, top_k: int
-) -> dict[str, dict]:
-    """One image's raw outputs -> labels, confidences and top-k, per the metadata.
-
-    Plain dicts of the shape of :data:`~service.schemas.Output` (tests validate every answer
-    against the schema): this runs once per image on the hot path, and building model
-    instances to serialise them again costs 4x as much as the dicts (measured).
-    """
-    described = {}
-    for spec in metadata.outputs:
-        values = outputs[spec.name][index].tolist()
-        if spec.binary:
-            p = values[0]
-            described[spec.name] = {
-                "kind": "binary",
-                "label": spec.labels[int(p >= spec.THRESHOLD)],
-                "probability": p,
-            }
-            continue
-        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
-        best = order[0]
-        described[spec.name] = {
-            "kind": "multiclass",
-            "label": spec.labels[best],
-            "index": best,
-            "confidence": values[best],
-            "top_k": [
-                {"label": spec.labels[i], "index": i, "confidence": values[i]}
-                for i in order[:top_k]
-            ],
-            "probabilities": dict(zip(spec.labels, values)),
-        }
-    return described
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -163,7 +127,10 @@ async def predict(
         "model": metadata.name,
         "version": runner.model.version,
         "predictions": [
-            {"filename": u.filename, "outputs": describe(metadata, outputs, i, params.top_k)}
+            {
+                "filename": u.filename,
+                "outputs": heads.describe(metadata, outputs, i, params.top_k, params.threshold),
+            }
             for i, u in enumerate(uploads)
         ],
         "timings": {
@@ -401,7 +368,7 @@ def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> Feat
         images.append(
             ImageFeatureMaps(
                 filename=upload.filename,
-                outputs=describe(acts.metadata, acts.outputs, i, 3),
+                outputs=heads.describe(acts.metadata, acts.outputs, i, 3),
                 layers=layers,
             )
         )

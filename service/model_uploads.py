@@ -124,6 +124,7 @@ async def _options(form, name: str, scratch: Path, settings: Settings) -> Option
         settings.model_dir,
         params.version,
         {None: labels_path} if labels_path else None,
+        params.heads,
         params.value_range_pair,
         params.preprocessing,
         params.input_size_pair,

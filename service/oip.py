@@ -411,13 +411,21 @@ def choose(asked: list[Chosen] | None, meta: ModelMetadata, binary: bool = False
         raise BadRequest(f"unknown output(s) {clip(unknown)}; the model's outputs are {known}")
     if len(set(names)) != len(names):
         raise BadRequest(f"an output is requested more than once: {clip(names)}")
+    values = [o.name for o in meta.outputs if not o.classifies]
+    classified = [o.name for o in asked if o.classes is not None and o.name in values]
+    if classified:
+        raise BadRequest(
+            f"output(s) {clip(classified)} give values, not class scores: classification "
+            "serves the class heads (multiclass, binary, multilabel, logits)"
+        )
     return asked
 
 
 def output_tensor(meta: ModelMetadata, outputs: Outputs, chosen: Chosen) -> tuple[str, np.ndarray]:
     """(datatype, values) of an output to answer: its FP32 scores; or, for a classification,
-    BYTES [batch, N] of ``b"<score>:<index>:<label>"``, best first (a sigmoid head scores
-    both of its labels, as TF Serving's Classify does)."""
+    BYTES [batch, N] of ``b"<score>:<index>:<label>"``, best first: probabilities (a sigmoid
+    head scores both of its labels, as TF Serving's Classify does; a logits head its
+    softmax; a multilabel head every label)."""
     value = outputs[chosen.name]
     if chosen.classes is None:
         return "FP32", value

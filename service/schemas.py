@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from training.metadata import InputSpec, LayerInfo, ModelMetadata, OutputSpec
+from training.heads import KINDS
+from training.metadata import HeadKind, InputSpec, LayerInfo, ModelMetadata, OutputSpec
 
 VERSION_OR_LABEL = r"^([1-9][0-9]{0,9}|[a-z][a-z0-9_-]{0,63})$"
 VersionRef = Annotated[str, StringConstraints(pattern=VERSION_OR_LABEL)]
@@ -27,6 +28,9 @@ class PredictParams(BaseModel):
     )
     version: VersionRef | None = VERSION_FIELD
     top_k: int = Field(5, ge=1, le=100, description="classes listed per multiclass output")
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="multilabel heads: a label applies from this probability"
+    )
 
 
 class ExplainParams(BaseModel):
@@ -41,8 +45,9 @@ class ExplainParams(BaseModel):
     class_index: int | None = Field(
         None,
         ge=0,
-        description="default: the predicted class; "
-        "for a 1-unit sigmoid head 1 = positive, 0 = negative",
+        description="the class (or value) whose evidence to show; default: the predicted "
+        "class (multilabel: the most probable label; regression, raw: value 0); for a 1-unit "
+        "sigmoid head 1 = positive, 0 = negative",
     )
     layer: str | None = Field(
         None,
@@ -173,13 +178,50 @@ class MulticlassOutput(BaseModel):
     probabilities: dict[str, float]
 
 
+class LogitsOutput(MulticlassOutput):
+    """A head of linear class scores: probabilities are their softmax."""
+
+    kind: Literal["logits"] = "logits"  # type: ignore[assignment]  # a narrower literal
+    logits: dict[str, float] = Field(description="the model's raw scores, by label")
+
+
 class BinaryOutput(BaseModel):
     kind: Literal["binary"] = "binary"
     label: str = Field(examples=["odd"])
     probability: float = Field(ge=0, le=1, description="P(positive label), e.g. P(odd)")
 
 
-Output = MulticlassOutput | BinaryOutput
+class MultilabelOutput(BaseModel):
+    """Independent labels, each its own sigmoid: any number of them may apply."""
+
+    kind: Literal["multilabel"] = "multilabel"
+    labels: list[str] = Field(description="those whose probability is at least the threshold")
+    threshold: float = Field(ge=0, le=1)
+    probabilities: dict[str, float]
+
+
+class RegressionOutput(BaseModel):
+    kind: Literal["regression"] = "regression"
+    values: dict[str, float] = Field(description="by name (the labels file), else by index")
+
+
+class RawOutput(BaseModel):
+    """Values whose meaning the model does not declare (a drop-in SavedModel without
+    heads.json): as the model gave them, never called probabilities."""
+
+    kind: Literal["raw"] = "raw"
+    values: dict[str, float]
+
+
+Output = Annotated[
+    MulticlassOutput
+    | LogitsOutput
+    | BinaryOutput
+    | MultilabelOutput
+    | RegressionOutput
+    | RawOutput,
+    Field(discriminator="kind"),
+]
 
 
 class ImagePrediction(BaseModel):
@@ -293,8 +335,10 @@ class HeadSummary(BaseModel):
     """A head as listings show it: its class names are in the version's metadata."""
 
     name: str
-    kind: str
-    classes: int = Field(description="how many labels it has (its metadata lists them)")
+    kind: HeadKind
+    classes: int = Field(
+        description="how many labels it has (regression, raw: values; its metadata names them)"
+    )
 
 
 class ModelState(BaseModel):
@@ -357,6 +401,11 @@ UPLOAD_ERRORS: Responses = {
 NUMBER_PAIR = r"^-?[0-9]{1,6}(\.[0-9]{1,6})?,-?[0-9]{1,6}(\.[0-9]{1,6})?$"
 
 
+HEAD_DECLARATIONS = (
+    r"^([A-Za-z0-9_.:/-]{1,128}=)?[a-z]{1,16}(,[A-Za-z0-9_.:/-]{1,128}=[a-z]{1,16}){0,63}$"
+)
+
+
 class ModelUploadParams(BaseModel):
     """The form fields of ``POST /models/{name}/versions`` besides ``file`` and ``labels``:
     the options of ``cnn-serve import``."""
@@ -376,6 +425,19 @@ class ModelUploadParams(BaseModel):
         pattern=r"^[0-9]{1,5},[0-9]{1,5}$",
         description="H,W: only for a model of any input size",
     )
+    head: str | None = Field(
+        None,
+        pattern=HEAD_DECLARATIONS,
+        description="what the heads give, as cnn-serve import --head: KIND for a one-head "
+        "model, or HEAD=KIND,HEAD=KIND; kinds: " + ", ".join(KINDS),
+        examples=["logits", "age=regression,attributes=multilabel"],
+    )
+
+    @property
+    def heads(self) -> dict[str | None, str]:
+        """``head`` as ``Options.heads``."""
+        items = (item.rpartition("=") for item in (self.head or "").split(",") if item)
+        return {name or None: kind for name, _, kind in items}
 
     @property
     def value_range_pair(self) -> tuple[float, float] | None:

@@ -20,7 +20,7 @@ from service.model import ServedModel, Status
 from service.model_input import ModelInput, of_files, of_pixels
 from service.tensors import json_floats
 from service.uploads import Upload
-from training.metadata import ModelMetadata
+from training.metadata import CLASS_KINDS, ModelMetadata, OutputSpec
 
 SIGNATURE = "serving_default"
 STATES = {Status.loading: "LOADING", Status.ready: "AVAILABLE", Status.failed: "END"}
@@ -74,9 +74,9 @@ def metadata(model: ServedModel) -> dict:
     }
 
 
-def parse(body: bytes, classify: bool = False) -> dict:
-    """The request object (400 when the body is not one). A ``:classify`` request's
-    ``examples`` are instances in the row format."""
+def parse(body: bytes, examples: str | None = None) -> dict:
+    """The request object (400 when the body is not one). The ``examples`` of a request to
+    ``examples`` (classify, regress) are instances in the row format."""
     try:  # jiter (pydantic's parser): a 1 MB batch of pixels in 21 ms, json.loads takes 37
         request = from_json(body)
     except ValueError:  # also nesting deeper than jiter's limit
@@ -88,9 +88,9 @@ def parse(body: bytes, classify: bool = False) -> dict:
         raise BadRequest("signature_name is a string")
     if (name or SIGNATURE) != SIGNATURE:  # TF Serving takes "" as the default too
         raise BadRequest(f"no signature named {clip(name)}; this model serves {SIGNATURE!r}")
-    if classify:
+    if examples:
         if not isinstance(request.get("examples"), list):
-            raise BadRequest("a classify request lists its 'examples'")
+            raise BadRequest(f"a {examples} request lists its 'examples'")
         return {"instances": request["examples"]}
     if ("instances" in request) == ("inputs" in request):
         raise BadRequest("send exactly one of 'instances' (row format) or 'inputs' (columnar)")
@@ -140,16 +140,45 @@ def _b64(item: dict) -> bytes:
         raise BadRequest("invalid base64 in 'b64'") from None
 
 
+def _first(meta: ModelMetadata, kinds: tuple[str, ...], verb: str) -> OutputSpec:
+    """The model's first head of ``kinds`` (400 when it has none): what ``verb`` serves."""
+    head = next((o for o in meta.outputs if o.kind in kinds), None)
+    if head is None:
+        raise BadRequest(
+            f"{verb} serves a {' or '.join(kinds)} head; model {meta.name!r} has "
+            f"{', '.join(f'{o.name} ({o.kind})' for o in meta.outputs)}: use predict"
+        )
+    return head
+
+
 def classification(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
-    """``:classify``: [label, score] pairs of the model's first head, per example, in the
-    head's label order (a sigmoid head scores both of its labels)."""
-    head = meta.outputs[0]
+    """``:classify``: [label, score] pairs of the model's first class head, per example, in
+    the head's label order (probabilities: a sigmoid head scores both of its labels, a
+    logits head gives its softmax, a multilabel head scores every label)."""
+    head = _first(meta, CLASS_KINDS, "classify")
     scores = head.label_scores(outputs[head.name])
     return {
         "results": [
             [[label, score] for label, score in zip(head.labels, row)] for row in scores.tolist()
         ]
     }
+
+
+def regression_head(meta: ModelMetadata) -> OutputSpec:
+    """The head ``:regress`` answers: the model's first regression head, of one value (TF
+    Serving's regression is one number per example)."""
+    head = _first(meta, ("regression",), "regress")
+    if head.units != 1:
+        raise BadRequest(
+            f"regress gives one value per example; head {head.name!r} has {head.units} "
+            f"({', '.join(head.labels[:8])}): use predict"
+        )
+    return head
+
+
+def regression(meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:
+    """``:regress``: the regression head's value per example (TF Serving's ``results``)."""
+    return {"results": outputs[regression_head(meta).name][:, 0].tolist()}
 
 
 def answer(request: dict, meta: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict:

@@ -2,6 +2,7 @@
 
     cnn-serve import SOURCE --name NAME [--model-dir DIR] [--version N]
                             [--labels FILE | --labels OUTPUT=FILE ...]
+                            [--head KIND | --head HEAD=KIND ...]
                             [--value-range LOW,HIGH] [--preprocessing resize|mnist]
                             [--input-size H,W]
 
@@ -44,6 +45,7 @@ class Options:
     model_dir: Path
     version: int | None = None
     labels: dict[str | None, Path] | None = None  # None: the only head
+    heads: dict[str | None, str] | None = None  # declared kinds; None: the only head
     value_range: tuple[float, float] | None = None  # None: [0, 1] (uint8 SavedModels: 0..255)
     preprocessing: str = "resize"
     input_size: tuple[int, int] | None = None
@@ -116,6 +118,14 @@ def parser(default_model_dir: Path) -> argparse.ArgumentParser:
         help="one label per line, line N = class N; OUTPUT= for one of several heads (repeatable)",
     )
     p.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="[HEAD=]KIND",
+        help="what a head gives: multiclass, binary, multilabel, logits, regression or raw "
+        "(repeatable; needed for a head that does not end in softmax or sigmoid)",
+    )
+    p.add_argument(
         "--value-range",
         type=lambda t: _pair(float, t, "--value-range"),
         default=None,
@@ -142,12 +152,17 @@ def options(argv: list[str], default_model_dir: Path, bounds: dict | None = None
     for item in args.labels:
         head, _, file = item.rpartition("=")
         labels[head or None] = Path(file).resolve()
+    heads: dict[str | None, str] = {}
+    for item in args.head:
+        head, _, kind = item.rpartition("=")
+        heads[head or None] = kind
     return Options(
         args.source.resolve(),
         args.name,
         args.model_dir.resolve(),
         args.version,
         labels,
+        heads,
         args.value_range,
         args.preprocessing,
         args.input_size,

@@ -22,8 +22,11 @@ import keras
 
 from training import savedmodel
 from training.export import VersionConflict, export, layer_table, output_names, write_version
+from training.graph import expand
+from training.heads import by_head, final_activation, kind_of, label_count
 from training.import_command import KERAS_SUFFIXES, NAME, Conflict, Options, Refused
 from training.metadata import (
+    CLASS_KINDS,
     InputSpec,
     ModelMetadata,
     OutputSpec,
@@ -138,47 +141,43 @@ def _fixed_size(model: keras.Model, size: tuple[int, int] | None) -> keras.Model
     return keras.Model(inputs, model(inputs), name=model.name)
 
 
-def _keras_heads(model: keras.Model) -> list[tuple[str, int]]:
+def _keras_heads(model: keras.Model) -> list[tuple[str, int, str]]:
+    """Each head's (name, units, final activation)."""
     names = output_names(model)
-    outputs = list(model.output.values()) if isinstance(model.output, dict) else model.outputs
+    graph = expand(model, names)
     heads = []
-    for name, tensor in zip(names, outputs, strict=True):
-        if len(tensor.shape) != 2 or tensor.shape[1] is None:
-            raise Refused(f"head {name!r} gives {_shape(tensor.shape)}, not [batch, classes]")
-        heads.append((name, int(tensor.shape[1])))
+    for name in names:
+        shape = graph.heads[name].shape
+        if len(shape) != 2 or shape[1] is None:
+            raise Refused(f"head {name!r} gives {_shape(shape)}, not [batch, values]")
+        heads.append((name, int(shape[1]), final_activation(graph, name)))
     return heads
 
 
-def _heads(heads: list[tuple[str, int]], labels: dict[str | None, Path] | None) -> list[OutputSpec]:
-    """Each head (name, units) with its labels: from ``labels`` (None: the only head), else
-    the class indices."""
-    names = [name for name, _ in heads]
-    files = dict(labels or {})
-    if None in files:
-        if len(names) != 1:
-            raise Refused(
-                f"the model has {len(names)} heads ({', '.join(names)}): name one, "
-                "--labels HEAD=FILE"
-            )
-        files[names[0]] = files.pop(None)
-    unknown = sorted(str(head) for head in set(files) - set(names))
-    if unknown:
-        raise Refused(
-            f"--labels for {', '.join(unknown)}: the model's heads are {', '.join(names)}"
-        )
+def _heads(
+    heads: list[tuple[str, int, str]], options: Options, known: dict[str, str] | None = None
+) -> list[OutputSpec]:
+    """Each head (name, units, final activation) with its kind - declared with ``--head``,
+    else ``known`` (a SavedModel's), else from the activation - and its labels: from
+    ``--labels``, else the indices."""
+    names = [name for name, _, _ in heads]
+    try:
+        declared = {**(known or {}), **by_head(names, options.heads, "--head HEAD=KIND")}
+        files = by_head(names, options.labels, "--labels HEAD=FILE")
+        kinds = [kind_of(n, units, act, declared.get(n)) for n, units, act in heads]
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
     specs = []
-    for name, units in heads:
-        wanted = 2 if units == 1 else units
+    for (name, units, _), kind in zip(heads, kinds, strict=True):
+        wanted = label_count(kind, units)
         given = _read_labels(files[name]) if name in files else [str(i) for i in range(wanted)]
         if len(given) != wanted:
             raise Refused(
                 f"{files[name]}: {len(given)} labels for head {name!r}, which has "
-                f"{wanted} classes"
-                + (" (a 1-unit sigmoid: negative, then positive)" if units == 1 else "")
+                f"{wanted} {'classes' if kind in CLASS_KINDS else 'values'}"
+                + (" (a 1-unit sigmoid: negative, then positive)" if kind == "binary" else "")
             )
-        specs.append(
-            OutputSpec(name=name, kind="binary" if units == 1 else "multiclass", labels=given)
-        )
+        specs.append(OutputSpec(name=name, kind=kind, labels=given))
     return specs
 
 
@@ -250,7 +249,7 @@ def import_model(options: Options, say: Callable[[str], None] = lambda step: Non
         model = load(options.source, options.input_size, options.max_unpacked_bytes)
         model = _fixed_size(model, options.input_size)
         needed = _check_memory(model, options.max_memory_bytes)
-        heads = _heads(_keras_heads(model), options.labels)
+        heads = _heads(_keras_heads(model), options)
         say(
             f"checked: {len(model.layers)} layers, {model.count_params():,} parameters, "
             f"{', '.join(f'{h.name} ({h.kind})' for h in heads)}; about "
@@ -293,10 +292,15 @@ def _import_savedmodel(options: Options, root: Path) -> Path:
         raise Refused(f"{options.source}: {exc}") from None
     if options.input_size is not None:
         raise Refused("--input-size: a SavedModel's signature fixes its input size")
-    # without --labels: labels.txt beside the SavedModel, if any, as it would serve as a drop-in
+    # kinds from heads.json beside it, as it would serve as a drop-in, unless --head says;
+    # labels from labels.txt beside it unless --labels says
     heads = (
-        _heads([(o.name, o.units) for o in found.outputs], options.labels)
-        if options.labels
+        _heads(
+            [(o.name, o.units, "") for o in found.outputs],
+            options,
+            {o.name: o.kind for o in found.outputs},
+        )
+        if options.labels or options.heads
         else found.outputs
     )
     spec = found.input.model_copy(

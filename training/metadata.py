@@ -48,17 +48,35 @@ class InputSpec(BaseModel):
         return self.shape[2]
 
 
+HeadKind = Literal["multiclass", "binary", "multilabel", "logits", "regression", "raw"]
+"""What a head's values are (docs/architecture.md, "Adding a model kind").
+
+``multiclass``: a softmax over its labels; ``binary``: one sigmoid unit, P(positive label);
+``multilabel``: one independent sigmoid per label; ``logits``: linear class scores (the
+service's probabilities are their softmax); ``regression``: named linear values; ``raw``:
+values of unknown meaning (a drop-in SavedModel that does not say), never called probabilities.
+"""
+CLASS_KINDS = ("multiclass", "binary", "multilabel", "logits")  # those that answer with labels
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [n, k] scores, stable for any magnitude."""
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 class OutputSpec(BaseModel):
     name: str
-    kind: Literal["multiclass", "binary"]
+    kind: HeadKind
     labels: list[Label] = Field(
-        description="multiclass: class names in index order; binary: [negative, positive]"
+        description="multiclass, multilabel, logits: class names in index order; binary: "
+        "[negative, positive]; regression, raw: the values' names"
     )
 
     # What a head of each kind is, in one place, for training and serving alike: a binary
-    # head is one sigmoid unit, P(positive), decided at THRESHOLD; a multiclass head is a
-    # softmax over its labels, decided by the largest. (Grad-CAM's graph decides the same
-    # with THRESHOLD in TensorFlow: service.gradcam.)
+    # head is one sigmoid unit, P(positive), decided at THRESHOLD, as is each label of a
+    # multilabel head; multiclass and logits heads are decided by their largest score.
+    # (Grad-CAM's graph decides the same in TensorFlow: service.gradcam.)
     THRESHOLD: ClassVar[float] = 0.5
 
     @property
@@ -66,32 +84,53 @@ class OutputSpec(BaseModel):
         return self.kind == "binary"
 
     @property
+    def classifies(self) -> bool:
+        """Whether its values score labels (else they are values: regression, raw)."""
+        return self.kind in CLASS_KINDS
+
+    @property
     def units(self) -> int:
-        """Values per image: one per class, or one probability for a binary head."""
+        """Values per image: one per label, or one probability for a binary head."""
         return 1 if self.binary else len(self.labels)
 
     @property
     def activation(self) -> str:
-        return "sigmoid" if self.binary else "softmax"
+        """The Keras activation of a head of this kind."""
+        return {"multiclass": "softmax", "binary": "sigmoid", "multilabel": "sigmoid"}.get(
+            self.kind, "linear"
+        )
 
     @property
     def loss(self) -> str:
         """The Keras loss (a name ``keras.losses.get`` knows; per example, unreduced)."""
-        return "binary_crossentropy" if self.binary else "sparse_categorical_crossentropy"
+        losses = {
+            "multiclass": "sparse_categorical_crossentropy",
+            "binary": "binary_crossentropy",
+            "multilabel": "binary_crossentropy",
+            "regression": "mean_squared_error",
+        }
+        if self.kind not in losses:
+            raise ValueError(f"training makes no {self.kind} heads (multiclass is the softmax)")
+        return losses[self.kind]
 
     def target(self, digits: np.ndarray) -> np.ndarray:
         """Training targets from class labels: a binary head answers "is the label odd"."""
         return (digits % 2).astype(np.float32)[:, None] if self.binary else digits
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
-        """The class index of each row of outputs [n, units]."""
+        """The class index of each row of outputs [n, units] (a class head)."""
         if self.binary:
             return (scores[:, 0] >= self.THRESHOLD).astype(np.int64)
         return scores.argmax(axis=1)
 
     def label_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Outputs [n, units] -> a score per label [n, len(labels)] (binary: 1 - p, p)."""
-        return np.concatenate([1 - scores, scores], axis=1) if self.binary else scores
+        """Outputs [n, units] -> a score per label [n, len(labels)]: probabilities for the
+        class kinds (binary: 1 - p, p; logits: their softmax), the values themselves else."""
+        if self.binary:
+            return np.concatenate([1 - scores, scores], axis=1)
+        if self.kind == "logits":
+            return softmax(scores.astype(np.float64)).astype(scores.dtype)
+        return scores
 
 
 class LayerInfo(BaseModel):

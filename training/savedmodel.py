@@ -2,9 +2,10 @@
 auto-complete): read off its ``serving_default`` signature.
 
 The input is the signature's one input, an image batch [batch, H, W, 1|3] of float32 (values
-in [0, 1]) or uint8 (0..255); each output [batch, units] is a head (one unit: a binary
-sigmoid, several: classes). Labels come from ``labels.txt`` beside it (a model with one head)
-or ``labels-<output>.txt`` per head, else the class indices. Such a version has no layer table,
+in [0, 1]) or uint8 (0..255); each output [batch, units] is a head, of the kind ``heads.json``
+beside it declares (:mod:`training.heads`), else ``raw`` values: a signature does not say
+whether its numbers are probabilities. Labels come from ``labels.txt`` beside it (a model with
+one head) or ``labels-<output>.txt`` per head, else the indices. Such a version has no layer table,
 feature maps or Grad-CAM: those need the Keras model (``cnn-serve import``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from training.heads import HEADS_FILE, kind_of, label_count, read_heads_file
 from training.metadata import InputSpec, ModelMetadata, OutputSpec, read_labels
 
 INPUT_TYPES = {"float32": (0.0, 1.0), "uint8": (0.0, 255.0)}
@@ -26,8 +28,7 @@ def _shape(spec) -> list[int | None]:
     return [None if d is None else int(d) for d in spec.shape]
 
 
-def _labels(directory: Path, head: str, units: int, only_head: bool) -> list[str]:
-    wanted = 2 if units == 1 else units
+def _labels(directory: Path, head: str, wanted: int, only_head: bool) -> list[str]:
     for name in [f"labels-{head}.txt"] + (["labels.txt"] if only_head else []):
         path = directory / name
         if path.is_file():
@@ -37,7 +38,7 @@ def _labels(directory: Path, head: str, units: int, only_head: bool) -> list[str
                 raise NotAnImageModel(str(exc)) from None
             if len(labels) != wanted:
                 raise NotAnImageModel(
-                    f"{name} has {len(labels)} labels; head {head!r} has {wanted} classes"
+                    f"{name} has {len(labels)} labels; head {head!r} has {wanted}"
                 )
             return labels
     return [str(i) for i in range(wanted)]
@@ -61,16 +62,26 @@ def metadata(name: str, version: int, directory: Path, signature) -> ModelMetada
             "image batch [batch, H, W, 1|3] of float32 or uint8"
         )
     outputs = signature.structured_outputs
+    try:
+        declared = read_heads_file(directory)
+    except ValueError as exc:
+        raise NotAnImageModel(str(exc)) from None
+    unknown = sorted(set(declared) - set(outputs))
+    if unknown:
+        raise NotAnImageModel(f"{HEADS_FILE} names {unknown}; the outputs are {list(outputs)}")
     heads = []
     for head, out in outputs.items():
         out_shape = _shape(out)
         if len(out_shape) != 2 or out_shape[1] is None:
-            raise NotAnImageModel(f"output {head!r} is {out_shape}, not [batch, classes]")
+            raise NotAnImageModel(f"output {head!r} is {out_shape}, not [batch, values]")
+        try:
+            kind = kind_of(head, out_shape[1], "", declared.get(head, "raw"))
+        except ValueError as exc:
+            raise NotAnImageModel(f"{HEADS_FILE}: {exc}") from None
+        wanted = label_count(kind, out_shape[1])
         heads.append(
             OutputSpec(
-                name=head,
-                kind="binary" if out_shape[1] == 1 else "multiclass",
-                labels=_labels(directory, head, out_shape[1], len(outputs) == 1),
+                name=head, kind=kind, labels=_labels(directory, head, wanted, len(outputs) == 1)
             )
         )
     height, width, channels = shape[1:]

@@ -1,7 +1,7 @@
-"""TensorFlow Serving's REST API (v1): model status, metadata, ``:predict`` and ``:classify``,
-so clients and scripts written for TF Serving work unchanged. Thin: :mod:`service.tfserving`
-translates, the server (registry, budgets, preprocessing, batcher) computes. Errors are
-``{"error": ...}``.
+"""TensorFlow Serving's REST API (v1): model status, metadata, ``:predict``, ``:classify`` and
+``:regress``, so clients and scripts written for TF Serving work unchanged. Thin:
+:mod:`service.tfserving` translates, the server (registry, budgets, preprocessing, batcher)
+computes. Errors are ``{"error": ...}``.
 """
 
 from typing import Annotated
@@ -166,7 +166,7 @@ async def label_predict(name: ModelName, label: Label, request: Request, server:
     return await _infer(request, server, name, label)
 
 
-CLASSIFY_BODY = {
+EXAMPLES_BODY = {
     "requestBody": {
         "required": True,
         "content": {
@@ -192,52 +192,59 @@ CLASSIFY_BODY = {
 }
 
 
-@router.post(
-    "/{name:model}:classify",
-    summary="Classify: [label, score] pairs of the first head",
-    responses=ERRORS,
-    openapi_extra=CLASSIFY_BODY,
-)
-async def classify(name: ModelName, request: Request, server: ServerDep) -> dict:
-    return await _infer(request, server, name, None, classify=True)
+def _example_routes(verb: str, summary: str) -> None:
+    """``:classify`` or ``:regress`` at the model, a version and a label (same body)."""
+
+    async def latest(name: ModelName, request: Request, server: ServerDep) -> dict:
+        return await _infer(request, server, name, None, verb)
+
+    async def version(
+        name: ModelName, version: VersionNumber, request: Request, server: ServerDep
+    ) -> dict:
+        return await _infer(request, server, name, version, verb)
+
+    async def labelled(name: ModelName, label: Label, request: Request, server: ServerDep) -> dict:
+        return await _infer(request, server, name, label, verb)
+
+    for path, endpoint, title in (
+        (f"/{{name:model}}:{verb}", latest, summary),
+        (f"/{{name:model}}/versions/{{version:int}}:{verb}", version, f"{verb} with one version"),
+        (
+            f"/{{name:model}}/labels/{{label:model}}:{verb}",
+            labelled,
+            f"{verb} with the labelled version",
+        ),
+    ):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            name=f"{endpoint.__name__}_{verb}",
+            summary=title[0].upper() + title[1:],
+            responses=ERRORS,
+            openapi_extra=EXAMPLES_BODY,
+        )
 
 
-@router.post(
-    "/{name:model}/versions/{version:int}:classify",
-    summary="Classify with one version",
-    responses=ERRORS,
-    openapi_extra=CLASSIFY_BODY,
-)
-async def version_classify(
-    name: ModelName, version: VersionNumber, request: Request, server: ServerDep
-) -> dict:
-    return await _infer(request, server, name, version, classify=True)
-
-
-@router.post(
-    "/{name:model}/labels/{label:model}:classify",
-    responses=ERRORS,
-    summary="Classify with the labelled version",
-    openapi_extra=CLASSIFY_BODY,
-)
-async def label_classify(
-    name: ModelName, label: Label, request: Request, server: ServerDep
-) -> dict:
-    return await _infer(request, server, name, label, classify=True)
+_example_routes("classify", "Classify: [label, score] pairs of the first class head, per example")
+_example_routes("regress", "Regress: the value of the first regression head, per example")
+ANSWERS = {"classify": tfserving.classification, "regress": tfserving.regression}
 
 
 async def _infer(
-    request: Request, server: Server, name: str, version: int | str | None, classify: bool = False
+    request: Request, server: Server, name: str, version: int | str | None, verb: str = ""
 ) -> dict:
     runner = server.registry.runner(name, version)  # 404 before the body is read
+    if verb == "regress":
+        tfserving.regression_head(runner.model.metadata)  # 400 before the body is read
     async with uploads.admit(request, server):
         raw = await request.body()
-        body = tfserving.parse(raw, classify)
+        body = tfserving.parse(raw, verb)
         meta = runner.model.metadata
         model_input = tfserving.model_input(
             body, meta, server.max_images(runner.model), may_hold_booleans(raw)
         )
         outputs = await inference.infer(server, runner, model_input, request.is_disconnected)
-    if classify:
-        return tfserving.classification(meta, outputs)
+    if verb:
+        return ANSWERS[verb](meta, outputs)
     return tfserving.answer(body, meta, outputs)

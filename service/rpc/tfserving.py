@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from service import inference, tfserving
@@ -181,10 +182,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata[SIGNATURE_DEF].Pack(signatures)
         return response
 
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Each ``tf.Example`` carries one image: its file as bytes, or its pixels as floats,
-        under the input's name (or ``image_bytes``); classes are the first head's labels."""
-        runner = self._runner(request.model_spec)
+    async def _examples(self, runner: Runner, request: Any) -> dict:
+        """The outputs for a Classify or Regress request's examples: each ``tf.Example``
+        carries one image, its file as bytes or its pixels as floats, under the input's name
+        (or ``image_bytes``)."""
         max_bytes = self.server.settings.grpc_max_message_bytes
 
         def from_examples(meta: ModelMetadata, limit: int) -> ModelInput:
@@ -195,7 +196,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 max_bytes,
             )
 
-        outputs = await self._infer(runner, request, from_examples)
+        return await self._infer(runner, request, from_examples)
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Classes are the first class head's labels (:func:`service.tfserving.classification`)."""
+        runner = self._runner(request.model_spec)
+        outputs = await self._examples(runner, request)
         scores = tfserving.classification(runner.model.metadata, outputs)["results"]
         response = classification_pb2.ClassificationResponse()
         self._spec(response.model_spec, runner)
@@ -203,6 +209,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             result = response.result.classifications.add()
             for label, score in row:
                 result.classes.add(label=label, score=score)
+        return response
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The first regression head's value per example (:func:`service.tfserving.regression`)."""
+        runner = self._runner(request.model_spec)
+        tfserving.regression_head(runner.model.metadata)  # refused before the model runs
+        outputs = await self._examples(runner, request)
+        response = regression_pb2.RegressionResponse()
+        self._spec(response.model_spec, runner)
+        for value in tfserving.regression(runner.model.metadata, outputs)["results"]:
+            response.result.regressions.add(value=value)
         return response
 
 

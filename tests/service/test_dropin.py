@@ -1,6 +1,7 @@
 """SavedModels dropped into the repository without metadata.json serve anyway (TF Serving's
-habit, Triton's auto-complete): inputs and outputs from the serving signature, labels from
-labels.txt, the model's own answers; no feature maps or Grad-CAM, said in a clear 404."""
+habit, Triton's auto-complete): inputs and outputs from the serving signature, kinds from
+heads.json (else raw values, never probabilities), labels from labels.txt, the model's own
+answers; no feature maps or Grad-CAM, said in a clear 404."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def repo(tmp_path_factory):
         module, str(root / "uint8" / "3"), signatures={"serving_default": module.serve}
     )
     (root / "uint8" / "3" / "labels-kind.txt").write_text("a\nb\nc\n")
+    (root / "uint8" / "3" / "heads.json").write_text('{"kind": "multiclass", "bright": "binary"}')
 
     class Tabular(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32)])
@@ -82,19 +84,38 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_a_keras_export_serves_with_its_labels(client, repo):
+def test_without_heads_json_its_outputs_are_plain_values(client, repo):
+    """A signature does not say whether its numbers are probabilities: without heads.json
+    they are served as raw values by label, and nothing classifies them."""
     _, model, _ = repo
     pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), np.uint8)
     r = client.post("/predict", data={"model": "exported"}, files={"file": ("x.png", _png(pixels))})
     assert r.status_code == 200, r.text
     out = r.json()["predictions"][0]["outputs"]["output_0"]
     want = np.asarray(model(pixels[None].astype(np.float32) / 255))[0]
-    np.testing.assert_allclose(list(out["probabilities"].values()), want, atol=ATOL)
-    assert list(out["probabilities"]) == ["north", "east", "south", "west"]
+    assert out["kind"] == "raw" and "probabilities" not in out and "label" not in out
+    np.testing.assert_allclose(list(out["values"].values()), want, atol=ATOL)
+    assert list(out["values"]) == ["north", "east", "south", "west"]
     detail = client.get("/models/exported").json()
     meta = detail["metadata"]
     assert meta["architecture"] == "SavedModel" and meta["input"]["shape"] == [16, 16, 3]
-    assert meta["outputs"][0]["labels"] == ["north", "east", "south", "west"]
+    assert meta["outputs"][0] == {
+        "name": "output_0",
+        "kind": "raw",
+        "labels": ["north", "east", "south", "west"],
+    }
+    name = meta["input"]["name"]
+    x = {"examples": [{name: (pixels / 255).tolist()}]}
+    classify = client.post("/v1/models/exported:classify", json=x)
+    assert classify.status_code == 400 and "output_0 (raw)" in classify.json()["error"]
+    oip = client.post(
+        "/v2/models/exported/infer",
+        json={
+            **oip_fp32((pixels[None] / 255).astype(np.float32), name),
+            "outputs": [{"name": "output_0", "parameters": {"classification": 2}}],
+        },
+    )
+    assert oip.status_code == 400 and "classification" in oip.json()["error"]
 
 
 def test_protocol_tensors_pass_through(client, repo):

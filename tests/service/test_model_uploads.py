@@ -74,6 +74,30 @@ def test_an_uploaded_model_serves_at_once(repo, model_file):
         assert client.get("/models", headers={"X-API-Key": KEY}).json()["model_uploads"]
 
 
+def test_an_upload_declares_its_heads(repo, tmp_path):
+    """A linear head is refused in one line naming the declaration; with ``head`` it serves."""
+    from tests.service.test_head_kinds import every_kind
+
+    path = tmp_path / "kinds.keras"
+    every_kind().save(path)
+    data = path.read_bytes()
+    with make_client(model_dir=repo, model_uploads=True, admin_keys=KEY) as client:
+        r = _upload(client, "kinds", data)
+        assert r.status_code == 400
+        assert "head 'age' ends in linear" in r.json()["error"]["message"]
+        assert "--head age=logits|regression" in r.json()["error"]["message"]
+        r = _upload(client, "kinds", data, head="age=regression,scores=logits")
+        assert r.status_code == 201, r.text
+        kinds = {o["name"]: o["kind"] for o in r.json()["metadata"]["outputs"]}
+        assert (kinds["age"], kinds["scores"], kinds["attrs"]) == (
+            "regression",
+            "logits",
+            "multilabel",
+        )
+        r = _upload(client, "kinds", data, head="age=probability")
+        assert r.status_code == 400 and "the kinds are multiclass" in r.json()["error"]["message"]
+
+
 def test_uploads_are_off_by_default_and_need_a_key(repo, model_file):
     with make_client(model_dir=repo) as client:
         r = _upload(client, "mine", model_file)

@@ -340,22 +340,47 @@ $("version").addEventListener("change", () => selectVersion().catch(showError));
 document.querySelectorAll("input[name=scaling]").forEach((r) => r.addEventListener("change", update));
 
 // ---------------------------------------------------------------- predictions
+// what a head said, in a few words: a label, the labels that apply, or its values
+function verdict(out) {
+  if (out.kind === "multilabel") return out.labels.length ? out.labels.join(", ") : "no label";
+  if (out.values) {
+    return Object.entries(out.values).slice(0, 3)
+      .map(([name, v]) => `${name} ${v.toPrecision(4)}`).join(", ");
+  }
+  return out.label;
+}
+
 function renderPrediction(outputs) {
   const heads = Object.entries(outputs);
-  $("prediction").textContent = heads[0][1].label;
+  $("prediction").textContent = verdict(heads[0][1]);
   $("heads").replaceChildren(...heads.map(([name, out]) => {
     const box = document.createElement("div");
     box.className = "head";
+    box.dataset.kind = out.kind;
     const title = document.createElement("h3");
-    title.textContent = `${name}: ${out.label}`;
+    title.textContent = `${name}: ${verdict(out)}`;
     box.append(title);
+    if (out.values) {  // regression, raw: numbers, not probabilities
+      for (const [label, v] of Object.entries(out.values)) box.append(value(label, v));
+      return box;
+    }
     const labels = state.detail.metadata.outputs.find((o) => o.name === name).labels;
     const rows = out.kind === "binary"  // a sigmoid head: p of its positive label
       ? [[labels[1], out.probability], [labels[0], 1 - out.probability]]
       : Object.entries(out.probabilities);
-    for (const [label, p] of rows) box.append(bar(label, p, label === out.label));
+    const chosen = (label) => out.kind === "multilabel" ? out.labels.includes(label) : label === out.label;
+    for (const [label, p] of rows) box.append(bar(label, p, chosen(label)));
     return box;
   }));
+}
+
+function value(label, v) {
+  const row = document.createElement("div");
+  row.className = "value";
+  row.innerHTML = '<span class="l"></span><span class="v"></span>';
+  row.querySelector(".l").textContent = label;
+  row.querySelector(".v").textContent = v.toPrecision(6);
+  return row;
 }
 
 function bar(label, p, top) {

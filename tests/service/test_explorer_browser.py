@@ -94,6 +94,25 @@ def test_drawing_a_seven_reads_seven_and_shows_every_layer(explorer, server_url)
         " / f.parentElement.getBoundingClientRect().width; }"
     )
     assert top_bar > 0.5  # the 7's probability bar is drawn that long
+    page.wait_for_selector("#layer-digit_dense .maps img.bars")
+    heights = page.evaluate(
+        """() => {  // the dense layer's bar chart: the coloured pixels of each bar's middle
+      const img = document.querySelector('#layer-digit_dense .maps img');
+      const c = document.createElement('canvas');
+      c.width = img.naturalWidth; c.height = img.naturalHeight;
+      const ctx = c.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const width = img.naturalWidth / 10, heights = [];
+      for (let b = 0; b < 10; b++) {
+        const column = ctx.getImageData(b * width + width / 2, 0, 1, c.height).data;
+        let n = 0;
+        for (let y = 0; y < c.height; y++) if (column[y * 4 + 2] > 200 && column[y * 4] < 100) n++;
+        heights.push(n);
+      }
+      return heights;
+    }"""
+    )
+    assert heights.index(max(heights)) == 7 and max(heights) > 40  # the softmax's 7, as a bar
     page.screenshot(path=ARTIFACTS / "draw-seven.png", full_page=True)
     # undo the stem: no longer a 7; clear: nothing to say
     page.click("#undo")
@@ -125,7 +144,9 @@ def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explo
     page.select_option("#model", "cifar10_resnet")
     cat, digit = page.locator("#samples button[title^=cat]"), page.locator("#samples button").first
     cat.click()  # a photo: the ResNet takes photos, so it stays
-    _all_layers_drawn(page, _layer_count(page, server_url, "cifar10_resnet"))
+    assert page.get_by_test_id("layer").count() == _layer_count(page, server_url, "cifar10_resnet")
+    _maps_shown(page, "[data-testid=layer-group][open] [data-testid=layer]")  # 73: grouped
+    assert page.locator("[data-testid=layer-group]:not([open])").count() > 0
     assert page.input_value("#model") == "cifar10_resnet"
     page.wait_for_function(
         "() => document.querySelector('#cam-caption').textContent.includes('stage3_block3_out')"
@@ -260,7 +281,7 @@ def own_models_url(tmp_path_factory):
     """A service over a user's models: the committed cifar10's model.keras imported as
     ``photos`` (values 0..1), ``signed`` (-1..1) and ``bytes`` (0..255), a grayscale
     functional model whose input is not named ``image`` as ``shapes``, and cifar10's SavedModel
-    dropped in without metadata as ``dropped``."""
+    dropped in without metadata as ``dropped`` (heads.json says its head is multiclass)."""
     import shutil
 
     from service.app import create_app
@@ -301,6 +322,7 @@ def own_models_url(tmp_path_factory):
         ignore=shutil.ignore_patterns("metadata.json", "model.keras"),
     )
     shutil.copy(labels, models / "dropped" / "1" / "labels.txt")
+    (models / "dropped" / "1" / "heads.json").write_text('{"class": "multiclass"}')
     app = create_app(
         Settings(
             model_dir=models,
@@ -415,3 +437,107 @@ def _label_of(url: str, sample: str) -> str:
         timeout=30,
     )
     return r.json()["predictions"][0]["outputs"]["class"]["label"]
+
+
+@pytest.fixture(scope="module")
+def mobilenet_url(tmp_path_factory):
+    """A MobileNetV2 (alpha 0.35, no weights: nothing downloaded) transfer model over -1..1,
+    the base nested as Keras applications nest it: 158 layers."""
+    import keras
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.service.conftest import serving
+    from training.import_command import main as import_main
+
+    repo = tmp_path_factory.mktemp("mobile")
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None
+    )
+    image = keras.Input((96, 96, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base(image))
+    model = keras.Model(image, keras.layers.Dense(3, activation="softmax", name="shape")(x))
+    model.save(repo / "mobile.keras")
+    models = repo / "models"
+    argv = [str(repo / "mobile.keras"), "--name", "mobile", "--value-range", "-1,1"]
+    assert import_main([*argv, "--model-dir", str(models)], models) == 0
+    app = create_app(Settings(model_dir=models, device="cpu", default_model="mobile"))
+    with serving(app) as url:
+        yield f"http://{url}"
+
+
+def _maps_shown(page, selector: str) -> None:
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll({selector!r})].every("
+        "(li) => { const img = li.querySelector('.maps img');"
+        " return img && img.complete && img.naturalWidth > 0; })",
+        timeout=60_000,
+    )
+
+
+def test_a_150_layer_model_is_grouped_and_fetches_what_is_opened(mobilenet_url):
+    from playwright.sync_api import sync_playwright
+
+    from tests.service.conftest import FLAGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        asked: list[str] = []
+        page.on("request", lambda r: "feature-maps" in r.url and asked.append(r.url))
+        page.goto(f"{mobilenet_url}/")
+        page.wait_for_selector("[data-testid=layer-group]")
+        groups = page.get_by_test_id("layer-group")
+        total = page.get_by_test_id("layer").count()
+        assert total > 150 and groups.count() >= 15
+        opened = page.locator("[data-testid=layer-group][open] [data-testid=layer]")
+        assert 0 < opened.count() <= 12
+        page.set_input_files("#upload", str(SAMPLES / "ship.png"))
+        page.wait_for_function("() => document.querySelector('#prediction').textContent !== '–'")
+        _maps_shown(page, "[data-testid=layer-group][open] [data-testid=layer]")
+        # one prediction: the open groups' maps only, and a page of a readable height
+        assert page.locator(".maps img").count() == opened.count()
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height <= 15_000, height
+        assert page.get_by_test_id("branch-legend").is_visible()  # the residual adds
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "mobilenet.png", full_page=True)
+        # a closed group opens, and only then are its layers fetched
+        block = page.locator("[data-testid=layer-group]", has_text="block_5 (")
+        assert block.get_attribute("open") is None
+        block.locator("summary").click()
+        _maps_shown(page, "[data-testid=layer-group][open] [data-testid=layer]")
+        assert len(asked) == 2  # the prediction's, then the group's
+        assert page.locator(".maps img").count() == opened.count()  # closed groups: none
+        # the filter shows the matching layers, their groups opened
+        page.fill("#layer-filter", "block_12_project")
+        visible = page.locator("[data-testid=layer]:visible")
+        names = visible.locator("strong").all_inner_texts()
+        assert names and all("block_12_project" in n for n in names)
+        _maps_shown(page, "[data-testid=layer]:not([hidden])")
+        # a channel opens in place, in view
+        page.locator(f"#{_css_id('layer-mobilenetv2_0.35_96/block_12_project')} .maps img").click()
+        box = page.locator("#channel")
+        assert box.is_visible() and box.is_visible()
+        inside = page.evaluate(
+            "() => { const r = document.querySelector('#channel').getBoundingClientRect();"
+            " return r.top >= 0 && r.bottom <= innerHeight; }"
+        )
+        assert inside
+        assert (
+            page.locator("#channel-caption")
+            .inner_text()
+            .startswith("mobilenetv2_0.35_96/block_12_project, channel")
+        )
+        page.screenshot(path=ARTIFACTS / "mobilenet-filtered.png")
+        browser.close()
+    assert not errors, errors
+
+
+def _css_id(element_id: str) -> str:
+    """An element id as a CSS selector's #id (dots and slashes escaped)."""
+    return "".join(c if c.isalnum() or c in "-_" else f"\\{c}" for c in element_id)

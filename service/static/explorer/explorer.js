@@ -27,8 +27,10 @@ const state = {
   busy: false, again: false, timer: 0,
   lastInput: 0,      // when the pen last moved (performance.now()), for the latency shown
   shown: null,       // the model the page shows (the input was chosen for it)
-  layers: [],        // the last feature-maps answer's layers
-  channel: null,     // {layer index, channel} shown enlarged
+  maps: new Map(),   // layer name -> its maps for the current input (feature-maps answer)
+  groups: null,      // a large model's layer groups (null: one list)
+  input: null,       // {blob, model, version, scaling} of the maps shown, for opened groups
+  channel: null,     // {layer name, channel} shown enlarged
 };
 
 // ---------------------------------------------------------------- API
@@ -106,8 +108,6 @@ async function selectVersion() {
     ...state.detail.layers.filter((l) => l.output_shape.length === 3)
       .map((l) => new Option(l.name, l.name)));
   fillClasses();
-  state.channel = null;
-  $("channel").hidden = true;
   renderNetwork();
   update();
 }
@@ -262,10 +262,13 @@ async function update() {
     const scaling = document.querySelector("input[name=scaling]:checked").value;
     // a SavedModel served as it came has no layers to show: its prediction alone
     const layered = state.detail.metadata.signatures.includes("feature_maps");
+    const layers = wantedLayers();
     const image = layered
-      ? (await api(`/models/${model}/feature-maps`, form(blob, { version, scaling }))).images[0]
+      ? (await api(`/models/${model}/feature-maps`, form(blob, { version, scaling, layers }))).images[0]
       : (await api("/predict", form(blob, { model, version }))).predictions[0];
     renderPrediction(image.outputs);
+    clearMaps();
+    state.input = layered ? { blob, model, version, scaling } : null;
     const pictures = layered ? renderMaps(image.layers) : [];
     showError(null);
     const since = state.file ? started : Math.max(started - DEBOUNCE_MS, state.lastInput);
@@ -291,7 +294,9 @@ function clearResults() {
   $("heads").replaceChildren();
   $("gradcam").hidden = true;
   $("seen").hidden = true;
-  renderNetwork();
+  clearMaps();
+  closeChannel();
+  state.input = null;
   showError(null);
 }
 
@@ -399,61 +404,208 @@ function bar(label, p, top) {
 }
 
 // ---------------------------------------------------------------- the network and its maps
+const GROUP_FROM = 24;   // layers: a model with fewer shows them as one list
+const GROUP_MAX = 12;    // layers in a group that is not a named block
+const OPEN_LAYERS = 10;  // groups open at first while they hold no more layers than this
+
 function shape(s) { return s.join("×"); }
+
+/** The layer table as groups: by nested model, then by block where consecutive names share
+ * their longest prefix ending in a number (block_3_expand, block_3_depthwise... -> block_3;
+ * stage2_block1_conv1 -> stage2_block1); the layers between blocks in groups of at most
+ * GROUP_MAX. */
+function groupsOf(layers) {
+  const runs = [];
+  for (const layer of layers) {
+    const cut = layer.name.lastIndexOf("/");
+    const nest = cut < 0 ? "" : layer.name.slice(0, cut);
+    const key = (/^(.*\d)_/.exec(layer.name.slice(cut + 1)) || ["", ""])[1];
+    const last = runs[runs.length - 1];
+    if (last && last.nest === nest && last.key === key) last.layers.push(layer);
+    else runs.push({ nest, key, layers: [layer] });
+  }
+  const groups = [];
+  for (const run of runs) {
+    if (run.key && run.layers.length >= 3) { groups.push(run); continue; }
+    for (const layer of run.layers) {  // not a block: with the loose layers around it
+      const last = groups[groups.length - 1];
+      if (last && !last.key && last.nest === run.nest && last.layers.length < GROUP_MAX) last.layers.push(layer);
+      else groups.push({ nest: run.nest, key: "", layers: [layer] });
+    }
+  }
+  const local = (name) => name.slice(name.lastIndexOf("/") + 1);
+  return groups.map((g) => {
+    const first = local(g.layers[0].name), last = local(g.layers[g.layers.length - 1].name);
+    const what = g.key || (first === last ? first : `${first} … ${last}`);
+    return { ...g, title: `${g.nest ? `${g.nest} / ` : ""}${what}` };
+  });
+}
+
+function layerItem(layer, previous) {
+  const item = document.createElement("li");
+  item.setAttribute("data-testid", "layer");
+  item.id = `layer-${layer.name}`;
+  item.dataset.search = `${layer.name} ${layer.type}`.toLowerCase();
+  if (layer.inbound.length > 1) item.classList.add("merge");
+  else if (previous && layer.inbound[0] !== previous) item.classList.add("branch");
+  const head = document.createElement("div");
+  head.className = "layer-head";
+  head.innerHTML = "<strong></strong><span class=t></span><span class=s></span><span class=n></span><span class=from></span>";
+  head.querySelector("strong").textContent = layer.name;
+  head.querySelector(".t").textContent = layer.type;
+  head.querySelector(".s").textContent = shape(layer.output_shape);
+  head.querySelector(".n").textContent = `${layer.params.toLocaleString("en")} params`;
+  head.querySelector(".from").textContent = layer.inbound.length ? `← ${layer.inbound.join(" + ")}` : "input";
+  const maps = document.createElement("div");
+  maps.className = "maps";
+  item.append(head, maps);
+  return item;
+}
 
 function renderNetwork() {
   const layers = state.detail ? state.detail.layers : [];
-  $("layers").replaceChildren(...layers.map((layer, i) => {
-    const item = document.createElement("li");
-    item.setAttribute("data-testid", "layer");
-    item.id = `layer-${layer.name}`;
-    const previous = i > 0 ? layers[i - 1].name : null;
-    if (layer.inbound.length > 1) item.classList.add("merge");
-    else if (i > 0 && layer.inbound[0] !== previous) item.classList.add("branch");
-    const head = document.createElement("div");
-    head.className = "layer-head";
-    head.innerHTML = "<strong></strong><span class=t></span><span class=s></span><span class=n></span><span class=from></span>";
-    head.querySelector("strong").textContent = layer.name;
-    head.querySelector(".t").textContent = layer.type;
-    head.querySelector(".s").textContent = shape(layer.output_shape);
-    head.querySelector(".n").textContent = `${layer.params.toLocaleString("en")} params`;
-    head.querySelector(".from").textContent = layer.inbound.length ? `← ${layer.inbound.join(" + ")}` : "input";
-    const maps = document.createElement("div");
-    maps.className = "maps";
-    item.append(head, maps);
-    return item;
-  }));
+  closeChannel();
+  state.maps = new Map();
+  const items = layers.map((layer, i) => layerItem(layer, i > 0 ? layers[i - 1].name : null));
+  $("branch-legend").hidden = !items.some((li) => li.matches(".branch, .merge"));
+  $("layer-filter-box").hidden = layers.length < GROUP_FROM;
+  $("layer-filter").value = "";
+  if (layers.length < GROUP_FROM) {
+    state.groups = null;
+    return $("layers").replaceChildren(...items);
+  }
+  const byName = new Map(layers.map((l, i) => [l.name, items[i]]));
+  let shown = 0;
+  state.groups = groupsOf(layers).map((group, i) => {
+    const box = document.createElement("li");
+    box.className = "group";
+    const details = document.createElement("details");
+    details.setAttribute("data-testid", "layer-group");
+    details.open = i === 0 || shown + group.layers.length <= OPEN_LAYERS;
+    if (details.open) shown += group.layers.length;
+    const summary = document.createElement("summary");
+    summary.textContent = `${group.title} (${group.layers.length} layer${group.layers.length > 1 ? "s" : ""})`;
+    const list = document.createElement("ol");
+    list.append(...group.layers.map((l) => byName.get(l.name)));
+    details.append(summary, list);
+    details.addEventListener("toggle", () => { if (details.open) fetchMaps(group).catch(showError); });
+    box.append(details);
+    return { ...group, details, box };
+  });
+  $("layers").replaceChildren(...state.groups.map((g) => g.box));
+}
+
+/** The layers whose maps the page asks for with an input: every layer of a small model (""),
+ * else those of the open groups and the input (for the preview). */
+function wantedLayers() {
+  if (!state.groups) return "";
+  const names = state.groups.filter((g) => g.details.open).flatMap((g) => g.layers.map((l) => l.name));
+  const input = state.detail.layers.find((l) => l.type === "InputLayer");
+  if (input && !names.includes(input.name)) names.unshift(input.name);
+  return names.join(",");
+}
+
+/** An opened group's maps for the current input, unless it has them. */
+async function fetchMaps(group) {
+  const missing = group.layers.map((l) => l.name).filter((name) => !state.maps.has(name));
+  if (!state.input || !missing.length) return;
+  const { blob, model, version, scaling } = state.input;
+  const answer = await api(`/models/${model}/feature-maps`,
+                           form(blob, { version, scaling, layers: missing.join(",") }));
+  if (state.input && state.input.blob === blob) renderMaps(answer.images[0].layers);
+}
+
+function filterLayers() {
+  const query = $("layer-filter").value.trim().toLowerCase();
+  for (const li of document.querySelectorAll("#layers [data-testid=layer]")) {
+    li.hidden = Boolean(query) && !li.dataset.search.includes(query);
+  }
+  for (const group of state.groups || []) {
+    const matches = group.layers.some((l) => !$(`layer-${l.name}`).hidden);
+    group.box.hidden = !matches;
+    if (query && matches) group.details.open = true;
+  }
+}
+$("layer-filter").addEventListener("input", filterLayers);
+
+function clearMaps() {
+  state.maps = new Map();
+  for (const maps of document.querySelectorAll("#layers .maps")) maps.replaceChildren();
 }
 
 function renderMaps(layers) {
-  // every layer's picture into its card; returns the <img> elements
-  state.layers = layers;
+  // each layer's picture into its card (a dense layer's values as a bar chart); returns the
+  // <img> elements
   const pictures = [];
-  layers.forEach((layer, index) => {
-    const maps = document.querySelector(`#layer-${CSS.escape(layer.name)} .maps`);
-    if (!maps) return;
+  for (const layer of layers) {
+    const maps = $(`layer-${layer.name}`)?.querySelector(".maps");
+    if (!maps) continue;
+    state.maps.set(layer.name, layer);
     const img = new Image();
     img.src = `data:image/png;base64,${layer.image.png_base64}`;
     img.alt = `${layer.name}: ${layer.image.layout}`;
-    const zoom = Math.max(1, Math.min(6, Math.floor(560 / layer.image.width),
-                                      Math.floor(400 / layer.image.height)));
-    img.width = layer.image.width * zoom;
-    img.tabIndex = 0;
     const [low, high] = layer.image.color_scale.range;
     const range = document.createElement("div");
     range.className = "range";
     range.textContent = `${layer.image.layout}; values ${low.toPrecision(3)} … ${high.toPrecision(3)}`
       + (layer.image.color_scale.scaling === "per_channel" ? " (each channel scaled alone)" : "");
     if (layer.image.grid) {
-      img.addEventListener("click", (e) => showChannel(index, tileAt(layer.image, img, e)));
-      img.addEventListener("keydown", (e) => { if (e.key === "Enter") showChannel(index, 0); });
+      const zoom = Math.max(1, Math.min(6, Math.floor(560 / layer.image.width),
+                                        Math.floor(400 / layer.image.height)));
+      img.width = layer.image.width * zoom;
+      img.tabIndex = 0;
+      img.addEventListener("click", (e) => showChannel(layer.name, tileAt(layer.image, img, e)));
+      img.addEventListener("keydown", (e) => { if (e.key === "Enter") showChannel(layer.name, 0); });
+    } else {
+      barChart(layer, img);
     }
     maps.replaceChildren(img, range);
     pictures.push(img);
     if (layer.type === "InputLayer") showSeen(layer.image);
-  });
-  if (state.channel) showChannel(state.channel.index, state.channel.channel);
+  }
+  if (state.channel && state.maps.has(state.channel.name)) showChannel(state.channel.name, state.channel.channel);
   return pictures;
+}
+
+/** A dense layer's units as bars (up from zero, or down), from its strip's gray levels: the
+ * strip maps [low, high] to 0..255, one cell per unit, in unit order. Over MAX_BARS units, a
+ * bar stands for a run of them (the one farthest from zero). */
+const MAX_BARS = 1280;
+function barChart(layer, img) {
+  const units = layer.output_shape.reduce((a, b) => a * (b || 1), 1);
+  const [low, high] = layer.image.color_scale.range;
+  const strip = new Image();
+  strip.onload = () => {
+    const src = document.createElement("canvas");
+    src.width = strip.width; src.height = strip.height;
+    const s = src.getContext("2d");
+    s.drawImage(strip, 0, 0);
+    const data = s.getImageData(0, 0, strip.width, strip.height).data;
+    const value = (i) => low + data[i * 4] / 255 * (high - low);
+    const bars = Math.min(units, MAX_BARS);
+    const width = Math.max(1, Math.min(40, Math.floor(560 / bars))), height = 80;
+    const c = document.createElement("canvas");
+    c.width = bars * width; c.height = height;
+    const out = c.getContext("2d");
+    const top = Math.max(high, 0), bottom = Math.min(low, 0), span = top - bottom || 1;
+    const zero = height * top / span;
+    out.fillStyle = "#f8fafc"; out.fillRect(0, 0, c.width, height);
+    for (let b = 0; b < bars; b++) {
+      let v = 0;
+      for (let u = Math.floor(b * units / bars); u < Math.floor((b + 1) * units / bars); u++) {
+        if (Math.abs(value(u)) > Math.abs(v)) v = value(u);
+      }
+      const h = Math.max(Math.abs(v) / span * height, 0.5);
+      out.fillStyle = v >= 0 ? "#2563eb" : "#ea580c";
+      out.fillRect(b * width, v >= 0 ? zero - h : zero, Math.max(1, width - (width > 2 ? 1 : 0)), h);
+    }
+    out.fillStyle = "#94a3b8"; out.fillRect(0, Math.round(zero), c.width, 1);
+    img.onload = null;
+    img.src = c.toDataURL();
+    img.alt = `${layer.name}: ${units} units as bars`;
+    img.classList.add("bars");
+  };
+  strip.src = img.src;
 }
 
 function tileAt(image, img, event) {
@@ -471,13 +623,17 @@ function tile(image, channel, draw) {
   img.src = `data:image/png;base64,${image.png_base64}`;
 }
 
-function showChannel(index, channel) {
-  const layer = state.layers[index];
+/** The channel enlarged in place: under its layer's maps, scrolled into view. */
+function showChannel(name, channel) {
+  const layer = state.maps.get(name);
   const count = layer.image.color_scale.channel_ranges.length;
   channel = (channel + count) % count;
-  state.channel = { index, channel };
+  const moved = !state.channel || state.channel.name !== name;
+  state.channel = { name, channel };
   const [low, high] = layer.image.color_scale.channel_ranges[channel];
-  $("channel").hidden = false;
+  const box = $("channel");
+  $(`layer-${name}`).append(box);
+  box.hidden = false;
   $("channel-caption").textContent =
     `${layer.name}, channel ${channel + 1} of ${count}: values ${low.toPrecision(3)} … ${high.toPrecision(3)}`;
   const out = $("channel-canvas").getContext("2d");
@@ -485,11 +641,18 @@ function showChannel(index, channel) {
     out.imageSmoothingEnabled = false;
     out.drawImage(img, sx, sy, w, h, 0, 0, 168, 168);
   });
+  if (moved) box.scrollIntoView({ block: "nearest" });
 }
 
-$("channel-prev").addEventListener("click", () => state.channel && showChannel(state.channel.index, state.channel.channel - 1));
-$("channel-next").addEventListener("click", () => state.channel && showChannel(state.channel.index, state.channel.channel + 1));
-$("channel-close").addEventListener("click", () => { state.channel = null; $("channel").hidden = true; });
+function closeChannel() {
+  state.channel = null;
+  $("channel").hidden = true;
+  $("network-panel").append($("channel"));  // out of a list that may be replaced
+}
+
+$("channel-prev").addEventListener("click", () => state.channel && showChannel(state.channel.name, state.channel.channel - 1));
+$("channel-next").addEventListener("click", () => state.channel && showChannel(state.channel.name, state.channel.channel + 1));
+$("channel-close").addEventListener("click", closeChannel);
 
 function showSeen(image) {
   // the input as the model sees it: one gray tile, or three tiles put back together as colour,

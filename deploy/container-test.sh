@@ -123,7 +123,7 @@ echo "   gRPC health SERVING; ModelInfer answered digit=$grpc_label"
 # the explorer page and its assets are in the installed package; Grad-CAM runs model.keras
 curl -fsS "http://127.0.0.1:${URL_PORT}/" | grep -q 'data-testid="draw"' \
   && curl -fsS "http://127.0.0.1:${URL_PORT}/static/explorer/explorer.js" >/dev/null \
-  && curl -fsS "http://127.0.0.1:${URL_PORT}/static/explorer/samples/ship.png" >/dev/null \
+  && curl -fsS "http://127.0.0.1:${URL_PORT}/models/cifar10/versions/1/samples/ship.png" >/dev/null \
   || { echo "FAIL: the explorer page or its assets are missing" >&2; exit 1; }
 cam=$(curl -fsS -F "file=@${digit};type=image/png" "http://127.0.0.1:${URL_PORT}/models/digit_odd/explain" \
   | "$PY" -c "import json,sys; b=json.load(sys.stdin); print(b['label'], b['layer'], len(b['heatmap']))")

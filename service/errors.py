@@ -80,6 +80,10 @@ class LayerNotFound(NotFound):
     code = "layer_not_found"
 
 
+class SampleNotFound(NotFound):
+    code = "sample_not_found"
+
+
 class ExplanationUnavailable(NotFound):
     code = "explanation_unavailable"
 

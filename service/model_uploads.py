@@ -123,13 +123,14 @@ async def _options(form, name: str, scratch: Path, settings: Settings) -> Option
         name,
         settings.model_dir,
         params.version,
-        {None: labels_path} if labels_path else None,
-        params.heads,
-        params.value_range_pair,
-        params.preprocessing,
-        params.input_size_pair,
+        labels={None: labels_path} if labels_path else None,
+        heads=params.heads,
+        value_range=params.value_range_pair,
+        preprocessing=params.preprocessing,
+        input_size=params.input_size_pair,
         max_versions=settings.max_versions_per_model,
-        **settings.model_bounds(),
+        max_unpacked_bytes=settings.max_model_bytes,
+        max_memory_bytes=settings.max_model_memory_bytes,
     )
 
 

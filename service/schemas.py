@@ -366,6 +366,11 @@ class VersionDetail(VersionStatus):
     metadata: ModelMetadata | None
     layers: list[LayerInfo] = []
     total_params: int | None = None
+    samples: list[str] = Field(
+        [],
+        description="sample images kept with the version (cnn-serve import --samples): "
+        "GET /models/{name}/versions/{version}/samples/{sample}",
+    )
 
 
 class ModelDetail(ModelState):

@@ -4,7 +4,7 @@
                             [--labels FILE | --labels OUTPUT=FILE ...]
                             [--head KIND | --head HEAD=KIND ...]
                             [--value-range LOW,HIGH] [--preprocessing resize|mnist]
-                            [--input-size H,W]
+                            [--input-size H,W] [--samples DIR]
 
 SOURCE is a Keras 3 ``.keras`` file or a legacy ``.h5``/``.hdf5`` file, or a SavedModel
 directory; :mod:`training.importer` turns it into a version. This module is the command's
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import repository
+from training import repository, samples
 from training.metadata import ModelMetadata
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -49,6 +49,7 @@ class Options:
     value_range: tuple[float, float] | None = None  # None: [0, 1] (uint8 SavedModels: 0..255)
     preprocessing: str = "resize"
     input_size: tuple[int, int] | None = None
+    samples: Path | None = None  # a folder of sample images to keep with the version
     # bounds on what an untrusted file may cost (None: unbounded, for a trusted file)
     max_unpacked_bytes: int | None = None  # a .keras archive's members, unpacked
     max_memory_bytes: int | None = None  # the model's estimate (weights + activations)
@@ -142,6 +143,14 @@ def parser(default_model_dir: Path) -> argparse.ArgumentParser:
         metavar="H,W",
         help="only for a model whose input size is not fixed",
     )
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder of images of what the model takes: up to 8, kept small with the "
+        "version for the explorer to offer",
+    )
     return p
 
 
@@ -166,6 +175,7 @@ def options(argv: list[str], default_model_dir: Path, bounds: dict | None = None
         args.value_range,
         args.preprocessing,
         args.input_size,
+        args.samples.resolve() if args.samples else None,
         **(bounds or {}),
     )
 
@@ -176,6 +186,8 @@ def main(argv: list[str], default_model_dir: Path, bounds: dict | None = None, l
     Each step is printed as it starts."""
     chosen = options(argv, default_model_dir, bounds)
     say: Callable[[str], None] = lambda step: print(f"  {step}", flush=True)
+    if chosen.samples is not None and not chosen.samples.is_dir():
+        raise SystemExit(f"cnn-serve import: --samples {chosen.samples}: not a folder")
     print(f"importing {chosen.source.name} as {chosen.name}", flush=True)
     try:
         if limits is None:
@@ -190,6 +202,9 @@ def main(argv: list[str], default_model_dir: Path, bounds: dict | None = None, l
                 path = sandbox.import_isolated(chosen, limits, scratch, say)
     except Refused as exc:
         raise SystemExit(f"cnn-serve import: {exc}") from None
+    if chosen.samples is not None:  # read here, not in the confined child: the user's images
+        kept = samples.keep(chosen.samples, path, say)
+        say(f"samples: {len(kept)} kept ({', '.join(kept)})")
     print(summary(path))
     return 0
 

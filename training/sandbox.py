@@ -133,8 +133,8 @@ def _encode(options: Options) -> dict:
 
 def _decode(fields: dict) -> Options:
     fields = dict(fields)
-    for name in ("source", "model_dir"):
-        fields[name] = Path(fields[name])
+    for name in ("source", "model_dir", "samples"):
+        fields[name] = Path(fields[name]) if fields[name] is not None else None
     for name in ("value_range", "input_size"):
         fields[name] = tuple(fields[name]) if fields[name] is not None else None
     fields["labels"] = {head: Path(path) for head, path in fields["labels"]} or None

@@ -2,12 +2,13 @@ import asyncio
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from service import featuremaps, inference, model_uploads, uploads
 from service.deps import RegistryDep, ServerDep, SettingsDep
+from service.errors import SampleNotFound, clip
 from service.model import ServedModel
 from service.registry import ModelRegistry
 from service.schemas import (
@@ -28,6 +29,7 @@ from service.schemas import (
     VersionStatus,
     upload_body,
 )
+from training import samples
 from training.metadata import OutputSpec
 
 S = TypeVar("S", bound=ModelState)
@@ -116,7 +118,26 @@ async def get_version(
         metadata=meta,
         layers=meta.layers if meta else [],
         total_params=meta.total_params if meta else None,
+        samples=await asyncio.to_thread(samples.listed, m.path),
     )
+
+
+@router.get(
+    "/{name}/versions/{version}/samples/{sample}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorResponse}},
+    summary="One of the version's sample images (PNG)",
+)
+async def get_sample(
+    name: ModelName,
+    version: VersionPath,
+    sample: Annotated[str, Path(pattern=f"^{samples.NAME.pattern}$", examples=["ship.png"])],
+    registry: RegistryDep,
+) -> FileResponse:
+    m = registry.get(name, version)
+    if sample not in await asyncio.to_thread(samples.listed, m.path):
+        raise SampleNotFound(f"model {name!r} v{m.version} has no sample {clip(sample)}")
+    return FileResponse(m.path / samples.SAMPLES_DIR / sample, media_type="image/png")
 
 
 @router.post(

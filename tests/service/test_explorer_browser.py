@@ -17,7 +17,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "explorer"
-SAMPLES = ROOT / "service" / "static" / "explorer" / "samples"
+SAMPLES = ROOT / "models" / "cifar10" / "1" / "samples"
 # a 7 as fractions of the canvas: the bar, then the stem
 SEVEN = [[(0.25, 0.22), (0.50, 0.22), (0.75, 0.22)], [(0.75, 0.22), (0.60, 0.50), (0.45, 0.82)]]
 NON_BLANK = """(li) => {
@@ -139,21 +139,31 @@ def test_uploading_a_cifar10_image_reads_its_class(explorer, server_url):
     page.screenshot(path=ARTIFACTS / "upload-ship.png", full_page=True)
 
 
-def test_samples_keep_a_model_that_takes_them_and_switch_one_that_does_not(explorer, server_url):
+def test_each_version_offers_its_own_samples(explorer, server_url):
+    """Samples live with the version (cnn-serve import --samples): the ResNet offers CIFAR
+    photos, the digit model digits; a click reads the sample with the model shown."""
     page = explorer
     page.select_option("#model", "cifar10_resnet")
-    cat, digit = page.locator("#samples button[title^=cat]"), page.locator("#samples button").first
-    cat.click()  # a photo: the ResNet takes photos, so it stays
+    buttons = page.locator("#samples button")
+    page.wait_for_function("() => document.querySelector('#samples img[alt$=cat]')")
+    assert buttons.evaluate_all("(b) => b.map((x) => x.title)") == [
+        "airplane",
+        "cat",
+        "horse",
+        "ship",
+    ]
+    page.locator("#samples button[title=cat]").click()
     assert page.get_by_test_id("layer").count() == _layer_count(page, server_url, "cifar10_resnet")
     _maps_shown(page, "[data-testid=layer-group][open] [data-testid=layer]")  # 73: grouped
     assert page.locator("[data-testid=layer-group]:not([open])").count() > 0
-    assert page.input_value("#model") == "cifar10_resnet"
     page.wait_for_function(
         "() => document.querySelector('#cam-caption').textContent.includes('stage3_block3_out')"
     )  # the last residual block
-    digit.click()  # a digit: no colour model takes it; the default digit model does
+    page.select_option("#model", "digit_odd")
+    page.wait_for_function("() => document.querySelector('#samples button[title=digit-2]')")
+    assert buttons.count() == 3
+    page.locator("#samples button[title=digit-2]").click()
     _wait_for_label(page, "2")
-    assert page.input_value("#model") == "digit_odd"
     _all_layers_drawn(page, _layer_count(page, server_url, "digit_odd"))
 
 
@@ -358,6 +368,10 @@ def own_page(own_models_url):
 def test_the_explorer_shows_a_users_imported_and_dropped_in_models(own_page, own_models_url):
     page = own_page
     assert page.input_value("#model") == "photos"
+    page.wait_for_function(
+        "() => document.querySelector('#samples-hint').textContent.includes('keeps no samples')"
+    )
+    assert page.locator("#samples button").count() == 0  # imported without --samples
     page.set_input_files("#upload", str(SAMPLES / "ship.png"))
     _wait_for_label(page, "ship")
     _all_layers_drawn(page, _layer_count(page, own_models_url, "photos"))

@@ -87,3 +87,16 @@ def test_served_metadata_carries_no_local_paths(client):
     for url in ("/models/digit_odd", "/models/digit_odd/versions/1", "/models/cifar10"):
         dataset = client.get(url).json()["metadata"]["dataset"]
         assert dataset["name"] and dataset["path"] is None
+
+
+def test_a_version_offers_its_samples(client):
+    detail = client.get("/models/digit_odd/versions/1").json()
+    assert detail["samples"] == ["digit-2.png", "digit-5.png", "digit-8.png"]
+    r = client.get("/models/digit_odd/versions/1/samples/digit-5.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content.startswith(b"\x89PNG")
+    missing = client.get("/models/digit_odd/versions/1/samples/ship.png")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "sample_not_found"
+    for sneaky in ("..%2Fmetadata.json", "..%2F..%2Fcifar10%2F1%2Fsamples%2Fship.png"):
+        r = client.get(f"/models/digit_odd/versions/1/samples/{sneaky}")
+        assert r.status_code in (404, 422) and b"PNG" not in r.content

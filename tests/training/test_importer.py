@@ -3,6 +3,7 @@ with metadata derived from it; what cannot be served is refused in one line, wri
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.conftest import MODELS
+from training import samples
 from training.import_command import main
 from training.metadata import ModelMetadata
 
@@ -67,6 +70,10 @@ def test_a_keras_file_becomes_a_version_with_derived_metadata(tmp_path, capsys):
     cifar_like().save(source)
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(MODELS / "cifar10" / "1" / "samples" / "ship.png", photos / "a ship.png")
+    (photos / "readme.txt").write_text("not a picture")
     repo = tmp_path / "repo"
     assert (
         main(
@@ -78,6 +85,8 @@ def test_a_keras_file_becomes_a_version_with_derived_metadata(tmp_path, capsys):
                 str(labels),
                 "--value-range",
                 "0,255",
+                "--samples",
+                str(photos),
                 "--model-dir",
                 str(repo),
             ],
@@ -85,6 +94,7 @@ def test_a_keras_file_becomes_a_version_with_derived_metadata(tmp_path, capsys):
         )
         == 0
     )
+    assert samples.listed(repo / "mine" / "1") == ["a_ship.png"]
     meta = ModelMetadata.read(repo / "mine" / "1")
     assert (meta.input.shape, meta.input.color_mode, meta.input.value_range) == (
         [32, 32, 3],
@@ -106,6 +116,7 @@ def test_a_keras_file_becomes_a_version_with_derived_metadata(tmp_path, capsys):
     assert (repo / "mine" / "1" / "model.keras").is_file()
     printed = capsys.readouterr().out
     assert "mine v1" in printed and "0..255" in printed and "class 0" in printed
+    assert "readme.txt is not an image" in printed and "samples: 1 kept" in printed
 
 
 def test_an_h5_file_with_several_heads_and_labels_per_head(tmp_path):

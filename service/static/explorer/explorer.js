@@ -6,17 +6,6 @@
 const $ = (id) => document.getElementById(id);
 const DEBOUNCE_MS = 40;  // while drawing: at most one update per pause this long
 const PEN = 20;          // stroke width on the 280 px canvas (MNIST strokes are ~2/28 wide)
-// channels: the input a sample suits; picking one keeps the model when it takes such images
-const SAMPLES = [
-  { file: "digit-2.png", source: "MNIST", channels: 1, label: "2" },
-  { file: "digit-5.png", source: "MNIST", channels: 1, label: "5" },
-  { file: "digit-8.png", source: "MNIST", channels: 1, label: "8" },
-  { file: "airplane.png", source: "CIFAR-10", channels: 3, label: "airplane" },
-  { file: "cat.png", source: "CIFAR-10", channels: 3, label: "cat" },
-  { file: "ship.png", source: "CIFAR-10", channels: 3, label: "ship" },
-  { file: "horse.png", source: "CIFAR-10", channels: 3, label: "horse" },
-];
-
 const state = {
   models: [],        // from GET /models
   defaultModel: "",  // its default_model
@@ -36,11 +25,14 @@ const state = {
 // ---------------------------------------------------------------- API
 const RETRIES = 3;  // a 503 with Retry-After (busy, e.g. Grad-CAM for others): wait and retry
 
-async function api(path, options = {}, attempt = 0) {
+function keyHeaders() {
   // with API keys on, the key typed into the page (kept for this tab only) goes along
   const key = sessionStorage.getItem("cnn-serve-key");
-  const headers = key ? { "X-API-Key": key } : {};
-  const response = await fetch(path, { ...options, headers });
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function api(path, options = {}, attempt = 0) {
+  const response = await fetch(path, { ...options, headers: keyHeaders() });
   const wait = Number(response.headers.get("Retry-After"));
   if (response.status === 503 && wait > 0 && attempt < RETRIES) {
     await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(wait, 5)));
@@ -109,6 +101,7 @@ async function selectVersion() {
       .map((l) => new Option(l.name, l.name)));
   fillClasses();
   renderNetwork();
+  renderSamples().catch(showError);
   update();
 }
 
@@ -194,40 +187,31 @@ document.addEventListener("paste", (e) => {
   if (item) useFile(item.getAsFile());
 });
 
-/** The selected model if it takes images with `channels`, else the default model or the first
- * that does (a CIFAR-10 photo moves a digit model to a colour one, not between colour ones). */
-function modelFor(channels) {
-  const fits = (name) => state.models.find((m) => m.name === name)?.input.shape[2] === channels;
-  if (fits($("model").value)) return $("model").value;
-  if (fits(state.defaultModel)) return state.defaultModel;
-  return state.models.find((m) => m.input.shape[2] === channels)?.name;
-}
-
-function renderSamples() {
-  $("samples").replaceChildren(...SAMPLES.map((s) => {
+/** The version's own samples (kept with it by cnn-serve import --samples), fetched with the
+ * API key when there is one; a click makes one the input. */
+async function renderSamples() {
+  const { name, version, samples } = state.detail;
+  const buttons = await Promise.all(samples.map(async (sample) => {
+    const path = `/models/${encodeURIComponent(name)}/versions/${version}/samples/${encodeURIComponent(sample)}`;
+    const response = await fetch(path, { headers: keyHeaders() });
+    if (!response.ok) return null;
+    const blob = await response.blob();
     const button = document.createElement("button");
     button.type = "button";
-    button.title = `${s.label} (${s.source})`;
+    button.title = sample.replace(/\.png$/, "");
     const img = new Image();
-    img.src = `/static/explorer/samples/${s.file}`;
-    img.alt = `sample: ${s.label}`;
+    img.src = URL.createObjectURL(blob);
+    img.alt = `sample: ${button.title}`;
     button.append(img);
-    button.addEventListener("click", async () => {
-      const blob = await (await fetch(img.src)).blob();
-      const target = modelFor(s.channels);
-      if (target && target !== $("model").value) {
-        $("model").value = target;
-        state.file = blob;  // selectModel -> update sends it
-        state.background = await createImageBitmap(blob);
-        state.strokes = [];
-        paint();
-        await selectModel();
-      } else {
-        await useFile(blob);
-      }
-    });
+    button.addEventListener("click", () => useFile(blob));
     return button;
   }));
+  if (state.detail.name !== name || state.detail.version !== version) return;  // moved on
+  for (const img of $("samples").querySelectorAll("img")) URL.revokeObjectURL(img.src);
+  $("samples").replaceChildren(...buttons.filter(Boolean));
+  $("samples-hint").textContent = samples.length
+    ? "Draw, upload, drop or paste an image, or pick a sample:"
+    : "Draw, upload, drop or paste an image (this version keeps no samples).";
 }
 
 // ---------------------------------------------------------------- updating
@@ -698,5 +682,4 @@ $("key-box").addEventListener("submit", useKey);
 
 // ---------------------------------------------------------------- start
 paint();
-renderSamples();
 loadModels().catch(showError);

@@ -40,11 +40,11 @@ def _describe(spec: OutputSpec, row: np.ndarray, top_k: int, threshold: float) -
         }
     if not spec.classifies:  # regression, raw
         return {"kind": spec.kind, "values": dict(zip(spec.labels, values))}
-    scores = spec.label_scores(row[None])[0].tolist()  # logits: their softmax
-    answer = _ranked(spec, scores, top_k)
     if spec.kind == "logits":
+        answer = _ranked(spec, spec.label_scores(row[None])[0].tolist(), top_k)  # softmax
         answer["logits"] = dict(zip(spec.labels, values))
-    return answer
+        return answer
+    return _ranked(spec, values, top_k)
 
 
 def _ranked(spec: OutputSpec, scores: list[float], top_k: int) -> dict:

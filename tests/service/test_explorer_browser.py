@@ -416,6 +416,8 @@ def test_the_input_preview_shows_the_picture_whatever_the_value_range(own_page, 
     sent = sent.resize(seen.shape[1::-1])
     difference = np.abs(seen - np.asarray(sent, float)).mean()
     assert difference <= 40, f"mean absolute difference {difference:.1f} of 255"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#result-panel").screenshot(path=ARTIFACTS / f"preview-{model}.png")
 
 
 def test_open_your_model_uploads_it_and_shows_it(own_page, own_models_url, tmp_path):

@@ -26,6 +26,7 @@ from service.admission import Budget
 from service.errors import ClientGone, ModelNotReady, Overloaded
 from service.model import BatchCall, GraphDecodeFailed, Outputs, ServedModel, pixel_call
 from service.settings import BatchPolicy
+from service.statistics import Execution, VersionStatistics
 
 log = logging.getLogger("cnn_serve")
 
@@ -68,7 +69,7 @@ class Runner:
         self._carry: _Item | None = None
         # batches handed to the inference thread, oldest first: computing, and at most one
         # more waiting behind it
-        self._ahead: list[tuple[list[_Item], asyncio.Future[Outputs]]] = []
+        self._ahead: list[tuple[list[_Item], asyncio.Future[tuple[Outputs, float]], Execution]] = []
         self._task: asyncio.Task | None = None
         self._busy = self._closed = False
         labels = (model.name, str(model.version))
@@ -78,6 +79,7 @@ class Runner:
         self._rejected = metrics.REJECTED.labels(*labels)
         self._skipped = metrics.SKIPPED.labels(*labels)
         self._requests = metrics.MODEL_REQUESTS.labels(*labels)
+        self.statistics = VersionStatistics()  # Triton's statistics extension
 
     def start(self) -> None:
         name = f"batcher-{self.model.name}-{self.model.version}"
@@ -107,7 +109,7 @@ class Runner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         pending = [self._carry] if self._carry else []
-        pending += [item for items, _ in self._ahead for item in items]
+        pending += [item for items, _, _ in self._ahead for item in items]
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for item in pending:
@@ -132,6 +134,7 @@ class Runner:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self._rejected.inc()
+            self.statistics.failed()
             raise Overloaded(
                 f"model {self.model.name} v{self.model.version} has "
                 f"{self.policy.max_queue} requests queued; retry shortly"
@@ -184,10 +187,12 @@ class Runner:
                     )
                 )
                 self._rejected.inc()
+                self.statistics.failed(now - item.queued_at)
                 continue
             if item.is_gone is not None and item.queued_at < waited_since and await item.is_gone():
                 item.future.set_exception(ClientGone("client disconnected"))
                 self._skipped.inc()
+                self.statistics.failed(now - item.queued_at)
                 continue
             live.append(item)
         return live
@@ -217,38 +222,53 @@ class Runner:
             by_call.setdefault(item.call, []).append(item)
         loop = asyncio.get_running_loop()
         for call, same in by_call.items():
+            joining = time.monotonic()
             batch = same[0].images if len(same) == 1 else call.join([i.images for i in same])
             total = sum(item.size for item in same)
             self._batch_size.observe(total)
             for item in same:
                 item.batch = total
-            self._ahead.append(
-                (same, loop.run_in_executor(self._executor, self._call, call, batch))
-            )
+            execution = Execution(total, time.monotonic() - joining, 0.0)
+            computing = loop.run_in_executor(self._executor, self._call, call, batch, execution)
+            self._ahead.append((same, computing, execution))
 
-    def _call(self, call: BatchCall, batch: Any) -> Outputs:
-        """On the inference thread: the model call, timed from its start."""
-        started = time.perf_counter()
+    def _call(self, call: BatchCall, batch: Any, execution: Execution) -> tuple[Outputs, float]:
+        """On the inference thread: the model call, timed (into ``execution``); the outputs
+        and when the call started."""
+        started = time.monotonic()
         try:
-            return call.call(batch)
+            return call.call(batch), started
         finally:
-            self._inference.observe(time.perf_counter() - started)
+            execution.infer_s = time.monotonic() - started
+            self._inference.observe(execution.infer_s)
 
-    async def _finish(self, items: list[_Item], computing: asyncio.Future[Outputs]) -> None:
+    async def _finish(
+        self,
+        items: list[_Item],
+        computing: asyncio.Future[tuple[Outputs, float]],
+        execution: Execution,
+    ) -> None:
         """Each of ``items`` gets its slice of the call's outputs, or its error."""
         try:
-            outputs = await computing
+            outputs, started = await computing
         except Exception as exc:  # a failed call fails its requests, not the runner
             if not isinstance(exc, GraphDecodeFailed):  # that one the caller handles
                 log.exception("inference failed for %s v%s", self.model.name, self.model.version)
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(exc)
+                    self.statistics.failed(time.monotonic() - item.queued_at)
             return
-        start = 0
+        slicing, start, answered = time.monotonic(), 0, []
         for item in items:
             if not item.future.done():
                 item.future.set_result(
                     {name: value[start : start + item.size] for name, value in outputs.items()}
                 )
+                answered.append(item)
             start += item.size
+        done = time.monotonic()
+        execution.output_s = done - slicing
+        self.statistics.executed(execution)
+        for item in answered:
+            self.statistics.succeeded(execution, started - item.queued_at, done - item.queued_at)

@@ -28,16 +28,24 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import BadRequest, UnsupportedMediaType, clip
+from service.errors import BadRequest, NotFound, UnsupportedMediaType, clip
 from service.model import Outputs, ServedModel
 from service.model_input import ModelInput, of_files, of_pixels
+from service.registry import ModelRegistry
 from service.schemas import BASE64, numbers
 from service.tensors import header_length, json_floats, may_hold_booleans
 from service.uploads import Upload
 from training.metadata import ModelMetadata
 
 PLATFORM = "tensorflow_savedmodel"
-EXTENSIONS = ["binary_tensor_data", "classification"]
+# what this server implements of Triton's extensions (server metadata lists them)
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+]
 CLASSIFICATION = "classification"  # an output's parameter: N of a top-N answer
 MAX_CLASSES = 2**31 - 1  # N beyond a head's classes answers them all
 BYTES_INPUT = "image_bytes"
@@ -180,6 +188,62 @@ def model_config(name: str, meta: ModelMetadata, max_batch_size: int) -> dict:
             {"name": o.name, "data_type": "TYPE_FP32", "dims": [o.units]} for o in meta.outputs
         ],
     }
+
+
+def model_statistics(registry: ModelRegistry, name: str | None, version: str | None) -> dict:
+    """``GET /v2/models[/{name}[/versions/{v}]]/stats``: the statistics of every served
+    version, of a model's, or of one (:mod:`service.statistics`); 400 for a model or version
+    the service does not have, as Triton answers."""
+    try:
+        if name is None:
+            runners = [r for _, r in sorted(registry.runners.items())]
+        elif version is None:
+            registry.runner(name)  # as for any call to the model (503 while loading)
+            runners = [r for (n, _), r in sorted(registry.runners.items()) if n == name]
+        else:
+            runners = [registry.runner(name, version)]
+    except NotFound as exc:
+        raise BadRequest(str(exc)) from None
+    return {"model_stats": [r.statistics.as_dict(r.model.name, r.model.version) for r in runners]}
+
+
+class StatisticDuration(BaseModel):
+    count: int
+    ns: int = Field(description="nanoseconds, summed over the count")
+
+
+class InferStatistics(BaseModel):
+    success: StatisticDuration = Field(description="answered requests: their time in the batcher")
+    fail: StatisticDuration
+    queue: StatisticDuration
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    cache_hit: StatisticDuration
+    cache_miss: StatisticDuration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="ms since the epoch; 0: none yet")
+    inference_count: int = Field(description="images inferred")
+    execution_count: int = Field(description="model calls (batches)")
+    inference_stats: InferStatistics
+    response_stats: dict[str, Any]
+    batch_stats: list[BatchStatistics]
+    memory_usage: list[Any]
+
+
+class ModelStatisticsResponse(BaseModel):
+    model_stats: list[ModelStatistics]
 
 
 class ModelConfig(BaseModel):

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from service import __version__, inference, oip, uploads
 from service.apis import OIP
 from service.deps import RegistryDep, ServerDep
+from service.errors import BadRequest, NotFound
 from service.model import Status
 from service.schemas import VERSION_OR_LABEL, Responses, inline
 from service.server import Server
@@ -62,6 +63,38 @@ async def live() -> dict:
 )
 async def ready(registry: RegistryDep, request: Request):
     return _readiness({"ready": registry.ready and not request.app.state.drain.active})
+
+
+@router.get(
+    "/models/stats",
+    summary="Statistics of every served version",
+    responses=ERRORS,
+    response_model=oip.ModelStatisticsResponse,
+)
+async def all_statistics(registry: RegistryDep) -> dict:
+    return oip.model_statistics(registry, None, None)
+
+
+@router.get(
+    "/models/{name}/stats",
+    summary="Statistics of a model's versions",
+    responses=ERRORS,
+    response_model=oip.ModelStatisticsResponse,
+)
+async def model_statistics(name: ModelName, registry: RegistryDep) -> dict:
+    return oip.model_statistics(registry, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    summary="Statistics of one version: counts and times, as Triton's extension",
+    response_model=oip.ModelStatisticsResponse,
+    responses=ERRORS,
+)
+async def version_statistics(
+    name: ModelName, version: VersionOrLabel, registry: RegistryDep
+) -> dict:
+    return oip.model_statistics(registry, name, version)
 
 
 @router.get(
@@ -133,8 +166,12 @@ async def version_ready(name: ModelName, version: VersionOrLabel, registry: Regi
 
 
 def _serves(registry, name: str, version: str | None) -> bool:
-    """404 for a model or version the service does not have; else whether it serves."""
-    return registry.get(name, version).status is Status.ready
+    """Whether the version serves; 400 for a model or version the service does not have, as
+    Triton answers (its metadata, config and infer say 404)."""
+    try:
+        return registry.get(name, version).status is Status.ready
+    except NotFound as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _readiness(body: dict):

@@ -12,12 +12,13 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from service import __version__, inference, oip
 from service.drain import Drain
-from service.errors import BadRequest
+from service.errors import BadRequest, NotFound
 from service.model import Status
 from service.server import Server
 
@@ -72,7 +73,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.server.registry.ready and not self.drain.active)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        model = self.server.registry.get(request.name, _version(request.version))
+        """``ready: false`` for a model or version that does not exist, as Triton answers
+        (``if client.is_model_ready(name):`` must not raise)."""
+        try:
+            model = self.server.registry.get(request.name, _version(request.version))
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=model.status is Status.ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -92,6 +98,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             platform=described["platform"],
             inputs=[tensor(**t) for t in described["inputs"]],
             outputs=[tensor(**t) for t in described["outputs"]],
+        )
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = self.server.registry.runner(request.name, _version(request.version)).model
+        config = oip.model_config(model.name, model.metadata, self.server.max_images(model))
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every served version's (no name), a model's, or one version's."""
+        stats = oip.model_statistics(
+            self.server.registry, request.name or None, _version(request.version)
+        )
+        return json_format.ParseDict(
+            stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True
         )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -157,7 +157,7 @@ def test_calls_are_counted_by_method_protocol_and_status(served, channel):
 
 def test_grpc_and_rest_requests_share_one_model_call(served):
     """digit_odd_plus gathers for a second: a gRPC, an OIP REST and a /predict request sent
-    together are computed in one batch of three."""
+    together are computed in one batch of three, and the statistics say so."""
     pixels = np.zeros((1, 28, 28, 1), np.float32)
     jpeg = io.BytesIO()
     draw_digit(4).save(jpeg, "JPEG")
@@ -178,10 +178,33 @@ def test_grpc_and_rest_requests_share_one_model_call(served):
         reply = httpx.post(url, files=files, data={"model": "digit_odd_plus"}, timeout=30)
         return reply.status_code == 200
 
-    before = samples(served.http)
+    def statistics() -> dict:  # Triton's statistics extension, as its client reads it
+        stats = client.get_inference_statistics("digit_odd_plus", "1", as_json=True)
+        (version,) = stats["model_stats"]  # as JSON, protobuf leaves out what is zero or empty
+        batches = {
+            int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+            for b in version.get("batch_stats", [])
+        }
+        inference = version.get("inference_stats", {})
+        return {
+            "images": int(version.get("inference_count", 0)),
+            "calls": int(version.get("execution_count", 0)),
+            "answered": int(inference.get("success", {}).get("count", 0)),
+            "queued": int(inference.get("queue", {}).get("count", 0)),
+            "batches of 3": batches.get(3, 0),
+        }
+
+    stats_before, before = statistics(), samples(served.http)
     with ThreadPoolExecutor(3) as pool:
         assert all(pool.map(lambda send: send(), (over_grpc, over_oip, over_predict)))
-    after = samples(served.http)
+    after, stats_after = samples(served.http), statistics()
+    assert {k: stats_after[k] - stats_before[k] for k in stats_after} == {
+        "images": 3,
+        "calls": 1,
+        "answered": 3,
+        "queued": 3,
+        "batches of 3": 1,
+    }
     count = "cnn_serve_batch_size_count"
     total = "cnn_serve_batch_size_sum"
     assert (

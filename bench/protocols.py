@@ -2,7 +2,7 @@
 
     python -m bench.protocols [--model digit_odd] [--duration 10] [--concurrency 4] [--batch 64]
                               [--apis NAME ...] [--baseline GIT_REF]
-                              [--kserve PYTHON]
+                              [--kserve PYTHON] [--peer triton]
 
 Starts ``cnn-serve`` (one worker, as the command runs it) and drives it with wrk, one request
 body at a time, each carrying 64 images: the Open Inference Protocol with binary FP32 pixels
@@ -21,6 +21,12 @@ temporary worktree), in the same run.
 for that interpreter, e.g. a virtualenv with ``kserve`` and ``tensorflow-cpu``) serving the
 same SavedModel through a custom ``kserve.Model`` (bench/kserve_peer.py), REST and gRPC V2,
 driven by the same clients with the same bodies.
+
+``--peer triton`` also runs Triton Inference Server (PyTriton's ``tritonserver``, from
+``.triton-venv``: ``deploy/triton-venv.sh --with-tensorflow``) serving the same SavedModel's
+``serving_default`` signature bound as a PyTriton model with the same ``max_batch_size``
+(bench/triton_peer.py; Triton's dynamic batcher on, as PyTriton configures it), over REST
+(binary and JSON FP32) and gRPC (raw FP32). Single images: ``--batch 1 --concurrency 16``.
 """
 
 from __future__ import annotations
@@ -169,6 +175,13 @@ def main() -> int:
     parser.add_argument(
         "--kserve", metavar="PYTHON", help="also run KServe's model server with this interpreter"
     )
+    parser.add_argument(
+        "--peer",
+        choices=["triton"],
+        action="append",
+        default=[],
+        help="also run Triton Inference Server (.triton-venv) on the same SavedModel",
+    )
     args = parser.parse_args()
     shape = [28, 28, 1] if args.model == "digit_odd" else [32, 32, 3]
     bodies = requests(args.model, shape, args.batch)
@@ -185,6 +198,8 @@ def main() -> int:
             runs["baseline"] = measure(baseline, args, bodies)
     if args.kserve:
         runs["kserve"] = measure_kserve(args, bodies)
+    if "triton" in args.peer:
+        runs["triton"] = measure_triton(args, bodies)
     print(
         f"\n## {args.model}: {args.batch} images per request, c={args.concurrency}  ({date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores, wrk {args.duration}s, one worker)"
@@ -232,21 +247,40 @@ def measure(root, args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
 def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
     """KServe's model server on the same SavedModel: the V2 bodies it can take."""
     port, grpc_port = free_port(), free_port()
+    command = [args.kserve, str(ROOT / "bench" / "kserve_peer.py"), "--model_name", args.model]
+    command += ["--model_dir", str(latest(args.model))]
+    command += ["--http_port", str(port), "--grpc_port", str(grpc_port)]
+    return measure_peer(args, bodies, command, KSERVE_APIS, port, grpc_port)
+
+
+def measure_triton(args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
+    """Triton (PyTriton) on the same SavedModel: the OIP bodies of pixels."""
+    python = ROOT / ".triton-venv" / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"--peer triton needs {python}: deploy/triton-venv.sh --with-tensorflow")
+    from service.settings import Settings
+    from training.metadata import ModelMetadata
+
+    meta = ModelMetadata.read(latest(args.model))
+    spec = {
+        "name": args.model,
+        "max_batch_size": meta.max_batch_size or Settings().max_images_per_request,
+        "input": [meta.input.name, meta.input.shape],
+        "outputs": [[o.name, o.units] for o in meta.outputs],
+    }
+    port, grpc_port = free_port(), free_port()
+    command = [str(python), str(ROOT / "bench" / "triton_peer.py"), json.dumps(spec)]
+    command += [str(port), str(grpc_port), str(latest(args.model))]
+    return measure_peer(args, bodies, command, TRITON_APIS, port, grpc_port)
+
+
+def measure_peer(
+    args, bodies: dict, command: list[str], apis: tuple[str, ...], port: int, grpc_port: int
+) -> dict[str, tuple[int, dict, float]]:
+    """Another server, started by ``command``, driven with the ``apis`` it takes once its
+    model is ready (up to 2 minutes)."""
     proc = subprocess.Popen(
-        [
-            args.kserve,
-            str(ROOT / "bench" / "kserve_peer.py"),
-            "--model_name",
-            args.model,
-            "--model_dir",
-            str(latest(args.model)),
-            "--http_port",
-            str(port),
-            "--grpc_port",
-            str(grpc_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         url = f"http://127.0.0.1:{port}/v2/models/{args.model}/ready"
@@ -256,8 +290,7 @@ def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
                     break
             except OSError:
                 time.sleep(0.5)
-        kserve_bodies = {k: v for k, v in bodies.items() if k in KSERVE_APIS}
-        return drive_all(args, kserve_bodies, port, grpc_port)
+        return drive_all(args, {k: v for k, v in bodies.items() if k in apis}, port, grpc_port)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -266,6 +299,8 @@ def measure_kserve(args, bodies: dict) -> dict[str, tuple[int, dict, float]]:
 # what KServe's V2 server takes: JSON FP32 over REST, raw FP32 over gRPC (it has no image
 # decoding, TF Serving API or binary REST extension for a custom model)
 KSERVE_APIS = ("OIP JSON FP32", "gRPC OIP raw FP32")
+# Triton takes the binary extension too; image files would need a model that decodes them
+TRITON_APIS = ("OIP binary FP32", "OIP JSON FP32", "gRPC OIP raw FP32")
 
 
 def drive_all(args, bodies: dict, port: int, grpc_port: int) -> dict[str, tuple[int, dict, float]]:

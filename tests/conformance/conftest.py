@@ -56,7 +56,7 @@ def triton() -> Iterator[Server]:
     peer = subprocess.Popen(
         [
             str(TRITON_PYTHON),
-            str(Path(__file__).with_name("triton_peer.py")),
+            str(ROOT / "bench" / "triton_peer.py"),
             json.dumps(_spec()),
             str(http_port),
             str(grpc_port),

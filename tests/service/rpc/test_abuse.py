@@ -131,8 +131,6 @@ def test_rpcs_not_served_are_unimplemented_without_a_traceback(served, caplog):
     caplog.set_level(logging.INFO)
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(served.grpc))
     for call, request in (
-        (stub.ModelStatistics, pb.ModelStatisticsRequest(name="digit_odd")),
-        (stub.ModelConfig, pb.ModelConfigRequest(name="digit_odd")),
         (stub.CudaSharedMemoryStatus, pb.CudaSharedMemoryStatusRequest()),
         (stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(name="x")),
         (stub.TraceSetting, pb.TraceSettingRequest()),

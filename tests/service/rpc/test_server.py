@@ -129,8 +129,8 @@ def test_request_ids_are_echoed_in_trailing_metadata(channel):
     (made,) = [v for k, v in call.trailing_metadata() if k == "x-request-id"]
     assert made != "bad id!" and len(made) == 32
     with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelReady(
-            service_pb2.ModelReadyRequest(name="nope"), metadata=(("x-request-id", "t-7"),)
+        stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name="nope"), metadata=(("x-request-id", "t-7"),)
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert ("x-request-id", "t-7") in caught.value.trailing_metadata()

@@ -1,5 +1,7 @@
 """cnn-serve [--host --port --grpc-port --workers]: run the service with uvicorn (and gRPC).
 cnn-serve import SOURCE --name NAME [...]: make a Keras model a served version (--help).
+cnn-serve predict PATH... [...]: classify image files, folders and zips (--help).
+cnn-serve evaluate DATA [...]: score a model on labelled images, with a report (--help).
 
 Flags override the CNN_SERVE_HOST / CNN_SERVE_PORT / CNN_SERVE_GRPC_PORT / CNN_SERVE_WORKERS
 settings.
@@ -28,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[:1] == ["import"]:  # cnn-serve import SOURCE --name NAME ...
         return _import(argv[1:], settings)
+    if argv[:1] in (["predict"], ["evaluate"]):
+        from service import offline_commands
+
+        return offline_commands.main(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
         prog="cnn-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -151,7 +151,8 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     for logger in (root, ACCESS):
         for old in [h for h in logger.handlers if isinstance(h, _Handler | AccessWriter)]:
-            old.flush()
+            with contextlib.suppress(ValueError, OSError):  # its stream may be closed already
+                old.flush()
             logger.removeHandler(old)
     formatter = (
         JsonFormatter()

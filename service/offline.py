@@ -1,0 +1,320 @@
+"""``cnn-serve predict`` and ``cnn-serve evaluate``: a folder of images classified, or a
+labelled set scored, with the service's own preprocessing and batching.
+
+In-process by default: the app's lifespan builds the same server (models from
+``CNN_SERVE_MODEL_DIR``, decoding on every core, the batcher) with no port open, and each
+chunk of files goes through :func:`service.inference.predict` as a ``/predict`` request would;
+with ``--url`` the chunks are ``/predict`` requests to a running server
+(:class:`service.client.Client`). Several chunks are in flight at once, so the batcher
+always has the next one while the model computes. A file that is not an image is a row with
+an error (and a line on stderr), never the end of the run: a chunk the service refuses is sent
+again file by file to find which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from service.image_files import ImageFile
+from training.metadata import ModelMetadata
+
+IN_FLIGHT = 4  # chunks sent at once
+
+
+@dataclass
+class Chunking:
+    files: int  # at most this many files per request
+    bytes: int  # and about this many bytes
+
+
+LOCAL = Chunking(256, 64 * 2**20)
+REMOTE = Chunking(64, 8 * 2**20)  # within a server's default 10 MB body
+
+
+@dataclass
+class Result:
+    file: ImageFile
+    outputs: dict[str, dict] | None = None  # per head, as /predict answers
+    error: str | None = None
+    data: bytes = b""  # kept only when asked (evaluate's thumbnails)
+
+
+class Engine:
+    """Where images are classified: :class:`LocalEngine` or :class:`RemoteEngine`."""
+
+    chunking: Chunking
+    metadata: ModelMetadata
+    model: str
+    version: int
+
+    async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        """Per file, its ``outputs`` (raises the service's error for a refused chunk)."""
+        raise NotImplementedError
+
+    async def explain(self, name: str, data: bytes, head: str) -> str | None:
+        """Grad-CAM's overlay (PNG, base64) of one image for ``head``'s predicted class, or
+        None when the version cannot explain (no Keras model)."""
+        raise NotImplementedError
+
+    def refused(self, exc: Exception) -> str | None:
+        """The message when ``exc`` is the service refusing what was sent (else None)."""
+        raise NotImplementedError
+
+
+class LocalEngine(Engine):
+    chunking = LOCAL
+
+    def __init__(self, server: Any, model: str | None, version: str | None, params: dict):
+        from service.schemas import PredictParams
+
+        self.server = server
+        runner = server.registry.runner(model or server.settings.default_model, version)
+        self.metadata, self.model, self.version = (
+            runner.model.metadata,
+            runner.model.name,
+            runner.model.version,
+        )
+        self.params = PredictParams(model=self.model, version=str(self.version), **params)
+
+    async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        from service import inference
+        from service.uploads import Upload
+
+        uploads = [Upload(name, data) for name, data in files]
+        answer = await inference.predict(self.server, uploads, self.params)
+        return [p["outputs"] for p in answer["predictions"]]
+
+    async def explain(self, name: str, data: bytes, head: str) -> str | None:
+        from service import inference
+        from service.errors import ServiceError
+        from service.schemas import ExplainParams
+        from service.uploads import Upload
+
+        params = ExplainParams(version=str(self.version), output=head)
+        try:
+            answer = await inference.explain(self.server, [Upload(name, data)], self.model, params)
+        except ServiceError:
+            return None
+        return answer["overlay"]
+
+    def refused(self, exc: Exception) -> str | None:
+        from service.errors import ServiceError
+
+        return str(exc) if isinstance(exc, ServiceError) and exc.status < 500 else None
+
+
+class RemoteEngine(Engine):
+    chunking = REMOTE
+
+    def __init__(self, client: Any, model: str | None, version: str | None, params: dict):
+        detail = client.model(model, version) if model else None
+        if detail is None:
+            listing = client.models()
+            detail = client.model(listing["default_model"], version)
+        self.client, self.params = client, params
+        self.metadata = ModelMetadata.model_validate(detail["metadata"])
+        self.model, self.version = self.metadata.name, self.metadata.version
+
+    async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        answer = await asyncio.to_thread(
+            self.client.predict, files, self.model, self.version, **self.params
+        )
+        return [p["outputs"] for p in answer["predictions"]]
+
+    async def explain(self, name: str, data: bytes, head: str) -> str | None:
+        import base64
+
+        from service.client import ServiceError
+
+        try:
+            answer = await asyncio.to_thread(
+                self.client.explain, (name, data), self.model, head, None, None, self.version
+            )
+        except ServiceError:
+            return None
+        return base64.b64encode(answer["overlay"]).decode()
+
+    def refused(self, exc: Exception) -> str | None:
+        from service.client import ServiceError
+
+        return exc.message if isinstance(exc, ServiceError) and exc.status < 500 else None
+
+
+@contextlib.asynccontextmanager
+async def local_server(overrides: dict | None = None) -> AsyncIterator[Any]:
+    """The service's server, built by the app's own lifespan, with no port open and quiet."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        grpc_port=0,
+        drain_seconds=0,  # Ctrl-C stops at once
+        model_poll_seconds=0,
+        access_log=False,
+        log_level="warning",
+        **(overrides or {}),
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app.state.server
+
+
+def _chunks(files: Iterable[ImageFile], chunking: Chunking) -> Iterator[list[ImageFile]]:
+    """Files in chunks of at most ``chunking.files``, cut before ``chunking.bytes`` (by the
+    files' sizes where known cheaply: a zip member counts as one file's worth)."""
+    chunk: list[ImageFile] = []
+    for file in files:
+        chunk.append(file)
+        if len(chunk) >= chunking.files:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Progress:
+    """Images done so far, as a bar on a terminal (rich) or a line every few seconds."""
+
+    total: int | None
+    what: str
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _bar: Any = None
+    _task: Any = None
+    _said: float = 0.0
+
+    def __enter__(self) -> Self:
+        import sys
+
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
+            )
+
+            self._bar = Bar(
+                TextColumn(self.what),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} images/s"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.what, total=self.total, rate="-")
+        return self
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, rate=f"{rate:,.0f}")
+        elif time.monotonic() - self._said >= 5:
+            self._said = time.monotonic()
+            of = f"/{self.total:,}" if self.total else ""
+            say(f"{self.what}: {self.done:,}{of} images, {rate:,.0f} images/s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.monotonic() - self.started
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    @property
+    def rate(self) -> float:
+        """Images per second over the run (up to its end once it has ended)."""
+        seconds = getattr(self, "seconds", time.monotonic() - self.started)
+        return self.done / max(seconds, 1e-9)
+
+
+def say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+async def classify(
+    engine: Engine,
+    files: Iterable[ImageFile],
+    progress: Progress | None = None,
+    keep_data: bool = False,
+) -> AsyncIterator[Result]:
+    """Every file's result, in order, with ``IN_FLIGHT`` chunks in flight."""
+    pending: list[asyncio.Task] = []
+    chunks = _chunks(files, engine.chunking)
+    try:
+        for chunk in chunks:
+            pending.append(asyncio.create_task(_chunk(engine, chunk, keep_data)))
+            if len(pending) >= IN_FLIGHT:
+                for result in await pending.pop(0):
+                    yield _counted(result, progress)
+        while pending:
+            for result in await pending.pop(0):
+                yield _counted(result, progress)
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+def _counted(result: Result, progress: Progress | None) -> Result:
+    if result.error is not None:  # the service's messages name the file already
+        path = result.file.path
+        say(result.error if path in result.error else f"{path}: {result.error}")
+    if progress is not None:
+        progress.advance(1)
+    return result
+
+
+async def _chunk(engine: Engine, chunk: list[ImageFile], keep_data: bool) -> list[Result]:
+    results, readable = [], []
+    for file in chunk:
+        try:
+            data = await asyncio.to_thread(file.read)
+        except (OSError, ValueError) as exc:
+            results.append(Result(file, error=f"cannot read it ({exc})"))
+            continue
+        results.append(Result(file, data=data))
+        readable.append(results[-1])
+    if not readable:
+        return results
+    try:
+        outputs = await engine.predict([(r.file.path, r.data) for r in readable])
+    except Exception as exc:
+        message = engine.refused(exc)
+        if message is None:
+            raise
+        if len(readable) == 1:
+            readable[0].error = message
+            outputs = []
+        else:  # one bad file refuses the chunk: each alone, to find which
+            for r in readable:
+                for alone in await _chunk_of_one(engine, r):
+                    r.outputs, r.error = alone.outputs, alone.error
+            outputs = []
+    for r, out in zip(readable, outputs):
+        r.outputs = out
+    if not keep_data:
+        for r in results:
+            r.data = b""
+    return results
+
+
+async def _chunk_of_one(engine: Engine, result: Result) -> list[Result]:
+    try:
+        (outputs,) = await engine.predict([(result.file.path, result.data)])
+    except Exception as exc:
+        message = engine.refused(exc)
+        if message is None:
+            raise
+        return [Result(result.file, error=message)]
+    return [Result(result.file, outputs=outputs)]

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import BadRequest, NotFound, UnsupportedMediaType, clip
+from service.errors import BadRequest, UnsupportedMediaType, clip
 from service.model import Outputs, ServedModel
 from service.model_input import ModelInput, of_files, of_pixels
 from service.registry import ModelRegistry
@@ -192,18 +192,15 @@ def model_config(name: str, meta: ModelMetadata, max_batch_size: int) -> dict:
 
 def model_statistics(registry: ModelRegistry, name: str | None, version: str | None) -> dict:
     """``GET /v2/models[/{name}[/versions/{v}]]/stats``: the statistics of every served
-    version, of a model's, or of one (:mod:`service.statistics`); 400 for a model or version
-    the service does not have, as Triton answers."""
-    try:
-        if name is None:
-            runners = [r for _, r in sorted(registry.runners.items())]
-        elif version is None:
-            registry.runner(name)  # as for any call to the model (503 while loading)
-            runners = [r for (n, _), r in sorted(registry.runners.items()) if n == name]
-        else:
-            runners = [registry.runner(name, version)]
-    except NotFound as exc:
-        raise BadRequest(str(exc)) from None
+    version, of a model's, or of one (:mod:`service.statistics`); 404 for a model or version
+    the service does not have, as everywhere (Triton says 400 here)."""
+    if name is None:
+        runners = [r for _, r in sorted(registry.runners.items())]
+    elif version is None:
+        registry.runner(name)  # as for any call to the model (503 while loading)
+        runners = [r for (n, _), r in sorted(registry.runners.items()) if n == name]
+    else:
+        runners = [registry.runner(name, version)]
     return {"model_stats": [r.statistics.as_dict(r.model.name, r.model.version) for r in runners]}
 
 

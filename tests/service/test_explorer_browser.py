@@ -537,13 +537,12 @@ def test_a_150_layer_model_is_grouped_and_fetches_what_is_opened(mobilenet_url):
         _maps_shown(page, "[data-testid=layer]:not([hidden])")
         # a channel opens in place, in view
         page.locator(f"#{_css_id('layer-mobilenetv2_0.35_96/block_12_project')} .maps img").click()
-        box = page.locator("#channel")
-        assert box.is_visible() and box.is_visible()
-        inside = page.evaluate(
+        assert page.locator("#channel").is_visible()
+        page.wait_for_function(  # scrolled into view once laid out
             "() => { const r = document.querySelector('#channel').getBoundingClientRect();"
-            " return r.top >= 0 && r.bottom <= innerHeight; }"
+            " return r.top >= 0 && r.bottom <= innerHeight; }",
+            timeout=5_000,
         )
-        assert inside
         assert (
             page.locator("#channel-caption")
             .inner_text()

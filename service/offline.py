@@ -42,7 +42,7 @@ class Result:
     file: ImageFile
     outputs: dict[str, dict] | None = None  # per head, as /predict answers
     error: str | None = None
-    data: bytes = b""  # kept only when asked (evaluate's thumbnails)
+    data: bytes = b""  # while its chunk is in flight
 
 
 class Engine:
@@ -172,14 +172,16 @@ async def local_server(overrides: dict | None = None) -> AsyncIterator[Any]:
 
 
 def _chunks(files: Iterable[ImageFile], chunking: Chunking) -> Iterator[list[ImageFile]]:
-    """Files in chunks of at most ``chunking.files``, cut before ``chunking.bytes`` (by the
-    files' sizes where known cheaply: a zip member counts as one file's worth)."""
+    """Files in chunks of at most ``chunking.files`` and about ``chunking.bytes`` (a file
+    larger than that alone)."""
     chunk: list[ImageFile] = []
+    size = 0
     for file in files:
-        chunk.append(file)
-        if len(chunk) >= chunking.files:
+        if chunk and (len(chunk) == chunking.files or size + file.size > chunking.bytes):
             yield chunk
-            chunk = []
+            chunk, size = [], 0
+        chunk.append(file)
+        size += file.size
     if chunk:
         yield chunk
 
@@ -254,14 +256,13 @@ async def classify(
     engine: Engine,
     files: Iterable[ImageFile],
     progress: Progress | None = None,
-    keep_data: bool = False,
 ) -> AsyncIterator[Result]:
     """Every file's result, in order, with ``IN_FLIGHT`` chunks in flight."""
     pending: list[asyncio.Task] = []
     chunks = _chunks(files, engine.chunking)
     try:
         for chunk in chunks:
-            pending.append(asyncio.create_task(_chunk(engine, chunk, keep_data)))
+            pending.append(asyncio.create_task(_chunk(engine, chunk)))
             if len(pending) >= IN_FLIGHT:
                 for result in await pending.pop(0):
                     yield _counted(result, progress)
@@ -298,7 +299,7 @@ def _read(chunk: list[ImageFile]) -> list[Result]:
 _READER = ThreadPoolExecutor(1, thread_name_prefix="read-files")
 
 
-async def _chunk(engine: Engine, chunk: list[ImageFile], keep_data: bool) -> list[Result]:
+async def _chunk(engine: Engine, chunk: list[ImageFile]) -> list[Result]:
     results = await asyncio.get_running_loop().run_in_executor(_READER, _read, chunk)
     readable = [r for r in results if r.error is None]
     if not readable:
@@ -319,9 +320,8 @@ async def _chunk(engine: Engine, chunk: list[ImageFile], keep_data: bool) -> lis
             outputs = []
     for r, out in zip(readable, outputs):
         r.outputs = out
-    if not keep_data:
-        for r in results:
-            r.data = b""
+    for r in results:  # a run of 10,000 photos is not held in memory
+        r.data = b""
     return results
 
 

@@ -225,3 +225,15 @@ def test_a_regression_head_gives_mae_and_rmse(tmp_path, monkeypatch):
     assert metrics["mae"] == pytest.approx(np.abs(predicted - truth).mean(), abs=1e-4)
     assert metrics["rmse"] == pytest.approx(np.sqrt(((predicted - truth) ** 2).mean()), abs=1e-4)
     assert "MAE" in (out / "report.html").read_text()
+
+
+def test_requests_are_cut_by_count_and_by_bytes():
+    from service.image_files import ImageFile
+    from service.offline import Chunking, _chunks
+
+    def files(*sizes: int) -> list[ImageFile]:
+        return [ImageFile(str(i), bytes, size=size) for i, size in enumerate(sizes)]
+
+    sizes = [[len(c) for c in _chunks(files(*[1] * 7), Chunking(3, 100))]]
+    sizes.append([len(c) for c in _chunks(files(40, 40, 40, 150, 10), Chunking(10, 100))])
+    assert sizes == [[3, 3, 1], [2, 1, 1, 1]]  # a file over the bytes alone, never dropped

@@ -127,11 +127,10 @@ async def predict(
         "model": metadata.name,
         "version": runner.model.version,
         "predictions": [
-            {
-                "filename": u.filename,
-                "outputs": heads.describe(metadata, outputs, i, params.top_k, params.threshold),
-            }
-            for i, u in enumerate(uploads)
+            {"filename": u.filename, "outputs": described}
+            for u, described in zip(
+                uploads, heads.answers(metadata, outputs, params.top_k, params.threshold)
+            )
         ],
         "timings": {
             "decode_ms": _ms(decode_s),
@@ -351,6 +350,7 @@ async def explain(server: Server, uploads: list[Upload], name: str, params: Expl
 
 def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> FeatureMapsResponse:
     table = {layer.name: layer for layer in acts.metadata.layers}
+    described = heads.answers(acts.metadata, acts.outputs, 3)
     images = []
     for i, upload in enumerate(acts.uploads):
         layers = [
@@ -368,7 +368,7 @@ def render_feature_maps(acts: Activations, scaling: featuremaps.Scaling) -> Feat
         images.append(
             ImageFeatureMaps(
                 filename=upload.filename,
-                outputs=heads.describe(acts.metadata, acts.outputs, i, 3),
+                outputs=described[i],
                 layers=layers,
             )
         )

@@ -85,7 +85,7 @@ class LocalEngine(Engine):
 
     async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
         """As ``/predict`` computes its answer (:func:`service.inference.infer_files`), the
-        answers summed up for the whole chunk at once (:func:`service.heads.brief`)."""
+        answers without the per-label probabilities (:func:`service.heads.answers`)."""
         from service import heads, inference
         from service.model_input import of_files
         from service.uploads import Upload
@@ -94,7 +94,8 @@ class LocalEngine(Engine):
         uploads = [Upload(name, data) for name, data in files]
         of_files(uploads, self.server.max_images(runner.model))  # as /predict checks them
         outputs, _ = await inference.infer_files(self.server, runner, uploads)
-        return heads.brief(self.metadata, outputs, self.params.top_k, self.params.threshold)
+        top_k, threshold = self.params.top_k, self.params.threshold
+        return heads.answers(self.metadata, outputs, top_k, threshold, probabilities=False)
 
     async def explain(self, name: str, data: bytes, head: str) -> str | None:
         from service import inference

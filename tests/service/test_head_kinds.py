@@ -4,7 +4,6 @@ what it is through every door: checked against the model's own ``model.predict``
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 import grpc
@@ -17,6 +16,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc, regression_pb2
 
 from service.schemas import PredictResponse
 from tests.service.conftest import make_client, oip_fp32
+from tests.service.handwriting import encode
 from tests.service.rpc.conftest import grpc_serving
 from training.import_command import main
 from training.metadata import softmax
@@ -79,9 +79,7 @@ def kinds(repo):
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
+    return encode(Image.fromarray(pixels))
 
 
 def _images(n: int, seed: int = 3) -> np.ndarray:

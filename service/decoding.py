@@ -19,52 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
-import signal
-import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from service import memory, preprocess
+from service import decode_worker, preprocess
 from service.errors import Overloaded
 from training.metadata import InputSpec
-from training.quiet_tf import TF_FREE_PROCESS
 
 log = logging.getLogger("cnn_serve")
-
-
-def _start_worker() -> None:
-    """A decode worker's start: malloc's thresholds as in the server (a decoded image's pixels
-    go back to the OS when freed), and an end with the server's, however that ends: a worker
-    blocked on the task queue outlives a server that is killed, or that exits before its pool
-    has told the workers to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group:
-    # the server drains and ends the workers; a worker's own KeyboardInterrupt is a traceback
-    memory.tune_allocator()
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()  # returns once the server process has ended
-    os._exit(0)
-
-
-class _TfFreeProcess(multiprocessing.context.SpawnProcess):
-    """A spawned process named so that :mod:`training.quiet_tf` leaves TensorFlow out of it
-    (the name reaches the child before it imports anything of ours)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.name = TF_FREE_PROCESS + self.name
-
-
-class _TfFreeContext(multiprocessing.context.SpawnContext):
-    Process = _TfFreeProcess
 
 
 def _ready() -> int:
@@ -85,8 +50,8 @@ class Decoder:
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.processes,
-            mp_context=_TfFreeContext(),
-            initializer=_start_worker,
+            mp_context=decode_worker.Context(),
+            initializer=decode_worker.start,
         )
 
     def warm(self) -> None:

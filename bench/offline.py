@@ -1,25 +1,29 @@
-"""Offline classification: images/s of ``cnn-serve predict``'s engine on a folder, in-process
-and through a running server (``--url`` mode), against the model alone at batch 256.
+"""Offline classification: images/s of ``cnn-serve predict`` and ``evaluate`` on a folder,
+in-process and through a running server (``--url`` mode), against the model alone at batch 256.
 
     python -m bench.offline [--digits 10000] [--photos 1000] [--rounds 2] [--cifar ZIP]
 
 Makes 10,000 28x28 grayscale PNGs (digit_odd's input: decoded in the model's graph) and takes
 1,000 CIFAR-10 JPEGs of the bundled cifar10's own validation split (the seeded 10 % that
 training held out, from ``--cifar``: ../shared/datasets/cifar10/train-images.zip; without it,
-the bundled samples with noise) into a temporary folder, label folders and all,
-then times :func:`service.offline.classify` over them, in this process (the server built by
-the app's lifespan, as ``cnn-serve predict`` builds it) and against ``cnn-serve`` started as
-the command runs it; model loading is not counted. "x model" is against the model's serving
-signature alone at batch 256, measured just before and after each run.
+the bundled samples with noise) into a temporary folder, in label folders. Three modes:
+``in-process`` times :func:`service.offline.classify` in this process (the server built by
+the app's lifespan as the commands build it, TensorFlow's threads set as they set them);
+``evaluate`` is the ``cnn-serve evaluate`` command run on the folder, its own printed
+images/s (from its first image to its last; loading, Grad-CAM and the report not counted);
+``--url`` times ``classify`` against ``cnn-serve`` started as the command runs it. "x model"
+is against the model's serving signature alone at batch 256 in this process, measured just
+before and after each run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,17 +38,30 @@ from bench.run import ROOT, ModelAlone, free_port, start
 SAMPLES = ROOT / "models"
 
 
-def make_digits(folder: Path, n: int) -> None:
-    """``n`` 28x28 PNGs: the bundled digit samples, shifted and speckled (no two alike)."""
-    rng = np.random.default_rng(0)
-    bases = [
-        np.asarray(Image.open(p).convert("L").resize((28, 28)))
-        for p in sorted((SAMPLES / "digit_odd" / "1" / "samples").glob("*.png"))
+def _bases(model: str, mode: str, size: int) -> list[tuple[str, np.ndarray]]:
+    """The bundled samples of ``model``: (label, pixels), the label from the file's name
+    (``digit-2.png``, ``cat.png``)."""
+    return [
+        (p.stem.rsplit("-", 1)[-1], np.asarray(Image.open(p).convert(mode).resize((size, size))))
+        for p in sorted((SAMPLES / model / "1" / "samples").glob("*.png"))
     ]
+
+
+def _labelled(folder: Path, label: str, name: str) -> Path:
+    (folder / label).mkdir(exist_ok=True)
+    return folder / label / name
+
+
+def make_digits(folder: Path, n: int) -> None:
+    """``n`` 28x28 PNGs in label folders: the bundled digit samples, shifted and speckled
+    (no two alike)."""
+    rng = np.random.default_rng(0)
+    bases = _bases("digit_odd", "L", 28)
     for i in range(n):
-        pixels = np.roll(bases[i % len(bases)], rng.integers(-3, 4, 2), axis=(0, 1)).astype(int)
+        label, base = bases[i % len(bases)]
+        pixels = np.roll(base, rng.integers(-3, 4, 2), axis=(0, 1)).astype(int)
         pixels = np.clip(pixels + rng.integers(-20, 21, pixels.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+        Image.fromarray(pixels).save(_labelled(folder, label, f"{i:05d}.png"))
 
 
 def validation_photos(archive: Path, folder: Path, n: int) -> None:
@@ -71,18 +88,14 @@ def validation_photos(archive: Path, folder: Path, n: int) -> None:
 
 
 def make_photos(folder: Path, n: int) -> None:
-    """``n`` 32x32 JPEGs: the bundled CIFAR samples with noise."""
+    """``n`` 32x32 JPEGs in label folders: the bundled CIFAR samples with noise."""
     rng = np.random.default_rng(1)
-    bases = [
-        np.asarray(Image.open(p).convert("RGB").resize((32, 32)))
-        for p in sorted((SAMPLES / "cifar10" / "1" / "samples").glob("*.png"))
-    ]
+    bases = _bases("cifar10", "RGB", 32)
     for i in range(n):
+        label, base = bases[i % len(bases)]
         noise = rng.integers(-25, 26, (32, 32, 3))
-        pixels = np.clip(bases[i % len(bases)].astype(int) + noise, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-        (folder / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+        pixels = np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(_labelled(folder, label, f"{i:05d}.jpg"), quality=90)
 
 
 async def _time(engine, files) -> tuple[float, int]:
@@ -106,6 +119,22 @@ async def in_process(model: str, files) -> tuple[float, int]:
         return await _time(offline.LocalEngine(server, model, None, {"top_k": 1}), files)
 
 
+def evaluate_command(model: str, folder: Path) -> tuple[float, int]:
+    """``cnn-serve evaluate`` run as a user runs it: the images/s it prints, and the files it
+    skipped."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "service.cli", "evaluate", str(folder), "--model", model]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "CNN_SERVE_MODEL_DIR": str(SAMPLES)}
+        done = subprocess.run(
+            [*cmd, "--out", out], env=env, capture_output=True, text=True, check=True
+        )
+    said = re.search(r"([\d,]+) skipped \(([\d,]+) images/s\)", done.stdout)
+    if said is None:
+        raise RuntimeError(f"cnn-serve evaluate said: {done.stdout}{done.stderr}")
+    skipped, rate = (int(x.replace(",", "")) for x in said.groups())
+    return rate, skipped
+
+
 async def through_server(model: str, files, url: str) -> tuple[float, int]:
     from service import offline
     from service.client import Client
@@ -126,6 +155,11 @@ def main() -> int:
     )
     args = parser.parse_args()
     from service.image_files import gather
+    from service.offline import local_settings
+    from service.registry import configure_threads
+
+    commands = local_settings()  # the model alone runs on the threads the commands use
+    configure_threads(commands.inference_threads, commands.graph_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         sets = {"digit_odd": Path(tmp, "digits"), "cifar10": Path(tmp, "photos")}
@@ -151,10 +185,12 @@ def main() -> int:
             server, _ = start("cnn-serve", model, port, CNN_SERVE_GRPC_PORT="0")
             try:
                 for _ in range(args.rounds):
-                    for mode in ("in-process", "--url"):
+                    for mode in ("in-process", "evaluate", "--url"):
                         before = alone.rate(256)
                         if mode == "in-process":
                             rate, errors = asyncio.run(in_process(model, files))
+                        elif mode == "evaluate":
+                            rate, errors = evaluate_command(model, folder)
                         else:
                             url = f"http://127.0.0.1:{port}"
                             rate, errors = asyncio.run(through_server(model, files, url))

@@ -22,6 +22,7 @@ from training.metadata import InputSpec
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY, RGB = 0, 2  # PNG colour types
+GROUP = 64  # PNGs decoded by one step of the graph's loop
 # chunks that change no pixel as Pillow decodes them (it applies neither gamma nor ICC);
 # anything else (tRNS, eXIf, PLTE, bKGD, ...) sends the image down the Pillow path
 NEUTRAL_CHUNKS = {
@@ -88,13 +89,33 @@ def _decoder(
     def one(png: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(tf.io.decode_png(png, channels=shape[2]), shape)
 
+    def group(pngs: tf.Tensor) -> tf.Tensor:
+        return tf.stack([one(png) for png in tf.unstack(pngs, num=GROUP)])
+
+    def each(pngs: tf.Tensor) -> tf.Tensor:
+        return tf.map_fn(
+            one,
+            pngs,
+            fn_output_signature=tf.TensorSpec(shape, tf.uint8),
+            parallel_iterations=GROUP,
+        )
+
+    def grouped(pngs: tf.Tensor) -> tf.Tensor:
+        whole = tf.shape(pngs)[0] // GROUP * GROUP
+        groups = tf.map_fn(
+            group,
+            tf.reshape(pngs[:whole], [-1, GROUP]),
+            fn_output_signature=tf.TensorSpec((GROUP, *shape), tf.uint8),
+        )
+        return tf.concat([tf.reshape(groups, [-1, *shape]), each(pngs[whole:])], axis=0)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode(pngs: tf.Tensor) -> tf.Tensor:
-        # 64 decodes at once (the default, 10, left a 1,024-PNG batch waiting on them:
-        # 26k -> 29k images/s offline, bench.offline)
-        pixels = tf.map_fn(
-            one, pngs, fn_output_signature=tf.TensorSpec(shape, tf.uint8), parallel_iterations=64
-        )
+        # whole groups as GROUP decode ops side by side, the rest (< GROUP) a loop step
+        # each: a loop step costs about what a 28x28 decode does (1,024 28x28 PNGs, one
+        # inter-op thread: 19.5 -> 14.7 us of CPU per PNG); a small batch skips the groups'
+        # loop, which would add ~100 us to it
+        pixels = tf.cond(tf.shape(pngs)[0] >= GROUP, lambda: grouped(pngs), lambda: each(pngs))
         if mnist:  # polarity: dark ink on a mostly light border flips
             border = tf.concat(
                 [pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1

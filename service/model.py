@@ -136,7 +136,7 @@ class ServedModel:
             )
             warm = np.zeros((1, *metadata.input.shape), np.float32)
             self.predict(warm)
-            self.predict_png([_blank_png(metadata.input)])
+            self.predict_png([blank_png(metadata.input)])
             if self._maps is not None:
                 self.feature_maps(warm)
             self._lite = self._load_lite(metadata.input)
@@ -297,8 +297,8 @@ def model_tensor(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
 
-def _blank_png(spec: InputSpec) -> bytes:
-    """A PNG of the model's input size, to trace the graph decoder at load."""
+def blank_png(spec: InputSpec) -> bytes:
+    """A PNG of the model's input size: the graph decoder's warm-up."""
     buf = io.BytesIO()
     Image.new("L", (spec.width, spec.height)).save(buf, "PNG")
     return buf.getvalue()

@@ -76,7 +76,9 @@ async def engine(args: argparse.Namespace, params: dict) -> AsyncIterator[offlin
             yield offline.RemoteEngine(client, args.model, args.version, params)
     else:
         async with offline.local_server() as server:
-            yield offline.LocalEngine(server, args.model, args.version, params)
+            local = offline.LocalEngine(server, args.model, args.version, params)
+            await local.warm_up()
+            yield local
 
 
 # ---------------------------------------------------------------------------- predict

@@ -20,14 +20,15 @@ from training.repository import clean_repository
 log = logging.getLogger("cnn_serve")
 
 
-def configure_threads(threads: int) -> None:
+def configure_threads(threads: int, graph_threads: int) -> None:
     """TensorFlow's intra-op threads: by default one per core. Small batches stay on one
     thread (Eigen's cost model) and leave the event loop its core; a big batch uses every core,
-    which half the cores would cap at half the model's speed (bench.protocols --batch 1024)."""
-    threads = threads or usable_cores()
+    which half the cores would cap at half the model's speed (bench.protocols --batch 1024).
+    Inter-op threads: one in a server, so a batch's PNG decodes (one core's work) leave the
+    event loop the other; every core offline, where nothing else waits for one."""
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(threads or usable_cores())
+        tf.config.threading.set_inter_op_parallelism_threads(graph_threads or usable_cores())
     except RuntimeError:  # TensorFlow already started in this process (tests): keep it
         pass
 
@@ -106,7 +107,7 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        configure_threads(settings.inference_threads)
+        configure_threads(settings.inference_threads, settings.graph_threads)
         self.device = pick_device(settings.device)
         self.models: dict[str, dict[int, ServedModel]] = {}
         self.runners: dict[tuple[str, int], Runner] = {}

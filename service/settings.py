@@ -286,6 +286,13 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="TensorFlow intra-op threads; 0 = one per core"
     )
+    graph_threads: int = Field(
+        1,
+        ge=0,
+        description="TensorFlow inter-op threads, which run a call's independent ops side by "
+        "side (a batch's PNG decodes); 1 leaves the event loop a core, 0 = one per core "
+        "(what cnn-serve predict and evaluate use)",
+    )
     decode_processes: int = Field(
         -1,
         ge=-1,

@@ -85,12 +85,16 @@ def test_border_tie_keeps_polarity_like_pillow():
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
 
 
-def test_batches_of_any_size_decode_each_image():
-    pngs = list(MNIST_PNGS.values())
-    for n in (1, 3, len(pngs)):
+def test_batches_of_any_size_decode_each_image_in_its_place():
+    # whole groups of GROUP are decoded side by side, the rest one by one: sizes on both
+    # sides of a group, each image distinct, so a misplaced or repeated one shows
+    group = graph_decode.GROUP
+    pngs = list(MNIST_PNGS.values()) + [encode(noise(28, 1)) for _ in range(2 * group)]
+    expected = np.stack([pillow_path(png, MNIST) for png in pngs])
+    for n in (1, 3, group - 1, group, group + 1, 2 * group + 3):
         got = graph_path(pngs[:n], MNIST)
         assert got.shape == (n, 28, 28, 1)
-        np.testing.assert_array_equal(got[-1], pillow_path(pngs[n - 1], MNIST))
+        np.testing.assert_array_equal(got, expected[:n], err_msg=f"batch of {n}")
 
 
 GRAY_28 = encode(noise(28, 1))

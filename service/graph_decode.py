@@ -1,12 +1,14 @@
-"""PNG uploads already in the model's input format, decoded and normalised inside the
-TensorFlow graph, for a whole batch in one call and without the GIL.
+"""PNG and JPEG uploads already in the model's input format, decoded and normalised inside
+the TensorFlow graph, for a whole batch in one call and without the GIL.
 
 Under load, decoding with Pillow on the event loop was the largest cost of a request (about a
-third of the loop's time at 32 concurrent clients, py-spy). A PNG of exactly the model's input
-size, 8-bit gray (or RGB for colour models), with no transparency, orientation or palette,
-needs nothing of :mod:`service.preprocess` beyond what a few graph ops do exactly, so such
-uploads go to the model as bytes. Everything else takes the Pillow path. Both paths give the
-same input, bit for bit (tests compare them); a PNG the graph can't decode falls back to
+third of the loop's time at 32 concurrent clients, py-spy). An image of exactly the model's
+input size, 8-bit gray (or RGB for colour models), with no transparency, orientation or
+palette, needs nothing of :mod:`service.preprocess` beyond what a few graph ops do exactly, so
+such uploads go to the model as bytes: PNGs, and JPEGs (a 32x32 CIFAR JPEG: ~130 us of
+Pillow and NumPy in a decode worker, ~25 us in the graph, decoded with libjpeg's accurate
+integer IDCT, as Pillow does). Everything else takes the Pillow path. Both paths give the same
+input, bit for bit (tests compare them); an image the graph can't decode falls back to
 Pillow, which names the problem.
 """
 
@@ -20,9 +22,14 @@ import tensorflow as tf
 from service.preprocess import TO_UNIT, value_scale
 from training.metadata import InputSpec
 
+PNG, JPEG = "png", "jpeg"  # the formats the graph decodes
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY, RGB = 0, 2  # PNG colour types
-GROUP = 64  # PNGs decoded by one step of the graph's loop
+GROUP = 64  # images decoded by one step of the graph's loop
+# JPEG frames Pillow and TensorFlow decode alike with libjpeg: baseline, extended, progressive
+# (8-bit); lossless, arithmetic-coded and hierarchical ones take the Pillow path
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2}
+OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # chunks that change no pixel as Pillow decodes them (it applies neither gamma nor ICC);
 # anything else (tRNS, eXIf, PLTE, bKGD, ...) sends the image down the Pillow path
 NEUTRAL_CHUNKS = {
@@ -41,23 +48,38 @@ NEUTRAL_CHUNKS = {
 }
 
 
-def decodable(data: bytes, spec: InputSpec) -> bool:
-    """Whether ``data`` is a complete PNG the graph turns into exactly the model's input.
+def image_format(data: bytes, spec: InputSpec) -> str | None:
+    """``PNG`` or ``JPEG`` when ``data`` is an image the graph turns into exactly the model's
+    input, else None. Reads only the headers: a few microseconds, no decompression."""
+    if data.startswith(SIGNATURE):
+        return PNG if _png(data, spec) else None
+    if data.startswith(b"\xff\xd8"):
+        return JPEG if _jpeg(data, spec) else None
+    return None
 
-    Reads only the chunk headers: a few microseconds, no decompression.
-    """
-    if not data.startswith(SIGNATURE) or len(data) < 45:
+
+def batch_format(images: list[bytes], spec: InputSpec) -> str | None:
+    """The format all of ``images`` share, when the graph decodes every one of them."""
+    first = image_format(images[0], spec) if images else None
+    if first is None or any(image_format(data, spec) != first for data in images[1:]):
+        return None
+    return first
+
+
+def _gray_only(spec: InputSpec) -> bool:
+    return spec.color_mode == "grayscale" or spec.preprocessing == "mnist"
+
+
+def _png(data: bytes, spec: InputSpec) -> bool:
+    if len(data) < 45:
         return False
     length, kind, width, height, depth, colour = struct.unpack_from(">I4sIIBB", data, 8)
-    colours = (
-        (GRAY,) if spec.color_mode == "grayscale" or spec.preprocessing == "mnist" else (GRAY, RGB)
-    )
     if (
         kind != b"IHDR"
         or length != 13
         or (width, height) != (spec.width, spec.height)
         or depth != 8
-        or colour not in colours
+        or colour not in ((GRAY,) if _gray_only(spec) else (GRAY, RGB))
     ):
         return False
     pos = 33  # after the signature and IHDR
@@ -71,10 +93,46 @@ def decodable(data: bytes, spec: InputSpec) -> bool:
     return False  # truncated: no IEND
 
 
-def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
-    """A graph function: PNG bytes [n] -> float32 [n, H, W, C], as :mod:`service.preprocess`
-    makes it for :func:`decodable` images. One per kind of input, shared by every version
-    that takes it."""
+def _jpeg(data: bytes, spec: InputSpec) -> bool:
+    """A complete 8-bit JPEG of the input size, gray (or YCbCr for colour models), without
+    EXIF (orientation) or Adobe (colour transform) segments, whose frame libjpeg decodes the
+    same way for both paths."""
+    if not data.endswith(b"\xff\xd9"):
+        return False  # truncated, or bytes after the end: Pillow's to judge
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker in JPEG_FRAMES:
+            if len(segment) < 6:
+                return False
+            depth, height, width, components = struct.unpack_from(">BHHB", segment)
+            return (
+                depth == 8
+                and (width, height) == (spec.width, spec.height)
+                and components in ((1,) if _gray_only(spec) else (1, 3))
+            )
+        if (
+            marker in OTHER_FRAMES
+            or marker == 0xDA  # scan data before a frame header
+            or (marker == 0xE1 and segment.startswith(b"Exif"))
+            or (marker == 0xEE and segment.startswith(b"Adobe"))
+        ):
+            return False
+        pos += 2 + length
+    return False
+
+
+def decoder(spec: InputSpec) -> tf.types.experimental.ConcreteFunction:
+    """A graph function: images [n] of one format, PNG or JPEG -> ``{"pixels": float32 [n,
+    H, W, C]}``, as :mod:`service.preprocess` makes them for images :func:`image_format`
+    accepted. One per kind of input, traced and optimised once, shared by every version that
+    takes it: a call of its own, then the version's model (inside each version's graph, its
+    ~200 ops were optimised again per version, and loading the six bundled versions took
+    5.2 s instead of 3.3)."""
     return _decoder(
         (spec.height, spec.width, spec.channels), spec.preprocessing == "mnist", value_scale(spec)
     )
@@ -83,63 +141,50 @@ def decoder(spec: InputSpec) -> tf.types.experimental.PolymorphicFunction:
 @functools.cache
 def _decoder(
     shape: tuple[int, int, int], mnist: bool, scale: tuple[float, float] | None
-) -> tf.types.experimental.PolymorphicFunction:
+) -> tf.types.experimental.ConcreteFunction:
     """``scale`` maps [0, 1] to the model's value range, as preprocess does."""
 
-    def one(png: tf.Tensor) -> tf.Tensor:
-        return tf.ensure_shape(tf.io.decode_png(png, channels=shape[2]), shape)
-
-    def group(pngs: tf.Tensor) -> tf.Tensor:
-        return tf.stack([one(png) for png in tf.unstack(pngs, num=GROUP)])
-
-    def each(pngs: tf.Tensor) -> tf.Tensor:
-        return tf.map_fn(
-            one,
-            pngs,
-            fn_output_signature=tf.TensorSpec(shape, tf.uint8),
-            parallel_iterations=GROUP,
-        )
-
-    def grouped(pngs: tf.Tensor) -> tf.Tensor:
-        whole = tf.shape(pngs)[0] // GROUP * GROUP
-        groups = tf.map_fn(
-            group,
-            tf.reshape(pngs[:whole], [-1, GROUP]),
-            fn_output_signature=tf.TensorSpec((GROUP, *shape), tf.uint8),
-        )
-        return tf.concat([tf.reshape(groups, [-1, *shape]), each(pngs[whole:])], axis=0)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def decode(pngs: tf.Tensor) -> tf.Tensor:
+    def pixels(images: tf.Tensor, fmt: str) -> tf.Tensor:
         # whole groups as GROUP decode ops side by side, the rest (< GROUP) a loop step
         # each: a loop step costs about what a 28x28 decode does (1,024 28x28 PNGs, one
         # inter-op thread: 19.5 -> 14.7 us of CPU per PNG); a small batch skips the groups'
         # loop, which would add ~100 us to it
-        pixels = tf.cond(tf.shape(pngs)[0] >= GROUP, lambda: grouped(pngs), lambda: each(pngs))
+        def one(image: tf.Tensor) -> tf.Tensor:
+            if fmt == JPEG:  # with Pillow's IDCT (libjpeg's default, JDCT_ISLOW)
+                decoded = tf.io.decode_jpeg(image, channels=shape[2], dct_method="INTEGER_ACCURATE")
+            else:
+                decoded = tf.io.decode_png(image, channels=shape[2])
+            return tf.ensure_shape(decoded, shape)
+
+        def each(images: tf.Tensor) -> tf.Tensor:
+            signature = tf.TensorSpec(shape, tf.uint8)
+            return tf.map_fn(one, images, fn_output_signature=signature, parallel_iterations=GROUP)
+
+        def grouped() -> tf.Tensor:
+            whole = tf.shape(images)[0] // GROUP * GROUP
+            groups = tf.map_fn(
+                lambda row: tf.stack([one(image) for image in tf.unstack(row, num=GROUP)]),
+                tf.reshape(images[:whole], [-1, GROUP]),
+                fn_output_signature=tf.TensorSpec((GROUP, *shape), tf.uint8),
+            )
+            return tf.concat([tf.reshape(groups, [-1, *shape]), each(images[whole:])], axis=0)
+
+        return tf.cond(tf.shape(images)[0] >= GROUP, grouped, lambda: each(images))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def decode(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # one format a batch (batch_format): the first image's says which
+        is_jpeg = tf.strings.substr(images[0], 0, 2) == b"\xff\xd8"
+        decoded = tf.cond(is_jpeg, lambda: pixels(images, JPEG), lambda: pixels(images, PNG))
         if mnist:  # polarity: dark ink on a mostly light border flips
             border = tf.concat(
-                [pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1
+                [decoded[:, 0], decoded[:, -1], decoded[:, :, 0], decoded[:, :, -1]], axis=1
             )
             light = tf.math.count_nonzero(border > 127, axis=[1, 2]) * 2 > tf.size(
                 border[0], tf.int64
             )
-            pixels = tf.where(light[:, None, None, None], 255 - pixels, pixels)
-        unit = tf.cast(pixels, tf.float32) * tf.constant(TO_UNIT)
-        return unit if scale is None else unit * scale[0] + scale[1]
+            decoded = tf.where(light[:, None, None, None], 255 - decoded, decoded)
+        unit = tf.cast(decoded, tf.float32) * tf.constant(TO_UNIT)
+        return {"pixels": unit if scale is None else unit * scale[0] + scale[1]}
 
-    return decode
-
-
-def serving(spec: InputSpec, serve, to_input) -> tf.types.experimental.ConcreteFunction:
-    """``serve`` (a SavedModel signature taking ``spec.name``) fed by :func:`decoder` through
-    ``to_input`` (float32 pixels -> the input's type): one graph call per batch of PNGs,
-    traced once, here, for any batch size."""
-    decode = decoder(spec)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve_png(pngs: tf.Tensor) -> dict[str, tf.Tensor]:
-        return serve(**{spec.name: to_input(decode(pngs), spec)})
-
-    # concrete: a graph per version is the design, not the accidental retracing TensorFlow
-    # warns about when many functions share one Python body
-    return serve_png.get_concrete_function()
+    return decode.get_concrete_function()

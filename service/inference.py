@@ -88,13 +88,15 @@ async def infer_files(
     """Image files (checked by :func:`~service.model_input.of_files`) -> the model's outputs,
     and the seconds spent decoding: the one preprocessing every API gives a file.
 
-    PNGs already in the model's input format go to the graph as bytes
+    PNGs or JPEGs already in the model's input format go to the graph as bytes
     (:mod:`service.graph_decode`); the rest are decoded by Pillow first.
     """
     spec = runner.model.metadata.input
-    if all(graph_decode.decodable(u.data, spec) for u in uploads):
+    images = [u.data for u in uploads]
+    fmt = graph_decode.batch_format(images, spec)
+    if fmt is not None:
         try:
-            return await runner.predict([u.data for u in uploads], is_gone, runner.model.pngs), 0.0
+            return await runner.predict(images, is_gone, runner.model.encoded[fmt]), 0.0
         except GraphDecodeFailed:
             pass  # corrupt data behind a valid header: Pillow says what is wrong with it
     decoding = time.perf_counter()

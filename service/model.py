@@ -3,7 +3,7 @@
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
 the PNG decoding graph, :mod:`service.gradcam`, which runs the Keras model, and
 :mod:`service.lite`, LiteRT's copy for one image at a time); everything
-else sees ``predict(batch)`` and ``predict_png(pngs)`` -> ``{output: array}`` (each a
+else sees ``predict(batch)`` and ``predict_encoded(images, fmt)`` -> ``{output: array}`` (each a
 :class:`BatchCall` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
 """
 
@@ -37,7 +37,7 @@ FEATURE_MAP_CHUNK = 4  # images per feature-map call
 
 
 class GraphDecodeFailed(Exception):
-    """A PNG that looked decodable in the graph was not (e.g. corrupt image data)."""
+    """An image that looked decodable in the graph was not (e.g. corrupt image data)."""
 
 
 Outputs = dict[str, np.ndarray]
@@ -91,10 +91,15 @@ class ServedModel:
         self._serve: Any = None  # TensorFlow concrete functions, once loaded
         self._maps: Any = None
         self._call_pixels: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
-        self._call_pngs: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
+        self._call_encoded: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
         self._gradcam: GradCam | None = None
         self._lite: lite.LiteSignature | None = None
-        self.pngs = BatchCall(self.predict_png, lambda parts: list(chain.from_iterable(parts)))
+        # images graph_decode accepted, a call per format: the batcher joins PNGs with PNGs
+        # and JPEGs with JPEGs only, as the graph decodes a batch of one format
+        self.encoded = {
+            fmt: BatchCall(self.predict_encoded, lambda parts: list(chain.from_iterable(parts)))
+            for fmt in (graph_decode.PNG, graph_decode.JPEG)
+        }
 
     def load(self) -> None:
         """Read metadata and SavedModel onto the device, then warm up both signatures."""
@@ -131,12 +136,11 @@ class ServedModel:
             )
             stage = "warming up"
             self._call_pixels = direct(self._serve)
-            self._call_pngs = direct(
-                graph_decode.serving(metadata.input, self._serve, model_tensor)
-            )
+            self._call_encoded = direct(graph_decode.decoder(metadata.input))
             warm = np.zeros((1, *metadata.input.shape), np.float32)
             self.predict(warm)
-            self.predict_png([blank_png(metadata.input)])
+            for fmt in self.encoded:
+                self.predict_encoded([blank_image(metadata.input, fmt)])
             if self._maps is not None:
                 self.feature_maps(warm)
             self._lite = self._load_lite(metadata.input)
@@ -210,19 +214,21 @@ class ServedModel:
     def has_feature_maps(self) -> bool:
         return self._maps is not None
 
-    def predict_png(self, pngs: list[bytes]) -> dict[str, np.ndarray]:
-        """Like :meth:`predict` for PNGs that :func:`graph_decode.decodable` accepted."""
-        assert self._call_pngs is not None, "load() first"
-        if len(pngs) == 1 and self._lite is not None:  # Pillow makes the same pixels
+    def predict_encoded(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """Like :meth:`predict` for images of one format that :func:`graph_decode.image_format`
+        accepted."""
+        assert self._call_encoded is not None and self._call_pixels, "load() first"
+        if len(images) == 1 and self._lite is not None:  # Pillow makes the same pixels
             spec = self.metadata.input
             try:
-                pixels = preprocess.prepare(pngs[0], spec, spec.width * spec.height)
+                pixels = preprocess.prepare(images[0], spec, spec.width * spec.height)
             except ServiceError as exc:
                 raise GraphDecodeFailed(exc.message) from None
             return self._lite(pixels[None])
         try:
             with tf.device(self.device):
-                out = self._call_pngs(tf.constant(pngs, tf.string))
+                pixels = self._call_encoded(tf.constant(images, tf.string))["pixels"]
+                out = self._call_pixels(model_tensor(pixels, self.metadata.input))
         except tf.errors.InvalidArgumentError as exc:
             raise GraphDecodeFailed(str(exc)) from None
         return {name: value.numpy() for name, value in out.items()}
@@ -297,8 +303,8 @@ def model_tensor(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
 
-def blank_png(spec: InputSpec) -> bytes:
-    """A PNG of the model's input size: the graph decoder's warm-up."""
+def blank_image(spec: InputSpec, fmt: str = graph_decode.PNG) -> bytes:
+    """An image of the model's input size in ``fmt``: the graph decoder's warm-up."""
     buf = io.BytesIO()
-    Image.new("L", (spec.width, spec.height)).save(buf, "PNG")
+    Image.new("L", (spec.width, spec.height)).save(buf, fmt.upper())
     return buf.getvalue()

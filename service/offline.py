@@ -90,11 +90,11 @@ class LocalEngine(Engine):
         """One chunk's worth of blank PNGs through the batcher: TensorFlow's first call at a
         batch this large is 3-4x slower than the next (its memory arena grows; 10,000 28x28
         PNGs: ~90 ms of a 0.4 s run), which would skew the progress bar's rate and ETA."""
-        from service.model import blank_png
+        from service.model import blank_image
 
         runner = self.server.registry.runner(self.model, str(self.version))
-        pngs = [blank_png(self.metadata.input)] * self.chunking.files
-        await runner.predict(pngs, None, runner.model.pngs)
+        pngs = [blank_image(self.metadata.input)] * self.chunking.files
+        await runner.predict(pngs, None, runner.model.encoded["png"])
 
     async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
         """As ``/predict`` computes its answer (:func:`service.inference.infer_files`), the

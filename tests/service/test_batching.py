@@ -242,7 +242,10 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
         )
         runner.start()
         results = await asyncio.gather(
-            *(runner.predict(i, call=model.pngs if isinstance(i, list) else None) for i in items),
+            *(
+                runner.predict(i, call=model.encoded["png"] if isinstance(i, list) else None)
+                for i in items
+            ),
             return_exceptions=True,
         )
         await runner.close()

@@ -1,11 +1,12 @@
-"""PNGs decoded in the TensorFlow graph give exactly what the Pillow path gives, and only
-PNGs the graph can decode exactly are sent there."""
+"""PNGs and JPEGs decoded in the TensorFlow graph give exactly what the Pillow path gives,
+and only images the graph can decode exactly are sent there."""
 
 import struct
 import zlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image, PngImagePlugin
 
 from service import graph_decode
@@ -43,8 +44,13 @@ def pillow_path(png: bytes, spec: InputSpec) -> np.ndarray:
     return to_model_input(decode(png, 10**8), spec)
 
 
-def graph_path(pngs: list[bytes], spec: InputSpec) -> np.ndarray:
-    return graph_decode.decoder(spec)(np.array(pngs, object)).numpy()
+def graph_path(images: list[bytes], spec: InputSpec) -> np.ndarray:
+    assert graph_decode.batch_format(images, spec) is not None
+    return graph_decode.decoder(spec)(tf.constant(images))["pixels"].numpy()
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    return encode(image, "JPEG", **options)
 
 
 MNIST_PNGS = {
@@ -64,15 +70,45 @@ CIFAR_PNGS = {
     "interlaced rgb": encode(noise(32, 3), interlace=1),
     "rgb with chunks": encode(noise(32, 3), pnginfo=text_chunks()),
 }
+PHOTO = Image.fromarray(
+    np.clip(np.linspace(0, 255, 32)[None, :, None] + RNG.normal(0, 30, (32, 32, 3)), 0, 255).astype(
+        np.uint8
+    )
+)
+CIFAR_JPEGS = {
+    "4:2:0": jpeg(PHOTO),
+    "4:4:4, quality 95": jpeg(PHOTO, subsampling=0, quality=95),
+    "4:2:2, quality 40": jpeg(PHOTO, subsampling=1, quality=40),
+    "progressive": jpeg(PHOTO, progressive=True),
+    "optimized, restart markers": jpeg(PHOTO, optimize=True, restart_marker_blocks=1),
+    "gray": jpeg(PHOTO.convert("L")),
+    "noise": jpeg(noise(32, 3)),
+    "with ICC profile and comment": jpeg(PHOTO, icc_profile=b"\0" * 128, comment=b"a camera"),
+}
+MNIST_JPEGS = {
+    "pen digit": jpeg(draw_digit(4, canvas=(28, 28), box=(6, 4, 20))),
+    "MNIST style": jpeg(
+        Image.fromarray(255 - np.asarray(draw_digit(9, canvas=(28, 28), box=(6, 4, 20))))
+    ),
+    "progressive noise": jpeg(noise(28, 1), progressive=True),
+}
 
 
 @pytest.mark.parametrize(
     "spec,pngs",
-    [(MNIST, MNIST_PNGS), (CIFAR, CIFAR_PNGS), (GRAY_RESIZE, {"gray": encode(noise(32, 1))})],
-    ids=["mnist", "rgb resize", "gray resize"],
+    [
+        (MNIST, MNIST_PNGS),
+        (CIFAR, CIFAR_PNGS),
+        (GRAY_RESIZE, {"gray": encode(noise(32, 1))}),
+        (CIFAR, CIFAR_JPEGS),
+        (MNIST, MNIST_JPEGS),
+        (GRAY_RESIZE, {"gray": jpeg(noise(32, 1))}),
+    ],
+    ids=["mnist", "rgb resize", "gray resize", "jpeg rgb", "jpeg mnist", "jpeg gray"],
 )
 def test_graph_and_pillow_give_the_same_input_bit_for_bit(spec, pngs):
-    assert all(graph_decode.decodable(png, spec) for png in pngs.values())
+    fmt = graph_decode.PNG if next(iter(pngs.values())).startswith(b"\x89") else graph_decode.JPEG
+    assert all(graph_decode.image_format(png, spec) == fmt for png in pngs.values())
     got = graph_path(list(pngs.values()), spec)
     for (name, png), array in zip(pngs.items(), got):
         np.testing.assert_array_equal(array, pillow_path(png, spec), err_msg=name)
@@ -98,6 +134,16 @@ def test_batches_of_any_size_decode_each_image_in_its_place():
 
 
 GRAY_28 = encode(noise(28, 1))
+JPEG_32 = jpeg(noise(32, 3))
+ROTATED = Image.Exif()
+ROTATED[0x0112] = 6  # orientation: rotate 90
+
+
+def with_segment(data: bytes, marker: int, payload: bytes) -> bytes:
+    """A JPEG with one more segment right after its start marker."""
+    return (
+        data[:2] + bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,30 +162,40 @@ GRAY_28 = encode(noise(28, 1))
         (GRAY_28[:-12], MNIST),  # truncated: no IEND
         (GRAY_28[:-12] + GRAY_28[-12:-8], MNIST),
         (GRAY_28[:8] + b"\x00\x00\x00\x0dIHDX" + GRAY_28[16:], MNIST),  # IHDR not first
-        (encode(noise(28, 1), "JPEG"), MNIST),  # not a PNG
+        (encode(noise(28, 1), "BMP"), MNIST),  # neither PNG nor JPEG
         (b"\x89PNG\r\n\x1a\n", MNIST),
         (b"", MNIST),
+        (jpeg(noise(27, 1)), MNIST),  # a JPEG not of the input size
+        (jpeg(noise(28, 3)), MNIST),  # colour for a gray model
+        (jpeg(noise(32, 3).convert("CMYK")), CIFAR),
+        (jpeg(noise(32, 3), exif=ROTATED.tobytes()), CIFAR),  # orientation
+        (JPEG_32[:-2], CIFAR),  # truncated: no end marker
+        (JPEG_32 + b"junk", CIFAR),
+        (JPEG_32[:2] + JPEG_32[2:].replace(b"\xff\xc0", b"\xff\xc3", 1), CIFAR),  # lossless
+        (with_segment(JPEG_32, 0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01"), CIFAR),
+        (b"\xff\xd8\xff\xd9", CIFAR),  # no frame
     ],
 )
-def test_only_pngs_the_graph_decodes_exactly_are_accepted(png, spec):
-    assert not graph_decode.decodable(png, spec)
+def test_only_images_the_graph_decodes_exactly_are_accepted(png, spec):
+    assert graph_decode.image_format(png, spec) is None
 
 
 def test_trailing_bytes_after_iend_are_ignored_by_both_paths():
     png = GRAY_28 + b"junk"
-    assert graph_decode.decodable(png, MNIST)
+    assert graph_decode.image_format(png, MNIST) == graph_decode.PNG
     np.testing.assert_array_equal(graph_path([png], MNIST)[0], pillow_path(png, MNIST))
 
 
-def test_versions_of_one_input_kind_share_one_png_decoder_traced_once(digit_odd_model, models_dir):
-    # TensorFlow warned of "excessive retracing" when every version traced its own decoder
+def test_versions_of_one_input_kind_share_one_decoder(digit_odd_model, models_dir):
+    # TensorFlow warned of "excessive retracing" when every version traced its own decoder,
+    # and optimised it again inside each version's graph
     plus = ServedModel("digit_odd_plus", 1, models_dir / "digit_odd_plus" / "1", "/device:CPU:0")
     plus.load()
     pngs = list(MNIST_PNGS.values())
     for model in (digit_odd_model, plus):
         for n in (1, 2, 5, len(pngs)):
-            outputs = model.predict_png(pngs[:n])
+            outputs = model.predict_encoded(pngs[:n])
             assert outputs["digit"].shape == (n, 10) and outputs["odd"].shape == (n, 1)
     decode = graph_decode.decoder(digit_odd_model.metadata.input)
     assert decode is graph_decode.decoder(plus.metadata.input)
-    assert decode.experimental_get_tracing_count() == 1
+    assert decode is not graph_decode.decoder(CIFAR)

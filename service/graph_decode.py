@@ -46,6 +46,9 @@ NEUTRAL_CHUNKS = {
     b"iCCP",
     b"sBIT",
 }
+# text chunks from which Pillow reads an orientation (EXIF, or XMP's tiff:Orientation) and
+# turns the image
+ORIENTING_TEXT = {b"XML:com.adobe.xmp", b"Raw profile type exif"}
 
 
 def image_format(data: bytes, spec: InputSpec) -> str | None:
@@ -85,8 +88,9 @@ def _png(data: bytes, spec: InputSpec) -> bool:
     pos = 33  # after the signature and IHDR
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
+        keyword = data[pos + 8 : pos + 8 + min(length, 80)].split(b"\0", 1)[0]
         pos += 12 + length
-        if kind not in NEUTRAL_CHUNKS or pos > len(data):
+        if kind not in NEUTRAL_CHUNKS or pos > len(data) or keyword in ORIENTING_TEXT:
             return False
         if kind == b"IEND":
             return True
@@ -95,8 +99,8 @@ def _png(data: bytes, spec: InputSpec) -> bool:
 
 def _jpeg(data: bytes, spec: InputSpec) -> bool:
     """A complete 8-bit JPEG of the input size, gray (or YCbCr for colour models), without
-    EXIF (orientation) or Adobe (colour transform) segments, whose frame libjpeg decodes the
-    same way for both paths."""
+    APP1 (EXIF or XMP, where Pillow finds an orientation) or Adobe (colour transform)
+    segments, whose frame libjpeg decodes the same way for both paths."""
     if not data.endswith(b"\xff\xd9"):
         return False  # truncated, or bytes after the end: Pillow's to judge
     pos = 2
@@ -118,7 +122,7 @@ def _jpeg(data: bytes, spec: InputSpec) -> bool:
         if (
             marker in OTHER_FRAMES
             or marker == 0xDA  # scan data before a frame header
-            or (marker == 0xE1 and segment.startswith(b"Exif"))
+            or marker == 0xE1
             or (marker == 0xEE and segment.startswith(b"Adobe"))
         ):
             return False

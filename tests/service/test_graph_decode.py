@@ -137,6 +137,13 @@ GRAY_28 = encode(noise(28, 1))
 JPEG_32 = jpeg(noise(32, 3))
 ROTATED = Image.Exif()
 ROTATED[0x0112] = 6  # orientation: rotate 90
+XMP_ROTATED = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+
+
+def text_chunk(keyword: str, text: bytes) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(keyword, text.decode())
+    return info
 
 
 def with_segment(data: bytes, marker: int, payload: bytes) -> bytes:
@@ -169,6 +176,9 @@ def with_segment(data: bytes, marker: int, payload: bytes) -> bytes:
         (jpeg(noise(28, 3)), MNIST),  # colour for a gray model
         (jpeg(noise(32, 3).convert("CMYK")), CIFAR),
         (jpeg(noise(32, 3), exif=ROTATED.tobytes()), CIFAR),  # orientation
+        (with_segment(JPEG_32, 0xE1, b"http://ns.adobe.com/xap/1.0/\0" + XMP_ROTATED), CIFAR),
+        (encode(noise(28, 1), pnginfo=text_chunk("XML:com.adobe.xmp", XMP_ROTATED)), MNIST),
+        (encode(noise(28, 1), pnginfo=text_chunk("Raw profile type exif", b"exif")), MNIST),
         (JPEG_32[:-2], CIFAR),  # truncated: no end marker
         (JPEG_32 + b"junk", CIFAR),
         (JPEG_32[:2] + JPEG_32[2:].replace(b"\xff\xc0", b"\xff\xc3", 1), CIFAR),  # lossless

@@ -23,6 +23,7 @@ import asyncio
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,7 @@ async def in_process(model: str, files) -> tuple[float, int]:
 
 def evaluate_command(model: str, folder: Path) -> tuple[float, int]:
     """``cnn-serve evaluate`` run as a user runs it: the images/s it prints, and the files it
-    skipped."""
+    skipped (its summary goes to stderr)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "service.cli", "evaluate", str(folder), "--model", model]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "CNN_SERVE_MODEL_DIR": str(SAMPLES)}
@@ -132,6 +133,7 @@ def evaluate_command(model: str, folder: Path) -> tuple[float, int]:
     if said is None:
         raise RuntimeError(f"cnn-serve evaluate said: {done.stdout}{done.stderr}")
     skipped, rate = (int(x.replace(",", "")) for x in said.groups())
+    print(f"  {done.stdout.splitlines()[0]}", file=sys.stderr)
     return rate, skipped
 
 
@@ -177,6 +179,7 @@ def main() -> int:
         print(
             f"{'set':<32}{'mode':<14}{'images/s':>10}{'errors':>8}{'model b256':>12}{'x model':>9}"
         )
+        ratios: dict[tuple[str, str], list[float]] = {}
         for model, folder in sets.items():
             files = list(gather([folder]))
             label = f"{len(files):,} {'28x28 PNG' if model == 'digit_odd' else 'CIFAR JPEG'}"
@@ -195,6 +198,7 @@ def main() -> int:
                             url = f"http://127.0.0.1:{port}"
                             rate, errors = asyncio.run(through_server(model, files, url))
                         model_rate = (before + alone.rate(256)) / 2
+                        ratios.setdefault((label, mode), []).append(rate / model_rate)
                         print(
                             f"{label:<32}{mode:<14}{rate:>10,.0f}{errors:>8}"
                             f"{model_rate:>12,.0f}{rate / model_rate:>9.2f}"
@@ -202,6 +206,12 @@ def main() -> int:
             finally:
                 server.terminate()
                 server.wait(10)
+        print(
+            "\nmedian x model: "
+            + ", ".join(
+                f"{label} {mode} {statistics.median(r):.2f}" for (label, mode), r in ratios.items()
+            )
+        )
     return 0
 
 

@@ -87,14 +87,16 @@ class LocalEngine(Engine):
         self.chunking = Chunking(min(LOCAL.files, server.max_images(runner.model)), LOCAL.bytes)
 
     async def warm_up(self) -> None:
-        """One chunk's worth of blank PNGs through the batcher: TensorFlow's first call at a
-        batch this large is 3-4x slower than the next (its memory arena grows; 10,000 28x28
-        PNGs: ~90 ms of a 0.4 s run), which would skew the progress bar's rate and ETA."""
+        """A chunk's worth of blank PNGs through the batcher, twice: TensorFlow's first two
+        calls at a batch this large are slower than the rest (1,024 28x28 PNGs: 91, 46, then
+        23 ms; its memory arena grows), ~0.1 s of a 0.35 s run of 10,000, which would skew
+        the progress bar's rate and time left."""
         from service.model import blank_image
 
         runner = self.server.registry.runner(self.model, str(self.version))
         pngs = [blank_image(self.metadata.input)] * self.chunking.files
-        await runner.predict(pngs, None, runner.model.encoded["png"])
+        for _ in range(2):
+            await runner.predict(pngs, None, runner.model.encoded["png"])
 
     async def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
         """As ``/predict`` computes its answer (:func:`service.inference.infer_files`), the

@@ -229,12 +229,21 @@ def test_closing_answers_queued_requests_instead_of_leaving_them_waiting():
     run(scenario())
 
 
-def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
-    """A batch with decoded images and PNGs runs one model call per kind of call; a PNG the graph can't
-    decode fails only the PNG requests of its batch, with the error the caller falls back on."""
+def test_arrays_pngs_and_jpegs_in_one_batch_each_get_their_answers(digit_odd_model):
+    """A batch with decoded images, PNGs and JPEGs runs one model call per kind of call (the
+    graph decodes one format a call); a PNG the graph can't decode fails only the PNG requests
+    of its batch, with the error the caller falls back on."""
     model = digit_odd_model
-    pngs = [encode(draw_digit(d, canvas=(28, 28), box=(6, 4, 20))) for d in (2, 7)]
+    digits = [draw_digit(d, canvas=(28, 28), box=(6, 4, 20)) for d in (2, 7)]
+    pngs = [encode(digit) for digit in digits]
+    jpegs = [encode(digit, "JPEG") for digit in digits]
     arrays = [to_model_input(decode(png, 10**8), model.metadata.input)[None] for png in pngs]
+    jpeg_arrays = [to_model_input(decode(j, 10**8), model.metadata.input) for j in jpegs]
+
+    def call(item):
+        if not isinstance(item, list):
+            return None
+        return model.encoded["jpeg" if item[0].startswith(b"\xff\xd8") else "png"]
 
     async def scenario(items):
         runner = Runner(
@@ -242,18 +251,20 @@ def test_arrays_and_pngs_in_one_batch_each_get_their_answers(digit_odd_model):
         )
         runner.start()
         results = await asyncio.gather(
-            *(
-                runner.predict(i, call=model.encoded["png"] if isinstance(i, list) else None)
-                for i in items
-            ),
-            return_exceptions=True,
+            *(runner.predict(i, call=call(i)) for i in items), return_exceptions=True
         )
         await runner.close()
         return results
 
-    a2, a7, p2, p7 = run(scenario([arrays[0], arrays[1], [pngs[0]], [pngs[1]]]))
+    a2, a7, p2, p7, j27 = run(
+        scenario([arrays[0], arrays[1], [pngs[0]], [pngs[1]], [jpegs[0], jpegs[1]]])
+    )
     assert [r["digit"].argmax() for r in (a2, a7, p2, p7)] == [2, 7, 2, 7]
+    assert list(j27["digit"].argmax(axis=1)) == [2, 7]
     np.testing.assert_allclose(p7["digit"], a7["digit"], atol=1e-5)
+    np.testing.assert_allclose(
+        j27["digit"], model.predict(np.stack(jpeg_arrays))["digit"], atol=1e-5
+    )
 
     corrupt = pngs[0][:41] + bytes(len(pngs[0]) - 53) + pngs[0][-12:]
     a2, good, bad = run(scenario([arrays[0], [pngs[1]], [corrupt]]))

@@ -1,9 +1,9 @@
 """One served model version: a TensorFlow SavedModel plus its metadata.json.
 
 This is the only module that calls TensorFlow (with :mod:`service.graph_decode`, which builds
-the PNG decoding graph, :mod:`service.gradcam`, which runs the Keras model, and
+the PNG and JPEG decoding graph, :mod:`service.gradcam`, which runs the Keras model, and
 :mod:`service.lite`, LiteRT's copy for one image at a time); everything
-else sees ``predict(batch)`` and ``predict_encoded(images, fmt)`` -> ``{output: array}`` (each a
+else sees ``predict(batch)`` and ``predict_encoded(images)`` -> ``{output: array}`` (each a
 :class:`BatchCall` for the batcher), ``feature_maps(batch) -> {layer: array}`` and ``explain``.
 """
 

@@ -19,10 +19,13 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from service.image_files import ImageFile
 from training.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 IN_FLIGHT = 4  # chunks sent at once
 
@@ -168,7 +171,7 @@ class RemoteEngine(Engine):
         return exc.message if isinstance(exc, ServiceError) and exc.status < 500 else None
 
 
-def local_settings(overrides: dict | None = None) -> Any:
+def local_settings(overrides: dict | None = None) -> Settings:
     """The settings the commands' server runs on: no port open, quiet, TensorFlow's
     inter-op threads on every core (a batch's PNG decodes side by side)."""
     from service.settings import Settings
